@@ -1,0 +1,189 @@
+"""Preprocess once, in parallel, into ArrayRecord shards keyed by a fingerprint.
+
+Layout of one cache (``<cache_dir>/<fingerprint>/``)::
+
+    shard-00003.array_record   one record per image: the raw canvas bytes (H×W uint8/16)
+    shard-00003.json           image ids in record order, their geometry, unreadable files
+    COMPLETE.json              written last: settings, record count, failures
+
+Why ArrayRecord: random access by record number (what a shuffled grain source needs),
+no per-record decoding (a canvas is stored raw, 512 KiB at 1024×512 uint8), and a
+format grain reads natively. A shard becomes visible only when complete (its JSON is
+renamed into place after the records), so a crashed build resumes from the finished
+shards and a cache without ``COMPLETE.json`` is never used. The fingerprint covers
+every preprocessing setting and each image's path, size and mtime: change either and a
+fresh cache is built beside the stale one.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+from array_record.python.array_record_module import ArrayRecordWriter
+from tqdm import tqdm
+
+from vertex_jax.data.io import ImageReadError, read_image
+from vertex_jax.data.preprocess import Geometry, PreprocessConfig, preprocess
+
+CACHE_VERSION = 1
+COMPLETE = "COMPLETE.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Cache:
+    """A finished cache: where its shards are and which image each record holds."""
+
+    root: Path
+    config: PreprocessConfig
+    index: pd.DataFrame  # columns: image_id, record, geometry (dict)
+    failures: pd.DataFrame  # columns: image_id, path, reason
+
+    @property
+    def shard_paths(self) -> list[str]:
+        return sorted(str(p) for p in self.root.glob("shard-*.array_record"))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.config.canvas)
+
+    def records_for(self, image_ids: Sequence[str]) -> np.ndarray:
+        """Record numbers of ``image_ids`` (KeyError naming the first id not cached)."""
+        lookup = dict(zip(self.index["image_id"], self.index["record"]))
+        try:
+            return np.array([lookup[i] for i in image_ids], np.int64)
+        except KeyError as e:
+            raise KeyError(f"image_id {e.args[0]!r} is not in the cache {self.root}") from None
+
+    def decode(self, record: bytes) -> np.ndarray:
+        return np.frombuffer(record, self.config.out_dtype).reshape(self.shape)
+
+    def geometry(self, image_id: str) -> Geometry:
+        row = self.index.loc[self.index["image_id"] == image_id, "geometry"]
+        return Geometry.from_dict(row.iloc[0])
+
+
+def fingerprint(df: pd.DataFrame, config: PreprocessConfig) -> str:
+    """Hash of the preprocessing settings and each image's id, path, size and mtime."""
+    h = hashlib.sha256(json.dumps({"version": CACHE_VERSION, **config.to_dict()},
+                                  sort_keys=True).encode())
+    for image_id, path in zip(df["image_id"], df["path"]):
+        try:
+            st = os.stat(path)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        h.update(f"{image_id}\0{path}\0{stamp}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _write_shard(root: str, shard: int, image_ids: list[str], paths: list[str],
+                 config: PreprocessConfig, skip_errors: bool) -> dict[str, Any]:
+    """Preprocess one shard's images into ``shard-NNNNN.array_record`` (+ its JSON)."""
+    base = Path(root) / f"shard-{shard:05d}"
+    tmp_records = base.with_suffix(".array_record.tmp")
+    entries, failures = [], []
+    writer = ArrayRecordWriter(str(tmp_records), "group_size:1")
+    try:
+        for image_id, path in zip(image_ids, paths):
+            try:
+                canvas, geometry = preprocess(read_image(path).pixels, config)
+            except ImageReadError as e:
+                if not skip_errors:
+                    raise
+                failures.append({"image_id": image_id, "path": path, "reason": e.reason})
+                continue
+            writer.write(canvas.tobytes())
+            entries.append({"image_id": image_id, "geometry": geometry.to_dict()})
+    finally:
+        writer.close()
+    meta = {"shard": shard, "entries": entries, "failures": failures}
+    if entries:
+        os.replace(tmp_records, base.with_suffix(".array_record"))
+    else:  # ArrayRecord cannot hold an empty shard usefully: keep only the JSON
+        tmp_records.unlink(missing_ok=True)
+    tmp_json = base.with_suffix(".json.tmp")
+    tmp_json.write_text(json.dumps(meta))
+    os.replace(tmp_json, base.with_suffix(".json"))
+    return meta
+
+
+def _open(root: Path, config: PreprocessConfig) -> Cache:
+    done = json.loads((root / COMPLETE).read_text())
+    rows, failures = [], []
+    for shard_json in sorted(root.glob("shard-*.json")):
+        meta = json.loads(shard_json.read_text())
+        rows.extend(meta["entries"])
+        failures.extend(meta["failures"])
+    index = pd.DataFrame({"image_id": [r["image_id"] for r in rows],
+                          "record": np.arange(len(rows)),
+                          "geometry": [r["geometry"] for r in rows]})
+    if len(index) != done["num_records"]:
+        raise RuntimeError(f"cache {root} is inconsistent ({len(index)} records listed, "
+                           f"{done['num_records']} expected); delete it to rebuild")
+    return Cache(root, config, index, pd.DataFrame(failures, columns=["image_id", "path", "reason"]))
+
+
+def build_cache(df: pd.DataFrame, cache_dir: str | os.PathLike,
+                config: PreprocessConfig = PreprocessConfig(), *, workers: int | None = None,
+                shard_size: int = 128, skip_errors: bool = False, progress: bool = True) -> Cache:
+    """Preprocess every image of a validated manifest into a cache (or reuse a finished one).
+
+    With ``skip_errors`` unreadable images are left out and listed (``Cache.failures`` and
+    ``unreadable.csv``); without it the first one stops the build with its file named.
+    """
+    root = Path(cache_dir) / fingerprint(df, config)
+    if (root / COMPLETE).exists():
+        cache = _open(root, config)
+        if len(cache.failures) and not skip_errors:
+            first = cache.failures.iloc[0]
+            raise ImageReadError(first["path"], f"{first['reason']} (recorded in {root}; "
+                                 f"{len(cache.failures)} unreadable image(s) in all)")
+        return cache
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "settings.json").write_text(json.dumps(config.to_dict()))
+    ids, paths = df["image_id"].tolist(), df["path"].tolist()
+    shards = [(s, ids[i:i + shard_size], paths[i:i + shard_size])
+              for s, i in enumerate(range(0, len(ids), shard_size))]
+    todo = [s for s in shards if not (root / f"shard-{s[0]:05d}.json").exists()]
+    bar = tqdm(total=len(ids), initial=len(ids) - sum(len(s[1]) for s in todo),
+               desc="preprocess", unit="img", disable=not progress)
+    workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
+    if workers == 1:
+        for s, i, p in todo:
+            _write_shard(str(root), s, i, p, config, skip_errors)
+            bar.update(len(i))
+    else:
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold JAX threads
+        with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            futures = {pool.submit(_write_shard, str(root), s, i, p, config, skip_errors): len(i)
+                       for s, i, p in todo}
+            try:
+                for future in cf.as_completed(futures):
+                    future.result()
+                    bar.update(futures[future])
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+    bar.close()
+    for stale in root.glob("*.tmp"):
+        stale.unlink()
+    metas = [json.loads(p.read_text()) for p in sorted(root.glob("shard-*.json"))]
+    num_records = sum(len(m["entries"]) for m in metas)
+    failures = [f for m in metas for f in m["failures"]]
+    if failures:
+        pd.DataFrame(failures).to_csv(root / "unreadable.csv", index=False)
+    tmp = root / (COMPLETE + ".tmp")
+    tmp.write_text(json.dumps({"num_records": num_records, "num_failures": len(failures),
+                               "settings": config.to_dict()}))
+    os.replace(tmp, root / COMPLETE)
+    return _open(root, config)

@@ -1,0 +1,163 @@
+"""grain input pipelines over the preprocessed cache.
+
+Every batch is a dict of NumPy arrays for this process's share of the global batch::
+
+    image          [b, H, W, 1] uint8/uint16 canvas (scaled to float on the accelerator)
+    clinical       [b, 3] float32 age, sex (1=F), BMI normalised with training statistics, 0 if missing
+    clinical_mask  [b, 3] float32, 1 where the value is present
+    labels         [b, T] float32 per task (0/1), 0 where unknown
+    label_mask     [b, T] float32, 1 where the label is known
+    index          [b] int64 row of the split table (-1 for padding); the example's id
+    epoch          [b] int64 training epoch of the example (augmentation key)
+    valid          [b] bool, False for the padding that completes the last evaluation batch
+
+Training: a per-epoch reshuffle of the split (grain's index shuffle, reseeded each
+epoch), repeated, sliced across JAX processes so process ``p`` of ``P`` takes examples
+``p, p+P, ...`` of the global stream; global batch ``k`` is therefore examples
+``[kB, (k+1)B)`` whatever the process count. Augmentation runs on the accelerator
+(:mod:`vertex_jax.data.augment`), keyed by (seed, epoch, index); the benchmark shows why.
+Evaluation: in order, no augmentation, every example exactly once, padded to whole
+global batches with ``valid`` marking real examples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import grain
+import numpy as np
+import pandas as pd
+
+from vertex_jax.data.cache import Cache
+from vertex_jax.data.manifest import CLINICAL
+
+
+@dataclasses.dataclass(frozen=True)
+class ClinicalStats:
+    """Mean and standard deviation of age, sex, BMI on the training split."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @classmethod
+    def fit(cls, df: pd.DataFrame) -> "ClinicalStats":
+        values = df[list(CLINICAL)].to_numpy(np.float64)
+        if np.isnan(values).all(axis=0).any():
+            empty = [c for c, e in zip(CLINICAL, np.isnan(values).all(axis=0)) if e]
+            raise ValueError(f"no training values at all for clinical column(s) {empty}")
+        mean = np.nanmean(values, axis=0)
+        std = np.nanstd(values, axis=0)
+        std = np.where(std > 0, std, 1.0)
+        return cls(tuple(map(float, mean)), tuple(map(float, std)))
+
+    def apply(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(normalised values with missing = 0, presence mask), both float32 [n, 3]."""
+        values = df[list(CLINICAL)].to_numpy(np.float64)
+        present = ~np.isnan(values)
+        normed = np.where(present, (values - np.array(self.mean)) / np.array(self.std), 0.0)
+        return normed.astype(np.float32), present.astype(np.float32)
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ClinicalStats":
+        return cls(tuple(d["mean"]), tuple(d["std"]))
+
+
+class CacheSource(grain.sources.RandomAccessDataSource):
+    """Examples of one split: cached canvases joined with labels and clinical values.
+
+    ``records[i] == -1`` is a padding example (zeros, ``valid=False``).
+    """
+
+    def __init__(self, cache: Cache, records: np.ndarray, tables: dict[str, np.ndarray]):
+        self._shape, self._dtype = cache.shape, np.dtype(cache.config.out_dtype)
+        self._source = grain.sources.ArrayRecordDataSource(cache.shard_paths)
+        self._records = records
+        self._tables = tables
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        record = int(self._records[i])
+        valid = record >= 0
+        if valid:
+            image = np.frombuffer(self._source[record], self._dtype).reshape(*self._shape, 1)
+        else:
+            image = np.zeros((*self._shape, 1), self._dtype)
+        example = {k: v[i] for k, v in self._tables.items()}
+        example.update(image=image, valid=np.bool_(valid), epoch=np.int64(0),
+                       index=np.int64(self._tables["row"][i] if valid else -1))
+        del example["row"]
+        return example
+
+
+def example_tables(df: pd.DataFrame, tasks: Sequence[str], stats: ClinicalStats
+                   ) -> dict[str, np.ndarray]:
+    """Per-example arrays (everything but the image) for the rows of ``df``."""
+    clinical, clinical_mask = stats.apply(df)
+    labels = df[list(tasks)].to_numpy(np.float64)
+    known = ~np.isnan(labels)
+    return {"clinical": clinical, "clinical_mask": clinical_mask,
+            "labels": np.where(known, labels, 0.0).astype(np.float32),
+            "label_mask": known.astype(np.float32),
+            "row": np.arange(len(df), dtype=np.int64)}
+
+
+@dataclasses.dataclass(frozen=True)
+class _TagEpoch:
+    """Stamp each example of the repeated stream with its epoch (picklable for workers)."""
+
+    epoch_length: int
+
+    def __call__(self, i: int, example: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {**example, "epoch": np.int64(i // self.epoch_length)}
+
+
+def _local_batch(global_batch: int, process_count: int) -> int:
+    if global_batch % process_count:
+        raise ValueError(f"global batch {global_batch} does not divide over {process_count} "
+                         f"processes; use a multiple of {process_count}")
+    return global_batch // process_count
+
+
+def _prefetch(ds: grain.IterDataset, workers: int) -> grain.IterDataset:
+    if workers > 0:
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    return ds
+
+
+def train_dataset(cache: Cache, df: pd.DataFrame, *, tasks: Sequence[str], stats: ClinicalStats,
+                  global_batch: int, seed: int, num_epochs: int | None = None, workers: int = 0,
+                  process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+    """Shuffled, repeated training batches for this process (see module docstring)."""
+    if len(df) < global_batch:
+        raise ValueError(f"training split has {len(df)} examples, fewer than one batch "
+                         f"({global_batch})")
+    local = _local_batch(global_batch, process_count)
+    tables = example_tables(df, tasks, stats)
+    source = CacheSource(cache, cache.records_for(df["image_id"]), tables)
+    ds = (grain.MapDataset.source(source).seed(seed).shuffle().repeat(num_epochs)
+          .map_with_index(_TagEpoch(len(source))))
+    ds = ds[process_index::process_count].batch(local, drop_remainder=True)
+    return _prefetch(ds.to_iter_dataset(), workers)
+
+
+def eval_dataset(cache: Cache, df: pd.DataFrame, *, tasks: Sequence[str], stats: ClinicalStats,
+                 global_batch: int, workers: int = 0, process_index: int = 0,
+                 process_count: int = 1) -> grain.IterDataset:
+    """Ordered evaluation batches: each example once, padded to whole global batches."""
+    local = _local_batch(global_batch, process_count)
+    tables = example_tables(df, tasks, stats)
+    records = cache.records_for(df["image_id"])
+    pad = -len(records) % global_batch
+    records = np.concatenate([records, np.full(pad, -1, np.int64)])
+    tables = {k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)])
+              for k, v in tables.items()}
+    source = CacheSource(cache, records, tables)
+    ds = grain.MapDataset.source(source)[process_index::process_count]
+    ds = ds.batch(local, drop_remainder=False)
+    return _prefetch(ds.to_iter_dataset(), workers)
