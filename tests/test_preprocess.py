@@ -11,8 +11,10 @@ from vertex_jax.data.preprocess import (Geometry, PreprocessConfig, crop_box, eq
 def test_equalisation_matches_opencv_on_8_bit():
     rng = np.random.default_rng(0)
     img = rng.normal(90, 30, (120, 80)).clip(0, 255).astype(np.uint8)
-    ours = np.rint(equalize_minmax(img) * 255).astype(np.uint8)
-    np.testing.assert_array_equal(ours, cv2.equalizeHist(img))
+    ours = np.rint(equalize_minmax(img) * (255 / 65535)).astype(np.int64)
+    diff = np.abs(ours - cv2.equalizeHist(img))
+    # 16-bit intermediate then 8-bit: equal but for rare double-rounding ties.
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.99
 
 
 def test_equalisation_uses_the_full_bit_depth():
@@ -22,9 +24,9 @@ def test_equalisation_uses_the_full_bit_depth():
     img = rng.integers(1000, 1400, (200, 150)).astype(np.uint16)
     out = equalize_minmax(img)
     assert len(np.unique(out)) == len(np.unique(img))
-    assert out.min() == 0.0 and out.max() == 1.0
+    assert out.min() == 0 and out.max() == 65535
     # Uniformly spread: output is the empirical CDF (rank-based), so its mean is ~0.5.
-    assert abs(out.mean() - 0.5) < 0.01
+    assert abs(out.mean() / 65535 - 0.5) < 0.01
     # Monotone: a higher input level never maps lower.
     order = np.argsort(img.ravel(), kind="stable")
     assert np.all(np.diff(out.ravel()[order]) >= 0)
@@ -34,7 +36,7 @@ def test_equalisation_is_invariant_to_monotone_remapping():
     rng = np.random.default_rng(2)
     img = rng.integers(0, 4096, (64, 64)).astype(np.uint16)
     remapped = (np.sqrt(img.astype(np.float64) / 4095) * 65535).astype(np.uint16)
-    np.testing.assert_allclose(equalize_minmax(img), equalize_minmax(remapped), atol=1e-6)
+    np.testing.assert_array_equal(equalize_minmax(img), equalize_minmax(remapped))
 
 
 def test_constant_image_gives_zeros():

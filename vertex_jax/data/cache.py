@@ -103,8 +103,11 @@ def _write_shard(root: str, shard: int, image_ids: list[str], paths: list[str],
                 continue
             writer.write(canvas.tobytes())
             entries.append({"image_id": image_id, "geometry": geometry.to_dict()})
-    finally:
+    except BaseException:
         writer.close()
+        tmp_records.unlink(missing_ok=True)
+        raise
+    writer.close()
     meta = {"shard": shard, "entries": entries, "failures": failures}
     if entries:
         os.replace(tmp_records, base.with_suffix(".array_record"))

@@ -26,6 +26,7 @@ import dataclasses
 from typing import Any, Sequence
 
 import grain
+from absl import flags
 import numpy as np
 import pandas as pd
 
@@ -124,10 +125,22 @@ def _local_batch(global_batch: int, process_count: int) -> int:
     return global_batch // process_count
 
 
-def _prefetch(ds: grain.IterDataset, workers: int) -> grain.IterDataset:
+def _prefetch(ds: grain.IterDataset, workers: int, buffer: int = 2) -> grain.IterDataset:
+    """Read ahead: ``workers`` processes (whole batches each), else a background thread.
+
+    Batches are formed before the split across workers, so the stream is the same for
+    any worker count. A raw-canvas cache makes a batch mostly a memory copy, so a thread
+    is usually the faster choice (``python -m vertex_jax.data.bench`` compares both);
+    processes pay off when per-example CPU work grows.
+    """
     if workers > 0:
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
-    return ds
+        # grain 0.2.18 workers read an absl flag and fail unless flags count as parsed
+        # (true under absl.app.run; not in a notebook, a test or a plain script).
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+        return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
+                                                           per_worker_buffer_size=buffer))
+    return grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=buffer)
 
 
 def train_dataset(cache: Cache, df: pd.DataFrame, *, tasks: Sequence[str], stats: ClinicalStats,

@@ -118,33 +118,45 @@ def crop_box(shape: tuple[int, int], border_crop: float) -> tuple[int, int, int,
     return dy, dx, h - dy, w - dx
 
 
+UNIT = 65535  # intermediate images hold [0, 1] as 16-bit fixed point
+
+
+def histogram(pixels: np.ndarray) -> np.ndarray:
+    """Exact per-level counts of a uint8/uint16 image (OpenCV when counts fit float32)."""
+    levels = 256 if pixels.dtype == np.uint8 else 65536
+    if pixels.size < 2**24:  # calcHist counts in float32: exact below 2**24 per bin
+        return cv2.calcHist([pixels], [0], None, [levels], [0, levels]).ravel().astype(np.int64)
+    return np.bincount(pixels.ravel(), minlength=levels)
+
+
 def equalize_minmax(pixels: np.ndarray) -> np.ndarray:
     """Steps 2-3: histogram equalisation on the full bit depth, then min-max to [0, 1].
 
     Uses OpenCV's equalisation mapping at every integer level of ``pixels`` (uint8 or
-    uint16), so for 8-bit input it equals ``cv2.equalizeHist(x) / 255`` up to rounding.
-    Min-max is applied to the look-up table: the mapped image's extremes are the
-    table's values at the image's extreme levels, so this is exact and cheap.
+    uint16), so for 8-bit input it equals ``cv2.equalizeHist``. Min-max is applied to
+    the look-up table: the mapped image's extremes are the table's values at the image's
+    extreme levels, so this is exact and cheap. Returns uint16 with [0, 1] ↦ [0, 65535].
     """
     if pixels.dtype not in (np.uint8, np.uint16):
         raise TypeError(f"expected a uint8 or uint16 image, got {pixels.dtype}")
-    hist = np.bincount(pixels.ravel(), minlength=256 if pixels.dtype == np.uint8 else 0)
+    hist = histogram(pixels)
     levels = np.flatnonzero(hist)
     lo, hi = levels[0], levels[-1]
-    cdf = np.cumsum(hist, dtype=np.int64)
+    cdf = np.cumsum(hist)
     denom = cdf[-1] - hist[lo]
     if denom == 0:  # constant image: nothing to equalise or scale
-        return np.zeros(pixels.shape, np.float32)
-    lut = ((cdf - hist[lo]) / denom).astype(np.float32)
+        return np.zeros(pixels.shape, np.uint16)
+    lut = (cdf - hist[lo]) / denom
     lut = (lut - lut[lo]) / (lut[hi] - lut[lo])
-    return lut[pixels]
+    return np.take(np.rint(lut * UNIT).astype(np.uint16), pixels)
 
 
 def minmax(pixels: np.ndarray) -> np.ndarray:
-    """Step 3 alone (when equalisation is off): min-max to [0, 1] in float32."""
-    x = pixels.astype(np.float32)
-    lo, hi = float(x.min()), float(x.max())
-    return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+    """Step 3 alone (when equalisation is off): min-max to [0, 1] as uint16 fixed point."""
+    lo, hi = float(pixels.min()), float(pixels.max())
+    if hi <= lo:
+        return np.zeros(pixels.shape, np.uint16)
+    return np.rint((pixels.astype(np.float32) - lo) * (UNIT / (hi - lo))).astype(np.uint16)
 
 
 def fit_size(shape: tuple[int, int], canvas: tuple[int, int]) -> tuple[int, int]:
@@ -171,9 +183,10 @@ def preprocess(pixels: np.ndarray, config: PreprocessConfig = PreprocessConfig()
     resized = cv2.resize(scaled, (new_w, new_h),
                          interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
     top, left = (config.canvas[0] - new_h) // 2, (config.canvas[1] - new_w) // 2
-    peak = np.iinfo(config.out_dtype).max
     canvas = np.zeros(config.canvas, config.out_dtype)
-    canvas[top:top + new_h, left:left + new_w] = np.rint(np.clip(resized, 0.0, 1.0) * peak)
+    if config.out_dtype == "uint8":
+        resized = cv2.convertScaleAbs(resized, alpha=255.0 / UNIT)  # rounds and saturates
+    canvas[top:top + new_h, left:left + new_w] = resized
     geometry = Geometry(original=tuple(pixels.shape), crop=box, resized=(new_h, new_w),
                         offset=(top, left), canvas=tuple(config.canvas))
     return canvas, geometry

@@ -1,0 +1,38 @@
+"""Shared fixtures: a small cohort of real image files written by the tests."""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+
+def write_png_cohort(folder, n: int, seed: int = 0, shape=(180, 120)) -> pd.DataFrame:
+    """n 16-bit PNGs with a few repeat patients and some missing values; returns the manifest."""
+    rng = np.random.default_rng(seed)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        h, w = shape[0] + int(rng.integers(0, 40)), shape[1] + int(rng.integers(0, 30))
+        yy = np.linspace(0, 1, h)[:, None]
+        img = (yy * rng.uniform(0.3, 1.0) + rng.normal(0, 0.05, (h, w))).clip(0, 1) * 4095
+        path = f"images/img{i:03d}.png"
+        cv2.imwrite(str(folder / path), img.astype(np.uint16))
+        rows.append({"image_id": f"img{i:03d}", "patient_id": f"P{i - (i % 7 == 1)}",
+                     "path": path, "domain": "xray",
+                     "pvf": "" if i == 3 else str(int(rng.random() < 0.3)),
+                     "osteo": str(int(rng.random() < 0.4)),
+                     "age": "" if i == 4 else f"{rng.uniform(50, 90):.1f}",
+                     "sex": rng.choice(["F", "M"]), "bmi": f"{rng.uniform(18, 32):.1f}"})
+    df = pd.DataFrame(rows)
+    df.to_csv(folder / "manifest.csv", index=False)
+    return df
+
+
+@pytest.fixture
+def png_cohort(tmp_path):
+    write_png_cohort(tmp_path, 23)
+    return tmp_path / "manifest.csv"
