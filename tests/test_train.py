@@ -1,0 +1,179 @@
+"""Training through the real entry point: sharding, multi-process, resume, preemption, NaN.
+
+Each run is a subprocess of ``python -m vertex_jax.main`` on the tiny config; a shared
+synthetic cohort and a persistent compilation cache keep the module fast.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vertex_jax.train.checkpoint import restore_arrays
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    return {"data": root / "data", "jit": root / "jit-cache"}
+
+
+def run_main(shared, workdir, *overrides, devices=1, extra=(), wait=True, env=None):
+    cmd = [sys.executable, "-m", "vertex_jax.main", "--config=configs/xray.py:tiny",
+           f"--workdir={workdir}", f"--config.data.data_dir={shared['data']}", *overrides, *extra]
+    full_env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(devices),
+                "JAX_COMPILATION_CACHE_DIR": str(shared["jit"]),
+                "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", **(env or {})}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    if not wait:
+        return proc
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def steps(workdir) -> list[int]:
+    ckpt = Path(workdir) / "checkpoints"
+    return sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()) if ckpt.exists() else []
+
+
+def model_arrays(workdir, step=None) -> dict[str, np.ndarray]:
+    """Every array of the model (parameters, BatchNorm statistics) saved at ``step``."""
+    step = steps(workdir)[-1] if step is None else step
+    raw = restore_arrays(Path(workdir) / "checkpoints" / str(step) / "state")
+    flat = {}
+
+    def walk(prefix, node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}/{k}", v)
+        elif "rngs" not in prefix:
+            flat[prefix] = np.asarray(node)
+    walk("", raw["0"])
+    return flat
+
+
+def assert_same(a, b, exact=True, rtol=1e-4, atol=1e-5):
+    assert a.keys() == b.keys()
+    for k in a:
+        if exact:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+        else:
+            np.testing.assert_allclose(a[k], b[k], rtol=rtol, atol=atol, err_msg=k)
+
+
+@pytest.fixture(scope="module")
+def baseline(shared, tmp_path_factory):
+    """An uninterrupted tiny run: 2 epochs of 3 steps, one device."""
+    workdir = tmp_path_factory.mktemp("baseline")
+    out = run_main(shared, workdir)
+    return workdir, out
+
+
+def test_run_trains_logs_and_summarises(baseline):
+    workdir, out = baseline
+    assert "epoch 1: validation AUROC pvf" in out and "done (completed)" in out
+    for name in ("config.json", "metrics.jsonl", "summary.json", "splits.csv", "data_stats.json"):
+        assert (workdir / name).exists(), name
+    assert list((workdir / "tensorboard").iterdir())
+    assert steps(workdir)[-1] == 6
+
+
+def test_interrupted_and_resumed_run_is_bit_identical(shared, baseline, tmp_path):
+    reference, _ = baseline
+    run_main(shared, tmp_path, "--config.max_steps=4")
+    assert steps(tmp_path)[-1] == 4
+    out = run_main(shared, tmp_path)
+    assert "resumed from" in out and "at step 4" in out
+    assert_same(model_arrays(reference, 6), model_arrays(tmp_path, 6), exact=True)
+
+
+def test_four_devices_match_one(shared, baseline, tmp_path):
+    reference, _ = baseline
+    run_main(shared, tmp_path, "--config.max_steps=2", devices=4)
+    single = tmp_path / "single"
+    run_main(shared, single, "--config.max_steps=2", devices=1)
+    assert_same(model_arrays(single, 2), model_arrays(tmp_path, 2), exact=False)
+
+
+def test_two_processes_match_one(shared, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [run_main(shared, tmp_path / "multi", "--config.max_steps=2", wait=False,
+                      extra=[f"--coordinator=127.0.0.1:{port}", "--num_processes=2",
+                             f"--process_id={i}"]) for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
+    run_main(shared, tmp_path / "single", "--config.max_steps=2", devices=2)
+    assert_same(model_arrays(tmp_path / "single", 2), model_arrays(tmp_path / "multi", 2), exact=False)
+
+
+def _wait_for(predicate, proc, timeout=300):
+    start = time.time()
+    while not predicate():
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        assert time.time() - start < timeout, "timed out"
+        time.sleep(0.2)
+
+
+def test_sigterm_saves_and_resumes(shared, tmp_path):
+    proc = run_main(shared, tmp_path, "--config.num_epochs=50", "--config.log_every_steps=1",
+                    wait=False)
+    metrics = tmp_path / "metrics.jsonl"
+    _wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    assert "resume with the same command" in out
+    saved = steps(tmp_path)[-1]
+    assert saved >= 1
+    out = run_main(shared, tmp_path, f"--config.max_steps={saved + 1}", "--config.num_epochs=50")
+    assert f"at step {saved}" in out and steps(tmp_path)[-1] == saved + 1
+
+
+def test_kill9_and_corrupt_checkpoint_fall_back(shared, tmp_path):
+    proc = run_main(shared, tmp_path, "--config.num_epochs=50", wait=False)
+    _wait_for(lambda: len(steps(tmp_path)) >= 2, proc)
+    proc.kill()
+    proc.communicate()
+    done = steps(tmp_path)
+    # Orbax only renames a checkpoint into place when complete; every listed one restores.
+    latest = done[-1]
+    for f in (tmp_path / "checkpoints" / str(latest) / "state").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0 and "manifest" in f.name:
+            f.write_bytes(b"garbage")
+    out = run_main(shared, tmp_path, f"--config.max_steps={latest + 1}", "--config.num_epochs=50")
+    assert "cannot be restored" in out
+    assert f"at step {done[-2]}" in out
+
+
+def test_nan_loss_stops_with_batch_rows_and_keeps_checkpoint(shared, baseline, tmp_path):
+    run_main(shared, tmp_path, "--config.max_steps=3")
+    before = model_arrays(tmp_path, 3)
+    cmd_overrides = ["--config.num_epochs=4", "--config.optim.lr=1e30"]
+    proc = run_main(shared, tmp_path, *cmd_overrides, wait=False)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode != 0
+    assert "non-finite loss" in out and "batch rows" in out
+    assert steps(tmp_path) == [3]
+    assert_same(before, model_arrays(tmp_path, 3))
+
+
+def test_init_from_with_a_different_head(shared, baseline, tmp_path):
+    reference, _ = baseline
+    out = run_main(shared, tmp_path, f"--config.init_from={reference}", "--config.tasks=pvf,osteo",
+                   "--config.max_steps=1", "--config.optim.lr=1e-12")
+    assert "mismatched" in out and "output/kernel" in out
+    src, dst = model_arrays(reference), model_arrays(tmp_path, 1)
+    stem = next(k for k in src if "stem" in k and "kernel" in k)
+    np.testing.assert_allclose(src[stem], dst[stem], atol=1e-6)

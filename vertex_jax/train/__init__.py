@@ -1,0 +1,1 @@
+"""Training: device mesh, jitted steps, Orbax checkpoints, the epoch loop."""

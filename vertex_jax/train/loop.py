@@ -1,0 +1,211 @@
+"""The training run: restore, epochs of sharded steps, validation, checkpoints, early stop.
+
+Restore order: the workdir's own checkpoint → ``config.resume`` → ``config.init_from``
+(parameters only) → scratch. SIGTERM/SIGINT finish the current step, save and return;
+a non-finite loss stops the run (or skips the step with ``nan_policy="skip"``) and
+leaves the last good checkpoint as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from vertex_jax.data.prepare import PreparedData, prepare
+from vertex_jax.train import mesh as meshlib
+from vertex_jax.train.checkpoint import METRIC, Checkpoints, load_params
+from vertex_jax.train.metrics import MetricWriter, auroc_per_task
+from vertex_jax.train.state import TrainState, build_model, build_optimizer, tasks_of
+from vertex_jax.train.step import make_eval_step, make_train_step
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or gradient became NaN/Inf; names the step and the examples of the batch."""
+
+
+@dataclasses.dataclass
+class Progress:
+    """What, beyond the arrays, a resumed run needs to continue exactly."""
+
+    step: int = 0
+    best_auroc: float = -1.0
+    best_step: int = -1
+    epochs_without_improvement: int = 0
+    history: list = dataclasses.field(default_factory=list)
+
+
+class _Preemption:
+    """Turns SIGTERM/SIGINT into a flag checked between steps."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signum, frame) -> None:
+        logging.warning("received %s: finishing the current step, then saving",
+                        signal.Signals(signum).name)
+        self.requested = True
+
+    def restore(self) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def evaluate(state, eval_step, dataset, mesh, tasks: tuple[str, ...]) -> dict[str, Any]:
+    """Run a whole evaluation split; returns gathered per-example outputs and AUROC per task."""
+    parts = []
+    for batch in dataset:
+        parts.append(meshlib.gather(eval_step(state, meshlib.to_global(batch, mesh))))
+    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    keep = out["valid"].astype(bool)
+    out = {k: v[keep] for k, v in out.items()}
+    order = np.argsort(out["index"], kind="stable")
+    out = {k: v[order] for k, v in out.items()}
+    out["auroc"] = auroc_per_task(out["labels"], out["probs"], out["label_mask"], tasks)
+    return out
+
+
+def _initial_state(config: Any, data: PreparedData, steps_per_epoch: int) -> TrainState:
+    model = build_model(config, seed=config.seed)
+    if config.init_from:
+        report = load_params(config.init_from, model)
+        logging.warning("init_from %s: loaded %d parameter arrays", config.init_from, len(report["loaded"]))
+        for kind in ("missing", "unexpected", "mismatched"):
+            if report[kind]:
+                logging.warning("init_from: %d %s (left as initialised): %s", len(report[kind]), kind,
+                                ", ".join(report[kind][:20]))
+    return TrainState.create(model, build_optimizer(config, steps_per_epoch))
+
+
+def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
+    """Train per ``config`` in ``workdir``; returns the run summary (also written as JSON)."""
+    workdir = Path(workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    leader = jax.process_index() == 0
+    tasks = tasks_of(config)
+    mesh = meshlib.make_mesh()
+    meshlib.check_batch(config.batch_size, mesh)
+    meshlib.check_batch(config.eval_batch_size, mesh)
+    if leader:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    data = prepare(config.data, workdir, tasks=tasks, is_leader=leader or not config.data.shared_fs,
+                   barrier=meshlib.barrier if config.data.shared_fs else (lambda name: None))
+    train_rows = len(data.split(config.data.train_split))
+    steps_per_epoch = max(1, train_rows // config.batch_size)
+    total_steps = config.num_epochs * steps_per_epoch
+    if config.max_steps:
+        total_steps = min(total_steps, config.max_steps)
+    proc = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    train_iter = iter(data.train(global_batch=config.batch_size, seed=config.seed,
+                                 split=config.data.train_split, workers=config.data.workers, **proc))
+
+    ts = _initial_state(config, data, steps_per_epoch)
+    ckpt = Checkpoints(workdir / "checkpoints", keep_latest=config.checkpoint.keep_latest,
+                       keep_best=config.checkpoint.keep_best)
+    progress = Progress()
+    source = ckpt.directory
+    restored = ckpt.restore_latest(ts.state, train_iter)
+    if restored is None and config.resume:
+        source = config.resume
+        restored = Checkpoints(config.resume).restore_latest(ts.state, train_iter)
+    state = jax.device_put(ts.state, meshlib.replicated(mesh))
+    if restored is not None:
+        step, state, saved = restored
+        progress = Progress(**saved)
+        if leader:
+            print(f"resumed from {source} at step {step} (best {METRIC} {progress.best_auroc:.4f})",
+                  flush=True)
+    train_step = make_train_step(ts.graphdef, config, mesh)
+    eval_step = make_eval_step(ts.graphdef, mesh)
+    writer = MetricWriter(workdir, enabled=leader)
+    stats_json = {"clinical_stats": data.stats.to_dict(), "tasks": list(tasks)}
+    if leader:
+        (workdir / "data_stats.json").write_text(json.dumps(stats_json, indent=2))
+
+    def save(metrics: dict[str, float] | None = None) -> None:
+        ckpt.save(progress.step, state, train_iter, dataclasses.asdict(progress),
+                  json.loads(config.to_json_best_effort()), metrics)
+
+    preemption = _Preemption()
+    stopped = "completed"
+    try:
+        while progress.step < total_steps:
+            epoch = progress.step // steps_per_epoch
+            epoch_end = min((epoch + 1) * steps_per_epoch, total_steps)
+            bar = tqdm(total=epoch_end - epoch * steps_per_epoch, initial=progress.step - epoch * steps_per_epoch,
+                       desc=f"epoch {epoch + 1}/{config.num_epochs}", unit="step", disable=not leader,
+                       dynamic_ncols=True)
+            t0, seen = time.perf_counter(), 0
+            while progress.step < epoch_end:
+                batch = next(train_iter)
+                state, metrics = train_step(state, meshlib.to_global(batch, mesh))
+                loss = float(metrics["loss"])
+                if not bool(metrics["finite"]) and config.nan_policy != "skip":
+                    raise NonFiniteLossError(
+                        f"non-finite loss {loss} at step {progress.step + 1} (epoch {epoch + 1}); "
+                        f"batch rows {batch['index'].tolist()} of split '{config.data.train_split}'. "
+                        f"The last good checkpoint in {ckpt.directory} is untouched.")
+                progress.step += 1
+                seen += config.batch_size
+                rate = seen / (time.perf_counter() - t0)
+                bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.1f}")
+                bar.update(1)
+                if progress.step % config.log_every_steps == 0:
+                    writer.write(progress.step, {"train/loss": loss, "train/images_per_s": rate,
+                                                 "train/grad_norm": float(metrics["grad_norm"])})
+                if preemption.requested:
+                    break
+            bar.close()
+            if preemption.requested:
+                save()
+                stopped = "preempted"
+                break
+            result = evaluate(state, eval_step, data.evaluate(
+                config.data.val_split, global_batch=config.eval_batch_size, **proc), mesh, tasks)
+            auroc = result["auroc"]
+            mean_auroc = float(np.nanmean(list(auroc.values())))
+            improved = mean_auroc > progress.best_auroc
+            if improved:
+                progress.best_auroc, progress.best_step = mean_auroc, progress.step
+                progress.epochs_without_improvement = 0
+            else:
+                progress.epochs_without_improvement += 1
+            progress.history.append({"epoch": epoch + 1, "step": progress.step, **auroc})
+            writer.write(progress.step, {f"val/auroc_{t}": v for t, v in auroc.items()})
+            if leader:
+                print(f"epoch {epoch + 1}: validation AUROC " +
+                      ", ".join(f"{t} {v:.4f}" for t, v in auroc.items()) + (" *" if improved else ""),
+                      flush=True)
+            save({METRIC: mean_auroc})
+            if progress.epochs_without_improvement >= config.early_stop_patience:
+                stopped = f"early stop after {config.early_stop_patience} epochs without improvement"
+                break
+        if stopped == "completed" and ckpt.manager.latest_step() != progress.step:
+            save()  # a run capped by max_steps mid-epoch still ends on a checkpoint
+    finally:
+        preemption.restore()
+        ckpt.wait()
+        writer.close()
+    summary = {"status": stopped, "step": progress.step, "best_step": progress.best_step,
+               "best_val_auroc": progress.best_auroc,
+               "best_checkpoint": str(ckpt.path(progress.best_step)) if progress.best_step >= 0 else None,
+               "history": progress.history}
+    ckpt.close()
+    if leader:
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+        if stopped == "preempted":
+            print(f"saved step {progress.step} to {ckpt.directory}; resume with the same command "
+                  f"(same --workdir)", flush=True)
+        else:
+            print(f"done ({stopped}): best validation AUROC {progress.best_auroc:.4f} at step "
+                  f"{progress.best_step}, checkpoint {summary['best_checkpoint']}", flush=True)
+    return summary

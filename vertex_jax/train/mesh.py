@@ -1,0 +1,72 @@
+"""One device mesh over every device of every process; batches sharded on ``data``.
+
+Parameters are replicated and the batch is split along its first axis, so under
+``jax.jit`` BatchNorm statistics and the loss cover the global batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA = "data"
+
+
+def initialize_distributed(coordinator: str = "", num_processes: int = 0, process_id: int = -1) -> None:
+    """Join a multi-process run: explicit flags, else auto-detection (SLURM, Kubernetes...).
+
+    A single process with nothing configured does nothing.
+    """
+    if coordinator:
+        jax.distributed.initialize(coordinator, num_processes, process_id)
+    elif any(k in os.environ for k in ("SLURM_JOB_ID", "JAX_COORDINATOR_ADDRESS")) and int(
+            os.environ.get("SLURM_NTASKS", os.environ.get("JAX_NUM_PROCESSES", "1"))) > 1:
+        jax.distributed.initialize()  # cluster auto-detection
+    else:
+        return
+    logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
+                 jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def make_mesh() -> Mesh:
+    return Mesh(np.asarray(jax.devices()), (DATA,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(DATA))
+
+
+def check_batch(global_batch: int, mesh: Mesh) -> None:
+    """A global batch must split evenly over devices; say which sizes would."""
+    n = mesh.devices.size
+    if global_batch % n:
+        lower, upper = global_batch // n * n, -(-global_batch // n) * n
+        raise ValueError(f"global batch {global_batch} does not divide over {n} devices; use "
+                         f"{lower or upper} or {upper} (--config.batch_size=...)")
+
+
+def to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """This process's share of a batch → global arrays sharded on the data axis."""
+    sharding = batch_sharded(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def gather(tree):
+    """Global arrays → the full NumPy values on every process."""
+    if jax.process_count() == 1:
+        return jax.tree.map(np.asarray, tree)
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)

@@ -1,0 +1,78 @@
+"""The jitted training and evaluation steps."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from vertex_jax.data.augment import AugmentConfig, augment_batch, example_keys, to_unit_float
+from vertex_jax.train.mesh import batch_sharded, replicated
+
+Batch = dict[str, jax.Array]
+
+
+def masked_bce(logits: jax.Array, labels: jax.Array, mask: jax.Array,
+               pos_weight: Sequence[float] = ()) -> jax.Array:
+    """Binary cross-entropy with logits, averaged over known labels (float32).
+
+    ``pos_weight[t]`` scales the positive term of task ``t`` (class imbalance).
+    """
+    logits = logits.astype(jnp.float32)
+    log_p, log_not_p = jax.nn.log_sigmoid(logits), jax.nn.log_sigmoid(-logits)
+    w = jnp.asarray(pos_weight, jnp.float32) if len(pos_weight) else 1.0
+    per = -(w * labels * log_p + (1.0 - labels) * log_not_p)
+    return jnp.sum(per * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def make_train_step(graphdef: nnx.GraphDef, config: Any, mesh: Mesh
+                    ) -> Callable[[nnx.State, Batch], tuple[nnx.State, dict[str, jax.Array]]]:
+    """``(state, batch) -> (state, metrics)``; the state buffers are donated."""
+    aug = AugmentConfig(config.augment.max_rotation_deg, config.augment.max_scale_delta,
+                        config.augment.max_noise_std)
+    pos_weight = tuple(config.optim.pos_weight)
+    skip_nonfinite = config.nan_policy == "skip"
+
+    def step(state: nnx.State, batch: Batch):
+        model, optimizer = nnx.merge(graphdef, state)
+        model.train()
+        if config.augment.enabled:
+            keys = example_keys(config.seed, batch["epoch"], batch["index"])
+            images = augment_batch(batch["image"], keys, aug)
+        else:
+            images = to_unit_float(batch["image"])
+
+        def loss_fn(model):
+            logits = model(images, batch["clinical"], batch["clinical_mask"])
+            return masked_bce(logits, batch["labels"], batch["label_mask"], pos_weight)
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        optimizer.update(model, grads)
+        new_state = nnx.state((model, optimizer))
+        if skip_nonfinite:
+            new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+        return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
+
+    return jax.jit(step, in_shardings=(replicated(mesh), batch_sharded(mesh)),
+                   out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0)
+
+
+def make_eval_step(graphdef: nnx.GraphDef, mesh: Mesh
+                   ) -> Callable[[nnx.State, Batch], dict[str, jax.Array]]:
+    """``(state, batch) -> {probs, logits, labels, label_mask, valid, index}`` (batch-sharded)."""
+
+    def step(state: nnx.State, batch: Batch):
+        model, _ = nnx.merge(graphdef, state)
+        model.eval()
+        logits = model(batch["image"], batch["clinical"], batch["clinical_mask"]).astype(jnp.float32)
+        return {"probs": jax.nn.sigmoid(logits), "logits": logits, "labels": batch["labels"],
+                "label_mask": batch["label_mask"], "valid": batch["valid"], "index": batch["index"]}
+
+    return jax.jit(step, in_shardings=(replicated(mesh), batch_sharded(mesh)),
+                   out_shardings=batch_sharded(mesh))
