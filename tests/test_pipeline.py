@@ -74,7 +74,8 @@ def test_processes_split_the_global_batch_without_overlap(setup):
     for k in range(5):
         local = [part[k]["index"] for part in parts]
         assert all(len(x) == 2 for x in local)
-        assert sorted(np.concatenate(local)) == sorted(single[k]["index"])
+        # Process-ordered concatenation is the single-process global batch, in order.
+        np.testing.assert_array_equal(np.concatenate(local), single[k]["index"])
     with pytest.raises(ValueError, match="does not divide over 4 processes"):
         train_dataset(cache, df, process_count=4, **kw)
 

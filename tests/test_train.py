@@ -62,13 +62,26 @@ def model_arrays(workdir, step=None) -> dict[str, np.ndarray]:
     return flat
 
 
-def assert_same(a, b, exact=True, rtol=1e-4, atol=1e-5):
+def assert_same(a, b):
     assert a.keys() == b.keys()
     for k in a:
-        if exact:
-            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def assert_equivalent(a, b):
+    """Same run up to float summation order.
+
+    BatchNorm running statistics come straight from the global batch's activations and
+    must agree tightly (per-device statistics or a different batch would not). Parameters
+    after Adam steps agree to the step size: Adam normalises tiny gradients, so rounding
+    noise in a near-zero gradient can flip an update of size ~lr.
+    """
+    assert a.keys() == b.keys()
+    for k in a:
+        if k.endswith(("/mean/value", "/var/value")):
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-3, atol=1e-5, err_msg=k)
         else:
-            np.testing.assert_allclose(a[k], b[k], rtol=rtol, atol=atol, err_msg=k)
+            np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-3, err_msg=k)
 
 
 @pytest.fixture(scope="module")
@@ -94,15 +107,14 @@ def test_interrupted_and_resumed_run_is_bit_identical(shared, baseline, tmp_path
     assert steps(tmp_path)[-1] == 4
     out = run_main(shared, tmp_path)
     assert "resumed from" in out and "at step 4" in out
-    assert_same(model_arrays(reference, 6), model_arrays(tmp_path, 6), exact=True)
+    assert_same(model_arrays(reference, 6), model_arrays(tmp_path, 6))
 
 
-def test_four_devices_match_one(shared, baseline, tmp_path):
-    reference, _ = baseline
+def test_four_devices_match_one(shared, tmp_path):
     run_main(shared, tmp_path, "--config.max_steps=2", devices=4)
     single = tmp_path / "single"
     run_main(shared, single, "--config.max_steps=2", devices=1)
-    assert_same(model_arrays(single, 2), model_arrays(tmp_path, 2), exact=False)
+    assert_equivalent(model_arrays(single, 2), model_arrays(tmp_path, 2))
 
 
 def test_two_processes_match_one(shared, tmp_path):
@@ -115,7 +127,7 @@ def test_two_processes_match_one(shared, tmp_path):
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
     run_main(shared, tmp_path / "single", "--config.max_steps=2", devices=2)
-    assert_same(model_arrays(tmp_path / "single", 2), model_arrays(tmp_path / "multi", 2), exact=False)
+    assert_equivalent(model_arrays(tmp_path / "single", 2), model_arrays(tmp_path / "multi", 2))
 
 
 def _wait_for(predicate, proc, timeout=300):
@@ -155,6 +167,7 @@ def test_kill9_and_corrupt_checkpoint_fall_back(shared, tmp_path):
     out = run_main(shared, tmp_path, f"--config.max_steps={latest + 1}", "--config.num_epochs=50")
     assert "cannot be restored" in out
     assert f"at step {done[-2]}" in out
+    assert [p.name.split("-")[0] for p in (tmp_path / "corrupt_checkpoints").iterdir()] == [str(latest)]
 
 
 def test_nan_loss_stops_with_batch_rows_and_keeps_checkpoint(shared, baseline, tmp_path):

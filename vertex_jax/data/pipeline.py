@@ -12,9 +12,9 @@ Every batch is a dict of NumPy arrays for this process's share of the global bat
     valid          [b] bool, False for the padding that completes the last evaluation batch
 
 Training: a per-epoch reshuffle of the split (grain's index shuffle, reseeded each
-epoch), repeated, sliced across JAX processes so process ``p`` of ``P`` takes examples
-``p, p+P, ...`` of the global stream; global batch ``k`` is therefore examples
-``[kB, (k+1)B)`` whatever the process count. Augmentation runs on the accelerator
+epoch), repeated, and cut into global batches of ``B`` consecutive examples; process ``p``
+of ``P`` reads only rows ``[p*B/P, (p+1)*B/P)`` of each (:class:`ProcessShard`), so the
+global batch is identical, in content and order, whatever the process count. Augmentation runs on the accelerator
 (:mod:`vertex_jax.data.augment`), keyed by (seed, epoch, index); the benchmark shows why.
 Evaluation: in order, no augmentation, every example exactly once, padded to whole
 global batches with ``valid`` marking real examples.
@@ -118,6 +118,32 @@ class _TagEpoch:
         return {**example, "epoch": np.int64(i // self.epoch_length)}
 
 
+class ProcessShard(grain.MapDataset):
+    """This process's rows of every global batch: rows ``[p*b, (p+1)*b)`` of batch ``k``.
+
+    Concatenating the processes' local batches in process order gives the global batch in
+    the same order as a single process would see it, so per-example randomness (dropout,
+    drop-connect) lands on the same examples whatever the process count.
+    """
+
+    def __init__(self, parent: grain.MapDataset, global_batch: int, index: int, count: int):
+        super().__init__(parent)
+        self._global, self._local = global_batch, global_batch // count
+        self._offset = index * self._local
+
+    def __len__(self) -> int:
+        return len(self._parent) // self._global * self._local
+
+    def __str__(self) -> str:
+        return f"ProcessShard(offset={self._offset}, local={self._local})"
+
+    def __getitem__(self, j):
+        if isinstance(j, slice):
+            return self.slice(j)
+        k, r = divmod(j, self._local)
+        return self._parent[k * self._global + self._offset + r]
+
+
 def _local_batch(global_batch: int, process_count: int) -> int:
     if global_batch % process_count:
         raise ValueError(f"global batch {global_batch} does not divide over {process_count} "
@@ -155,7 +181,7 @@ def train_dataset(cache: Cache, df: pd.DataFrame, *, tasks: Sequence[str], stats
     source = CacheSource(cache, cache.records_for(df["image_id"]), tables)
     ds = (grain.MapDataset.source(source).seed(seed).shuffle().repeat(num_epochs)
           .map_with_index(_TagEpoch(len(source))))
-    ds = ds[process_index::process_count].batch(local, drop_remainder=True)
+    ds = ProcessShard(ds, global_batch, process_index, process_count).batch(local)
     return _prefetch(ds.to_iter_dataset(), workers)
 
 
@@ -171,6 +197,5 @@ def eval_dataset(cache: Cache, df: pd.DataFrame, *, tasks: Sequence[str], stats:
     tables = {k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)])
               for k, v in tables.items()}
     source = CacheSource(cache, records, tables)
-    ds = grain.MapDataset.source(source)[process_index::process_count]
-    ds = ds.batch(local, drop_remainder=False)
-    return _prefetch(ds.to_iter_dataset(), workers)
+    ds = ProcessShard(grain.MapDataset.source(source), global_batch, process_index, process_count)
+    return _prefetch(ds.batch(local).to_iter_dataset(), workers)

@@ -11,6 +11,8 @@ is used.
 from __future__ import annotations
 
 import logging
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.experimental import multihost_utils
 
 METRIC = "val_auroc"
 
@@ -52,11 +55,23 @@ class Checkpoints:
                     data=grain.checkpoint.CheckpointRestore(iterator),
                     progress=ocp.args.JsonRestore()))
             except Exception as e:  # noqa: BLE001 - any unreadable checkpoint: fall back
-                logging.error("checkpoint %s/%d cannot be restored (%s: %s); trying the previous one",
-                              self.directory, step, type(e).__name__, e)
+                aside = self._set_aside(step)
+                logging.error("checkpoint %s/%d cannot be restored (%s: %s); moved to %s, trying "
+                              "the previous one", self.directory, step, type(e).__name__, e, aside)
                 continue
             return step, got["state"], dict(got["progress"])
         return None
+
+    def _set_aside(self, step: int) -> Path:
+        """Move an unreadable step out of the manager's way, keeping it for inspection."""
+        aside = self.directory.parent / "corrupt_checkpoints" / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if jax.process_index() == 0:
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.directory / str(step), aside)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"checkpoint:set_aside:{step}")
+        self.manager.reload()
+        return aside
 
     def best_step(self) -> int | None:
         return self.manager.best_step()

@@ -112,12 +112,13 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     ckpt = Checkpoints(workdir / "checkpoints", keep_latest=config.checkpoint.keep_latest,
                        keep_best=config.checkpoint.keep_best)
     progress = Progress()
+    # Global, replicated arrays (also across processes); restores land in the same sharding.
+    state = jax.jit(lambda s: s, out_shardings=meshlib.replicated(mesh))(ts.state)
     source = ckpt.directory
-    restored = ckpt.restore_latest(ts.state, train_iter)
+    restored = ckpt.restore_latest(state, train_iter)
     if restored is None and config.resume:
         source = config.resume
-        restored = Checkpoints(config.resume).restore_latest(ts.state, train_iter)
-    state = jax.device_put(ts.state, meshlib.replicated(mesh))
+        restored = Checkpoints(config.resume).restore_latest(state, train_iter)
     if restored is not None:
         step, state, saved = restored
         progress = Progress(**saved)
