@@ -64,7 +64,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     elif arg == "tiny":
         c.data.canvas = (64, 32)
         c.data.synthetic = dict(num_patients=40, scale=0.1, seed=0)
-        c.model.variant = "b0"
+        c.model.variant = "tiny"
         c.batch_size = 8
         c.eval_batch_size = 8
         c.num_epochs = 2

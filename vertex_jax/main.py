@@ -6,7 +6,7 @@ workdir resumes. Multi-host: ``--coordinator=host:port --num_processes=N --proce
 or nothing on SLURM/Kubernetes (auto-detected).
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from vertex_jax.train.loop import train_and_evaluate
@@ -21,6 +21,8 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index (mult
 
 def main(argv: list[str]) -> None:
     del argv
+    if not flags.FLAGS["verbosity"].present:  # library INFO chatter (Orbax) off unless asked
+        logging.set_verbosity(logging.WARNING)
     initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 

@@ -1,0 +1,354 @@
+"""EfficientNet B0-B7 in Flax NNX (NHWC), built from the TF reference compound-scaling rules.
+
+Numerically it follows `keras.applications.EfficientNetB*` and timm's `tf_efficientnet_b*`:
+TF "SAME" padding (asymmetric for stride 2 on even sizes), BatchNorm momentum 0.99 and
+epsilon 1e-3, squeeze-excitation sized from the block's *input* channels, swish, and
+drop-connect rising linearly from 0 to 0.2 over the blocks. Imported weights therefore give
+the same numbers (see `vertex_jax.models.weights`).
+
+Parameters are float32; `dtype` sets the compute dtype of convolutions and activations
+(bfloat16 on GPU). BatchNorm normalises and keeps its statistics in float32, and the pooled
+features and logits are float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+__all__ = [
+    "VARIANTS", "Variant", "BlockSpec", "block_specs", "round_filters", "round_repeats",
+    "BatchNorm", "MBConv", "EfficientNet", "normalize_input", "IMAGENET_MEAN", "IMAGENET_STD",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """Compound-scaling coefficients of one EfficientNet variant."""
+
+    width: float
+    depth: float
+    resolution: int
+    dropout: float
+
+
+VARIANTS: dict[str, Variant] = {
+    "b0": Variant(1.0, 1.0, 224, 0.2),
+    "b1": Variant(1.0, 1.1, 240, 0.2),
+    "b2": Variant(1.1, 1.2, 260, 0.3),
+    "b3": Variant(1.2, 1.4, 300, 0.3),
+    "b4": Variant(1.4, 1.8, 380, 0.4),
+    "b5": Variant(1.6, 2.2, 456, 0.4),
+    "b6": Variant(1.8, 2.6, 528, 0.5),
+    "b7": Variant(2.0, 3.1, 600, 0.5),
+    # Not a published variant: the same rules scaled down (7 blocks, 320 head channels)
+    # so CPU tests and smoke runs compile in seconds.
+    "tiny": Variant(0.25, 0.25, 64, 0.1),
+}
+
+# B0 stages: (expand ratio, kernel, stride, input channels, output channels, repeats).
+_BASE_STAGES = (
+    (1, 3, 1, 32, 16, 1),
+    (6, 3, 2, 16, 24, 2),
+    (6, 5, 2, 24, 40, 2),
+    (6, 3, 2, 40, 80, 3),
+    (6, 5, 1, 80, 112, 3),
+    (6, 5, 2, 112, 192, 4),
+    (6, 3, 1, 192, 320, 1),
+)
+_STEM_CHANNELS = 32
+_HEAD_CHANNELS = 1280
+SE_RATIO = 0.25
+DROP_CONNECT_RATE = 0.2
+BN_MOMENTUM = 0.99
+BN_EPSILON = 1e-3
+
+# ImageNet normalisation used by the Keras and timm `tf_` weights, applied to [0, 1] inputs.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_conv_init = jax.nn.initializers.variance_scaling(2.0, "fan_out", "truncated_normal")
+# Depthwise kernels are [k, k, 1, C]; the TF reference takes fan-out as k*k (one output per channel).
+_dw_init = jax.nn.initializers.variance_scaling(
+    2.0, "fan_out", "truncated_normal", in_axis=-1, out_axis=-2)
+_dense_init = jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_out", "uniform")
+
+
+def round_filters(filters: int, width: float, divisor: int = 8) -> int:
+    """Scale a channel count by `width`, rounded to a multiple of `divisor` (never down by >10%)."""
+    scaled = filters * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * scaled:
+        rounded += divisor
+    return int(rounded)
+
+
+def round_repeats(repeats: int, depth: float) -> int:
+    """Scale a stage's block count by `depth`, rounding up."""
+    return int(math.ceil(depth * repeats))
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSpec:
+    """Static description of one MBConv block."""
+
+    stage: int
+    index: int          # position within the stage
+    expand: int
+    kernel: int
+    stride: int
+    in_channels: int
+    out_channels: int
+    drop_rate: float    # drop-connect probability
+
+    @property
+    def hidden(self) -> int:
+        return self.in_channels * self.expand
+
+    @property
+    def se_channels(self) -> int:
+        return max(1, int(self.in_channels * SE_RATIO))
+
+    @property
+    def has_skip(self) -> bool:
+        return self.stride == 1 and self.in_channels == self.out_channels
+
+
+def _variant(name: str) -> Variant:
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise ValueError(f"unknown EfficientNet variant {name!r}; expected one of {sorted(VARIANTS)}") from None
+
+
+def block_specs(variant: str) -> tuple[tuple[BlockSpec, ...], ...]:
+    """Per-stage block specifications of `variant` ('b0'..'b7')."""
+    v = _variant(variant)
+    repeats = [round_repeats(r, v.depth) for *_, r in _BASE_STAGES]
+    total, count = sum(repeats), 0
+    stages = []
+    for s, ((expand, kernel, stride, cin, cout, _), n) in enumerate(zip(_BASE_STAGES, repeats)):
+        cin, cout = round_filters(cin, v.width), round_filters(cout, v.width)
+        blocks = []
+        for j in range(n):
+            blocks.append(BlockSpec(
+                stage=s, index=j, expand=expand, kernel=kernel, stride=stride if j == 0 else 1,
+                in_channels=cin if j == 0 else cout, out_channels=cout,
+                drop_rate=DROP_CONNECT_RATE * count / total))
+            count += 1
+        stages.append(tuple(blocks))
+    return tuple(stages)
+
+
+def normalize_input(image: jax.Array) -> jax.Array:
+    """Map an NHWC image (uint8 0..255 or float 0..1) to the network's input scale, float32.
+
+    Three channels get the ImageNet per-channel mean/std. Any other channel count (1 for grey
+    radiographs) gets the channel-averaged constants (mean 0.449, std 0.226) on every channel,
+    so a grey image through a 1-channel stem (3-channel kernel summed over colours) gives exactly
+    what the 3-channel network gives on that image replicated to RGB.
+    """
+    x = image.astype(jnp.float32)
+    if image.dtype == jnp.uint8:
+        x = x / 255.0
+    if image.shape[-1] == 3:
+        mean, std = jnp.asarray(IMAGENET_MEAN), jnp.asarray(IMAGENET_STD)
+    else:
+        mean, std = sum(IMAGENET_MEAN) / 3.0, sum(IMAGENET_STD) / 3.0
+    return (x - mean) / std
+
+
+def _stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    xf = x.astype(jnp.float32)
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(xf, axis=axes)
+    return mean, jnp.maximum(jnp.mean(jnp.square(xf), axis=axes) - jnp.square(mean), 0.0)
+
+
+@jax.custom_vjp
+def _batch_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-channel mean and biased variance over all but the last axis, in float32.
+
+    Custom VJP: the backward pass needs only `x` and the mean (no float32 copy of `x`, no
+    recomputed reduction).
+    """
+    return _stats(x)
+
+
+def _batch_stats_fwd(x):
+    mean, var = _stats(x)
+    return (mean, var), (x, mean)
+
+
+def _batch_stats_bwd(residuals, cotangents):
+    x, mean = residuals
+    g_mean, g_var = cotangents
+    n = x.size // x.shape[-1]
+    dx = (g_mean + 2.0 * g_var * (x.astype(jnp.float32) - mean)) / n
+    return (dx.astype(x.dtype),)
+
+
+_batch_stats.defvjp(_batch_stats_fwd, _batch_stats_bwd)
+
+
+@functools.partial(jax.checkpoint, static_argnums=(5, 6, 7))
+def _normalize_act(x, scale, bias, mean, var, epsilon: float, act: bool, dtype) -> jax.Array:
+    """(x - mean) * scale / sqrt(var + eps) + bias, optional swish, computed in float32."""
+    y = (x.astype(jnp.float32) - mean) * (scale * jax.lax.rsqrt(var + epsilon)) + bias
+    return (jax.nn.silu(y) if act else y).astype(dtype)
+
+
+class BatchNorm(nnx.BatchNorm):
+    """`nnx.BatchNorm` (same variables, train/eval switch) with the TF reference settings
+    (momentum 0.99, epsilon 1e-3), float32 statistics, an optional fused swish and output in
+    the compute dtype.
+
+    Normalisation is rematerialised (`jax.checkpoint`) and the batch statistics have a custom
+    VJP, so autodiff keeps only the compute-dtype input and per-channel statistics, not
+    several float32 copies of the activation (about 2 instead of 22 bytes per element in
+    bfloat16); the backward pass recomputes only elementwise work.
+    """
+
+    def __init__(self, features: int, *, act: bool, dtype: Any, rngs: nnx.Rngs):
+        super().__init__(features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=jnp.float32,
+                         param_dtype=jnp.float32, rngs=rngs)
+        self.act = act
+        self.compute_dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.use_running_average:
+            mean, var = self.mean[...], self.var[...]
+        else:
+            mean, var = _batch_stats(x)
+            m = self.momentum
+            self.mean[...] = jax.lax.stop_gradient(m * self.mean[...] + (1 - m) * mean)
+            self.var[...] = jax.lax.stop_gradient(m * self.var[...] + (1 - m) * var)
+        return _normalize_act(x, self.scale[...], self.bias[...], mean, var, self.epsilon, self.act,
+                              self.compute_dtype)
+
+
+def _conv(cin: int, cout: int, kernel: int, *, stride: int = 1, groups: int = 1,
+          dtype: Any, rngs: nnx.Rngs) -> nnx.Conv:
+    return nnx.Conv(cin, cout, (kernel, kernel), strides=stride, padding="SAME",
+                    feature_group_count=groups, use_bias=False,
+                    kernel_init=_dw_init if groups > 1 else _conv_init,
+                    dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+
+
+class MBConv(nnx.Module):
+    """Mobile inverted bottleneck: [1x1 expand] -> depthwise -> squeeze-excite -> 1x1 project (+skip)."""
+
+    def __init__(self, spec: BlockSpec, *, dtype: Any = jnp.float32, rngs: nnx.Rngs):
+        self.spec = spec
+        self.dtype = dtype
+        hidden = spec.hidden
+        if spec.expand != 1:
+            self.expand_conv = _conv(spec.in_channels, hidden, 1, dtype=dtype, rngs=rngs)
+            self.expand_bn = BatchNorm(hidden, act=True, dtype=dtype, rngs=rngs)
+        else:
+            self.expand_conv = self.expand_bn = None
+        self.dw_conv = _conv(hidden, hidden, spec.kernel, stride=spec.stride, groups=hidden,
+                             dtype=dtype, rngs=rngs)
+        self.dw_bn = BatchNorm(hidden, act=True, dtype=dtype, rngs=rngs)
+        self.se_reduce = nnx.Linear(hidden, spec.se_channels, kernel_init=_conv_init,
+                                    dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+        self.se_expand = nnx.Linear(spec.se_channels, hidden, kernel_init=_conv_init,
+                                    dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+        self.project_conv = _conv(hidden, spec.out_channels, 1, dtype=dtype, rngs=rngs)
+        self.project_bn = BatchNorm(spec.out_channels, act=False, dtype=dtype, rngs=rngs)
+        if spec.has_skip and spec.drop_rate > 0:
+            # Drop-connect: drop the whole residual branch per example, scale survivors.
+            self.drop_path = nnx.Dropout(spec.drop_rate, broadcast_dims=(1, 2, 3), rngs=rngs)
+        else:
+            self.drop_path = None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = x
+        if self.expand_conv is not None:
+            h = self.expand_bn(self.expand_conv(h))
+        h = self.dw_bn(self.dw_conv(h))
+        s = jnp.mean(h, axis=(1, 2), keepdims=True, dtype=jnp.float32)
+        s = jax.nn.silu(self.se_reduce(s))
+        s = jax.nn.sigmoid(self.se_expand(s))
+        h = h * s.astype(self.dtype)
+        h = self.project_bn(self.project_conv(h))
+        if self.spec.has_skip:
+            if self.drop_path is not None:
+                h = self.drop_path(h)
+            h = h + x
+        return h
+
+
+def _apply_block(block: MBConv, x: jax.Array) -> jax.Array:
+    return block(x)
+
+
+class EfficientNet(nnx.Module):
+    """EfficientNet-B0..B7 on NHWC input already scaled by `normalize_input`.
+
+    `num_classes=None` drops the classifier: the call then returns the pooled features.
+    `remat=True` rematerialises each MBConv block in the backward pass (less activation
+    memory at large inputs, about one extra forward of compute).
+    """
+
+    def __init__(self, variant: str, *, in_channels: int = 3, num_classes: int | None = 1000,
+                 dtype: Any = jnp.float32, remat: bool = False, rngs: nnx.Rngs):
+        v = _variant(variant)
+        if in_channels < 1:
+            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+        self.variant = variant
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.dtype = dtype
+        self.remat = remat
+        specs = block_specs(variant)
+        stem = round_filters(_STEM_CHANNELS, v.width)
+        self.num_features = round_filters(_HEAD_CHANNELS, v.width)
+        self.stem_conv = _conv(in_channels, stem, 3, stride=2, dtype=dtype, rngs=rngs)
+        self.stem_bn = BatchNorm(stem, act=True, dtype=dtype, rngs=rngs)
+        self.stages = nnx.List([nnx.List([MBConv(spec, dtype=dtype, rngs=rngs) for spec in stage])
+                                for stage in specs])
+        self.head_conv = _conv(specs[-1][-1].out_channels, self.num_features, 1, dtype=dtype, rngs=rngs)
+        self.head_bn = BatchNorm(self.num_features, act=True, dtype=dtype, rngs=rngs)
+        if num_classes is None:
+            self.dropout = self.classifier = None
+        else:
+            self.dropout = nnx.Dropout(v.dropout, rngs=rngs)
+            self.classifier = nnx.Linear(self.num_features, num_classes, kernel_init=_dense_init,
+                                         dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
+
+    def blocks(self) -> Iterator[MBConv]:
+        """All MBConv blocks in order."""
+        for stage in self.stages:
+            yield from stage
+
+    def features(self, x: jax.Array) -> jax.Array:
+        """Last-stage feature map [B, h, w, num_features] (after head conv + BN + swish)."""
+        if x.ndim != 4 or x.shape[-1] != self.in_channels:
+            raise ValueError(f"expected NHWC input with {self.in_channels} channel(s), got shape {x.shape}")
+        x = self.stem_bn(self.stem_conv(x.astype(self.dtype)))
+        apply = nnx.remat(_apply_block) if self.remat else _apply_block
+        for block in self.blocks():
+            x = apply(block, x)
+        return self.head_bn(self.head_conv(x))
+
+    def head(self, features: jax.Array) -> jax.Array:
+        """Global average pool (float32), then dropout + classifier when the model has one."""
+        pooled = jnp.mean(features, axis=(1, 2), dtype=jnp.float32)
+        if self.classifier is None:
+            return pooled
+        return self.classifier(self.dropout(pooled))
+
+    def __call__(self, x: jax.Array, *, return_features: bool = False):
+        """Logits [B, num_classes] (or pooled features if headless); with `return_features`,
+        also the last-stage feature map for Grad-CAM."""
+        feats = self.features(x)
+        out = self.head(feats)
+        return (out, feats) if return_features else out

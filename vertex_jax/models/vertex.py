@@ -1,0 +1,111 @@
+"""VERTE-X network: EfficientNet image features fused with age / sex / BMI, one logit per task.
+
+Follows the authors' 2023 design (`image_clnical_combineNet`): the backbone's pooled
+features go through dropout and a linear projection (their replaced `_fc`); the clinical
+branch is Linear-BN-ReLU-Dropout(0.2) twice; both are concatenated and mapped by
+Linear(., 100) then Linear(100, tasks) (no nonlinearity in between, as in their code).
+Here the clinical branch also sees the missing-value mask, so "missing" is learnable.
+
+Input scaling happens inside the call (and so inside any jit): uint8 images are divided by
+255, then `normalize_input` applies the ImageNet constants the pretrained weights expect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vertex_jax.models.efficientnet import VARIANTS, EfficientNet, normalize_input
+
+__all__ = ["TASKS", "ClinicalBranch", "VertexNet"]
+
+TASKS = ("pvf", "osteo")
+
+
+class ClinicalBranch(nnx.Module):
+    """[values * mask, mask] -> (Linear-BN-ReLU-Dropout) x len(hidden), all float32."""
+
+    def __init__(self, num_inputs: int, hidden: Sequence[int], *, dropout: float = 0.2, rngs: nnx.Rngs):
+        sizes = (2 * num_inputs, *hidden)
+        self.linears = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes, sizes[1:])])
+        # PyTorch BatchNorm1d defaults, as in the authors' code.
+        self.norms = nnx.List([nnx.BatchNorm(b, momentum=0.9, epsilon=1e-5, rngs=rngs) for b in hidden])
+        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+
+    def __call__(self, values: jax.Array, mask: jax.Array) -> jax.Array:
+        h = jnp.concatenate([values * mask, mask], axis=-1)
+        for linear, norm in zip(self.linears, self.norms):
+            h = self.dropout(jax.nn.relu(norm(linear(h))))
+        return h
+
+
+class VertexNet(nnx.Module):
+    """Radiograph (+ clinical variables) -> logits [B, len(tasks)], float32.
+
+    `image`: [B, H, W, in_channels], uint8 0..255 or float 0..1. `clinical`: [B, num_clinical]
+    float32 (age, sex, BMI normalised by the pipeline, missing = 0); `clinical_mask`: same
+    shape, 1 where the value is present. Both may be None when `use_clinical=False`.
+    Logit column i belongs to `tasks[i]`. Sizes: `image_projection` 100 as in the authors'
+    code; their clinical hidden sizes are not published, (64, 32) is this code's default.
+    """
+
+    def __init__(self, *, variant: str = "b4", tasks: Sequence[str] = ("pvf",), use_clinical: bool = True,
+                 num_clinical: int = 3, clinical_hidden: tuple[int, int] = (64, 32),
+                 image_projection: int = 100, fusion_hidden: int = 100, in_channels: int = 1,
+                 dtype: Any = jnp.float32, remat: bool = False, rngs: nnx.Rngs):
+        tasks = tuple(tasks)
+        unknown = [t for t in tasks if t not in TASKS]
+        if not tasks or unknown or len(set(tasks)) != len(tasks):
+            raise ValueError(f"tasks must be distinct names from {TASKS}, got {tasks}")
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown EfficientNet variant {variant!r}; expected one of {sorted(VARIANTS)}")
+        self.tasks = tasks
+        self.use_clinical = use_clinical
+        self.num_clinical = num_clinical
+        self.backbone = EfficientNet(variant, in_channels=in_channels, num_classes=None, dtype=dtype,
+                                     remat=remat, rngs=rngs)
+        self.image_dropout = nnx.Dropout(VARIANTS[variant].dropout, rngs=rngs)
+        self.image_projection = nnx.Linear(self.backbone.num_features, image_projection, rngs=rngs)
+        fused = image_projection
+        if use_clinical:
+            self.clinical = ClinicalBranch(num_clinical, clinical_hidden, rngs=rngs)
+            fused += clinical_hidden[-1]
+        else:
+            self.clinical = None
+        self.fusion = nnx.Linear(fused, fusion_hidden, rngs=rngs)
+        self.output = nnx.Linear(fusion_hidden, len(tasks), rngs=rngs)
+
+    def image_features(self, image: jax.Array) -> jax.Array:
+        """Scale the raw image and return the backbone's last-stage feature map."""
+        return self.backbone.features(normalize_input(image))
+
+    def _check_clinical(self, batch: int, clinical: jax.Array | None, clinical_mask: jax.Array | None) -> None:
+        if self.clinical is None:
+            return
+        expected = (batch, self.num_clinical)
+        for name, arr in (("clinical", clinical), ("clinical_mask", clinical_mask)):
+            if arr is None or tuple(arr.shape) != expected:
+                got = None if arr is None else tuple(arr.shape)
+                raise ValueError(f"{name} must have shape {expected}, got {got}")
+
+    def classify(self, features: jax.Array, clinical: jax.Array | None,
+                 clinical_mask: jax.Array | None) -> jax.Array:
+        """Logits from a feature map (split out so Grad-CAM can differentiate w.r.t. `features`)."""
+        self._check_clinical(features.shape[0], clinical, clinical_mask)
+        h = self.image_projection(self.image_dropout(self.backbone.head(features)))
+        if self.clinical is not None:
+            c = self.clinical(clinical.astype(jnp.float32), clinical_mask.astype(jnp.float32))
+            h = jnp.concatenate([h, c], axis=-1)
+        return self.output(self.fusion(h))
+
+    def __call__(self, image: jax.Array, clinical: jax.Array | None, clinical_mask: jax.Array | None, *,
+                 return_features: bool = False):
+        """Logits [B, T]; with `return_features`, (logits, last-stage feature map)."""
+        self._check_clinical(image.shape[0], clinical, clinical_mask)
+        feats = self.image_features(image)
+        logits = self.classify(feats, clinical, clinical_mask)
+        return (logits, feats) if return_features else logits
