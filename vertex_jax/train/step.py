@@ -38,7 +38,8 @@ def make_train_step(graphdef: nnx.GraphDef, config: Any, mesh: Mesh
     skip_nonfinite = config.nan_policy == "skip"
 
     def step(state: nnx.State, batch: Batch):
-        model, optimizer = nnx.merge(graphdef, state)
+        # copy=True: the update below must not write through to ``state`` (kept for "skip").
+        model, optimizer = nnx.merge(graphdef, state, copy=True)
         model.train()
         if config.augment.enabled:
             keys = example_keys(config.seed, batch["epoch"], batch["index"])
@@ -51,7 +52,7 @@ def make_train_step(graphdef: nnx.GraphDef, config: Any, mesh: Mesh
             return masked_bce(logits, batch["labels"], batch["label_mask"], pos_weight)
 
         loss, grads = nnx.value_and_grad(loss_fn)(model)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         optimizer.update(model, grads)
         new_state = nnx.state((model, optimizer))
