@@ -52,9 +52,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.max_steps = 0  # >0 caps the run (smoke tests, benchmarks)
 
     if arg == "demo":
+        c.tasks = "pvf,osteo"  # both scores from one small model, to show both in minutes
         c.data.canvas = (256, 128)
         c.data.synthetic = dict(num_patients=600, scale=0.25, seed=0)
-        c.model.variant = "b0"
+        c.model.variant = "tiny"
         c.batch_size = 16
         c.eval_batch_size = 32
         c.num_epochs = 8
