@@ -165,7 +165,10 @@ def build_cache(df: pd.DataFrame, cache_dir: str | os.PathLike,
             _write_shard(str(root), s, i, p, config, skip_errors)
             bar.update(len(i))
     else:
-        ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold JAX threads
+        # forkserver: no fork of a process that may hold JAX threads, and workers fork from
+        # a server that has imported this module once (a spawn would re-import per worker).
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload([__name__])
         with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
             futures = {pool.submit(_write_shard, str(root), s, i, p, config, skip_errors): len(i)
                        for s, i, p in todo}
