@@ -96,7 +96,7 @@ def main(argv: list[str]) -> None:
         results[what] = r
         print(f"{what:5s} {config.model.variant} {config.data.canvas[0]}x{config.data.canvas[1]} "
               f"{config.model.dtype} batch {batch_size} on {jax.device_count()}x {results['device']}: "
-              f"{r['images_per_s']:.1f} images/s, {r['step_s'] * 1e3:.1f} ms/step, compile "
+              f"{r['images_per_s']:.3g} images/s, {r['step_s'] * 1e3:.1f} ms/step, compile "
               f"{r['compile_s']:.1f} s, {r['flops_per_step'] / 1e9:.1f} GFLOP/step, "
               f"{r['tflops_per_s']:.3f} TFLOP/s", flush=True)
     if _JSON.value:

@@ -126,12 +126,13 @@ def bone_density(t_score: float, osteo_effect: float = 0.13) -> float:
 
 def sample_anatomy(rng: np.random.Generator, *, age: float, bmi: float, t_score: float,
                    fractures: tuple[Fracture, ...] = (), osteo_effect: float = 0.13,
-                   density_noise: float = 0.03, compaction: float = 1.0) -> Anatomy:
+                   density_noise: float = 0.03, compaction: float = 1.5) -> Anatomy:
     """Draw a spine for a patient.
 
     ``osteo_effect`` and ``density_noise`` set how visibly (per T-score unit) and how
     faithfully bone density follows the T-score; ``compaction`` how much denser a collapsed
-    body looks (1 = its bone mass conserved in the smaller volume, 0 = no change)."""
+    body looks: density ~ (normal / actual height) ** compaction (1 = its bone mass kept in
+    the smaller volume, 1.5 = plus the sclerosis of healing, 0 = no change)."""
     levels = [f.level for f in fractures]
     if len(set(levels)) != len(levels):
         raise ValueError(f"more than one fracture at the same level: {levels}")

@@ -75,7 +75,7 @@ TYPE_PROBS = {"wedge": 0.6, "biconcave": 0.25, "crush": 0.15}
 # File format tokens: PNG, or DICOM with one of the writer's lossless encodings.
 FORMATS = {"png": None, "dcm": "none", "rle": "rle", "jpegls": "jpegls", "jpeg2000": "jpeg2000",
            "jpeg-lossless": "jpeg-lossless"}
-MIX = {"png": 0.2, "dcm": 0.3, "rle": 0.1, "jpegls": 0.15, "jpeg2000": 0.1, "jpeg-lossless": 0.15}
+MIX = {"png": 0.2, "dcm": 0.35, "rle": 0.05, "jpegls": 0.15, "jpeg2000": 0.1, "jpeg-lossless": 0.15}
 MANIFEST_COLUMNS = (
     "image_id", "patient_id", "path", "domain", "pvf", "osteo", "age", "sex", "bmi",
     "exam", "t_score", "fracture_levels", "fracture_type", "fracture_grades", "genant_grade",
@@ -91,7 +91,8 @@ class CohortConfig:
 
     osteo_effect: change of the image's relative trabecular density per T-score unit.
     density_noise: log-normal scatter of image density not explained by the T-score.
-    compaction: how much denser a collapsed body looks (1 = bone mass conserved, 0 = none).
+    compaction: density of a collapsed body ~ (normal / actual height) ** compaction:
+      1 keeps its bone mass in the smaller volume, 1.5 adds the sclerosis of healing, 0 none.
     multiple_fractures: chance of a second fractured level at T-score -2.5 (higher when
       lower); a third follows with half that chance.
     min_grade: smallest Genant grade drawn for a prevalent fracture (1-3).
@@ -104,8 +105,8 @@ class CohortConfig:
 
     osteo_effect: float = 0.13
     density_noise: float = 0.03
-    compaction: float = 1.0
-    multiple_fractures: float = 0.5
+    compaction: float = 1.5
+    multiple_fractures: float = 0.6
     min_grade: int = 2
     grade_probs: tuple[float, float, float] = (0.3, 0.4, 0.3)
     repeat_fraction: float = 0.1
