@@ -39,7 +39,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.model = dict(variant="b4", use_clinical=True, dtype="float32", remat=False,
                    init_weights="")  # Keras .h5 / timm .safetensors ImageNet weights
     c.optim = dict(lr=1e-4, weight_decay=1e-4, warmup_epochs=1.0, min_lr_ratio=0.01,
-                   clip_norm=1.0, pos_weight=(), grad_accum=1, ema_decay=0.0)
+                   clip_norm=1.0, pos_weight=(), grad_accum=1)
     c.batch_size = 30  # global, over all devices
     c.num_epochs = 100
     c.early_stop_patience = 10  # epochs without a better validation AUROC
