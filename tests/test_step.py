@@ -108,3 +108,24 @@ def test_eval_step_outputs_probabilities_in_eval_mode(config):
     assert probs.shape == (8, 1) and (probs > 0).all() and (probs < 1).all()
     np.testing.assert_array_equal(probs, np.asarray(again["probs"]))  # no dropout at eval
     np.testing.assert_allclose(probs, 1 / (1 + np.exp(-np.asarray(out["logits"]))), rtol=1e-6)
+
+
+def test_gradient_accumulation_updates_every_k_steps(config):
+    from vertex_jax.train.state import build_optimizer
+    config = config.copy_and_resolve_references()
+    config.optim.grad_accum = 2
+    config.optim.warmup_epochs = 0.0
+    mesh = Mesh(np.asarray(jax.devices()[:1]), ("data",))
+    ts = TrainState.create(build_model(config, seed=0), build_optimizer(config, steps_per_epoch=10))
+    config.optim.grad_accum = 1
+    step = make_train_step(ts.graphdef, config, mesh)
+    snapshots = [jax.tree.map(np.asarray, nnx_params(ts, ts.state))]
+    state = ts.state
+    for k in range(2):
+        state, _ = step(state, to_global(_batch(seed=k), mesh))
+        snapshots.append(jax.tree.map(np.asarray, nnx_params(ts, state)))
+
+    def changed(a, b):
+        return any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    assert not changed(snapshots[0], snapshots[1])  # first micro-batch: accumulated only
+    assert changed(snapshots[1], snapshots[2])  # second: one optimizer update
