@@ -192,7 +192,7 @@ def sample_acquisition(rng: np.random.Generator, domain: str = "xray", *, scale:
             h = float(rng.uniform(3500, 8383))  # long-length / high-resolution detectors
         aspect = rng.normal(1.45, 0.1) if rng.random() > 0.08 else rng.uniform(0.85, 1.05)
         w = float(np.clip(h / aspect, 850, 3520))
-        vendors, fill, cx = _XRAY_VENDORS, rng.uniform(0.72, 0.84), rng.uniform(0.42, 0.58)
+        vendors, fill, cx = _XRAY_VENDORS, rng.uniform(0.76, 0.86), rng.uniform(0.42, 0.58)
         mirror, photons, blur = rng.random() < 0.5, rng.uniform(0.6, 1.6), rng.uniform(0.1, 0.25)
         heel, scatter = rng.uniform(-0.2, 0.2), rng.uniform(0.05, 0.2)
     else:

@@ -430,6 +430,20 @@ def _montage_tile(ph: phantom.Phantom, title: str, height: int) -> np.ndarray:
     return cv2.copyMakeBorder(tile, 0, 0, 0, 4, cv2.BORDER_CONSTANT, value=0)
 
 
+def _knob_help() -> dict[str, str]:
+    """The field descriptions of CohortConfig's docstring, by field name."""
+    names = {f.name for f in dataclasses.fields(CohortConfig)}
+    helps: dict[str, str] = {}
+    name = None
+    for line in (CohortConfig.__doc__ or "").splitlines():
+        head, _, rest = line.strip().partition(": ")
+        if head in names:
+            name, helps[head] = head, rest
+        elif name and line.startswith("      "):
+            helps[name] += " " + line.strip()
+    return helps
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m vertex_jax.data.synthetic",
                                      description=__doc__.split("\n\n")[0])
@@ -442,12 +456,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--formats", default="mix",
                         help=f"'mix' or comma-separated from {','.join(FORMATS)}")
     parser.add_argument("--montage", metavar="PNG", help="also (or only) write the example figure")
+    knobs = parser.add_argument_group("difficulty and data quality (CohortConfig)")
+    helps = _knob_help()
     for f in dataclasses.fields(CohortConfig):
         default = f.default
-        kind = (lambda s: tuple(float(x) for x in s.split(","))) if isinstance(default, tuple) \
-            else type(default)
-        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=default,
-                            help=f"(default {','.join(map(str, default)) if isinstance(default, tuple) else default})")
+        tuple_arg = isinstance(default, tuple)
+        kind = (lambda s: tuple(float(x) for x in s.split(","))) if tuple_arg else type(default)
+        shown = ",".join(map(str, default)) if tuple_arg else default
+        knobs.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=default,
+                           help=f"{helps.get(f.name, '')} (default {shown})")
     args = parser.parse_args(argv)
     if args.montage:
         print(f"wrote {make_montage(args.montage, seed=args.seed)}")
