@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from parity import forward, rel_error
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 keras = pytest.importorskip("keras")
@@ -116,7 +117,7 @@ def keras_reference(variant: str, height: int, width: int, out_dir: pathlib.Path
     outs = [np.asarray(o) for o in evaluate(trainable, stats, x)]
     if check_sensitivity:
         other = evaluate(trainable, stats, rng.uniform(0, 255, x.shape).astype(np.float32))
-        assert _rel(other[0], outs[0]) > 1e-2
+        assert rel_error(other[0], outs[0]) > 1e-2
 
     weights = out_dir / f"{variant}_{height}x{width}.weights.h5"
     model.save_weights(weights)
@@ -131,17 +132,6 @@ def keras_reference(variant: str, height: int, width: int, out_dir: pathlib.Path
         notop = weights.with_name(f"{variant}_notop.weights.h5")
         backbone.save_weights(notop)
     return KerasReference(weights, legacy, notop, image, outs[0], outs[1])
-
-
-def _rel(ours, ref) -> float:
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    return float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
-
-
-@nnx.jit
-def _forward(net: EfficientNet, image: jax.Array):
-    """Raw image (uint8) -> (logits or pooled features, feature map), input scaling included."""
-    return net(normalize_input(image), return_features=True)
 
 
 @nnx.jit
@@ -175,10 +165,10 @@ def b0_net(b0_ref):
 
 
 def test_b0_non_square_matches_keras(b0_ref, b0_net):
-    logits, feats = _forward(b0_net, jnp.asarray(b0_ref.image))
+    logits, feats = forward(b0_net, jnp.asarray(b0_ref.image))
     assert feats.shape == b0_ref.features.shape == (2, 3, 2, 1280)
-    assert _rel(feats, b0_ref.features) <= TOLERANCE
-    assert _rel(logits, b0_ref.logits) <= TOLERANCE
+    assert rel_error(feats, b0_ref.features) <= TOLERANCE
+    assert rel_error(logits, b0_ref.logits) <= TOLERANCE
 
 
 def test_legacy_h5_gives_the_same_model(b0_ref, b0_net):
@@ -187,19 +177,19 @@ def test_legacy_h5_gives_the_same_model(b0_ref, b0_net):
     assert report.loaded == 311 and report.head_loaded
     after = jax.tree.map(np.asarray, nnx.state(b0_net, nnx.Param))
     jax.tree.map(np.testing.assert_array_equal, before, after)
-    logits, feats = _forward(b0_net, jnp.asarray(b0_ref.image))
-    assert _rel(feats, b0_ref.features) <= TOLERANCE
-    assert _rel(logits, b0_ref.logits) <= TOLERANCE
+    logits, feats = forward(b0_net, jnp.asarray(b0_ref.image))
+    assert rel_error(feats, b0_ref.features) <= TOLERANCE
+    assert rel_error(logits, b0_ref.logits) <= TOLERANCE
 
 
 def test_b4_380_matches_keras(tmp_path):
     ref = keras_reference("b4", 380, 380, tmp_path, batch=1, check_sensitivity=False)
     net, report = _build("b4", ref.weights)
     assert report.loaded == 610
-    logits, feats = _forward(net, jnp.asarray(ref.image))
+    logits, feats = forward(net, jnp.asarray(ref.image))
     assert feats.shape == (1, 12, 12, 1792)
-    assert _rel(feats, ref.features) <= TOLERANCE
-    assert _rel(logits, ref.logits) <= TOLERANCE
+    assert rel_error(feats, ref.features) <= TOLERANCE
+    assert rel_error(logits, ref.logits) <= TOLERANCE
 
 
 def test_grey_stem_equals_rgb_net_on_replicated_grey(b0_ref, b0_net):
@@ -209,15 +199,15 @@ def test_grey_stem_equals_rgb_net_on_replicated_grey(b0_ref, b0_net):
     x1 = normalize_input(jnp.asarray(b0_ref.image[..., :1]))   # grey uint8 -> channel-averaged scaling
     logits3, feats3 = _forward_scaled(b0_net, jnp.repeat(x1, 3, axis=-1))
     logits1, feats1 = _forward_scaled(grey, x1)
-    assert _rel(feats1, feats3) <= TOLERANCE
-    assert _rel(logits1, logits3) <= TOLERANCE
+    assert rel_error(feats1, feats3) <= TOLERANCE
+    assert rel_error(logits1, logits3) <= TOLERANCE
 
 
 def test_notop_file_loads_backbone_and_skips_head(b0_ref):
     net, report = _build("b0", b0_ref.notop, num_classes=None)
     assert not report.head_loaded and report.loaded == 309
-    pooled, feats = _forward(net, jnp.asarray(b0_ref.image))
-    assert _rel(feats, b0_ref.features) <= TOLERANCE
+    pooled, feats = forward(net, jnp.asarray(b0_ref.image))
+    assert rel_error(feats, b0_ref.features) <= TOLERANCE
     np.testing.assert_allclose(pooled, b0_ref.features.mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
     # A model with a (new) head keeps its own classifier; requiring the head is an error.
     headed = _abstract("b0", num_classes=3)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from parity import forward, rel_error
 
 torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
@@ -102,23 +103,13 @@ def timm_reference(variant: str, height: int, width: int, out_dir: pathlib.Path,
         features = feats.permute(0, 2, 3, 1).numpy()
         if check_sensitivity:
             other = model.forward_features(_nchw(rng.normal(0.0, 1.0, (batch, height, width, 3)).astype(np.float32)))
-            assert _rel(other.permute(0, 2, 3, 1).numpy(), features) > 1e-2
+            assert rel_error(other.permute(0, 2, 3, 1).numpy(), features) > 1e-2
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     st, pth = out_dir / f"tf_{variant}.safetensors", out_dir / f"tf_{variant}.pth"
     safetensors_torch.save_file(state, st)
     torch.save(state, pth)
     return TimmReference(st, pth, state, image, features, logits.numpy(),
                          sum(p.numel() for p in model.parameters()))
-
-
-def _rel(ours, ref) -> float:
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    return float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
-
-
-@nnx.jit
-def _forward(net: EfficientNet, image: jax.Array):
-    return net(normalize_input(image), return_features=True)
 
 
 def _build(variant: str, path):
@@ -136,10 +127,10 @@ def test_b0_non_square_safetensors_and_pth_match_timm(b0_ref):
     net, report = _build("b0", b0_ref.safetensors)
     assert report.format == "timm" and report.head_loaded and report.loaded == 311
     assert report.skipped and all(k.endswith("num_batches_tracked") for k in report.skipped)
-    logits, feats = _forward(net, jnp.asarray(b0_ref.image))
+    logits, feats = forward(net, jnp.asarray(b0_ref.image))
     assert feats.shape == b0_ref.features.shape == (2, 4, 3, 1280)
-    assert _rel(feats, b0_ref.features) <= TOLERANCE
-    assert _rel(logits, b0_ref.logits) <= TOLERANCE
+    assert rel_error(feats, b0_ref.features) <= TOLERANCE
+    assert rel_error(logits, b0_ref.logits) <= TOLERANCE
 
     before = jax.tree.map(np.asarray, nnx.state(net, nnx.Param, nnx.BatchStat))
     assert load_pretrained(net, b0_ref.pth).loaded == 311
@@ -161,10 +152,10 @@ def test_b4_380_matches_timm(tmp_path):
     net, report = _build("b4", ref.safetensors)
     assert report.loaded == 610
     assert sum(p.size for p in jax.tree.leaves(nnx.state(net, nnx.Param))) == ref.num_params == 19_341_616
-    logits, feats = _forward(net, jnp.asarray(ref.image))
+    logits, feats = forward(net, jnp.asarray(ref.image))
     assert feats.shape == (1, 12, 12, 1792)
-    assert _rel(feats, ref.features) <= TOLERANCE
-    assert _rel(logits, ref.logits) <= TOLERANCE
+    assert rel_error(feats, ref.features) <= TOLERANCE
+    assert rel_error(logits, ref.logits) <= TOLERANCE
 
 
 def test_state_dict_problems_are_listed(b0_ref, tmp_path):
