@@ -18,8 +18,8 @@ What a reader can see, and only that, carries the labels:
 
 - Fractures (Genant semi-quantitative): wedge (anterior), biconcave (middle) or crush
   (posterior and whole body) height loss of grade 1 (20-25%), 2 (25-40%) or 3 (>40%),
-  the local kyphosis a wedge brings, and compacted trabeculae: the body's bone in less
-  height looks denser, most at the collapsed endplate.
+  the local kyphosis a wedge brings, compacted trabeculae (the body's bone in less height
+  looks denser, most at the collapsed endplate) and, in some, an intravertebral cleft.
 - Osteoporosis: lower trabecular density relative to cortex, posterior elements and soft
   tissue ("picture framing"), thinner cortex, coarser vertical trabecular striation.
 - The automatic exposure control sets every image's mean to a random level, so global
@@ -62,7 +62,8 @@ class Fracture:
 
     ``ratios`` are (anterior, middle, posterior) heights over the same body's normal
     heights; ``loss = 1 - min(ratios)`` is the Genant height reduction. ``top_share`` is
-    the part of the collapse taken by the superior endplate.
+    the part of the collapse taken by the superior endplate. ``cleft``: an intravertebral
+    cleft (vacuum phenomenon), a lucent line under the collapsed endplate.
     """
 
     level: str
@@ -70,14 +71,16 @@ class Fracture:
     grade: int
     ratios: tuple[float, float, float]
     top_share: float
+    cleft: bool = False
 
     @property
     def loss(self) -> float:
         return 1.0 - min(self.ratios)
 
 
-def make_fracture(rng: np.random.Generator, level: str, kind: str, grade: int) -> Fracture:
-    """Draw the shape of a ``kind`` fracture at ``level`` with a loss inside the Genant ``grade``."""
+def make_fracture(rng: np.random.Generator, level: str, kind: str, grade: int,
+                  cleft: bool = False) -> Fracture:
+    """Draw a ``kind`` fracture's shape at ``level`` with a loss inside the Genant ``grade``."""
     if level not in LEVELS:
         raise ValueError(f"unknown vertebral level {level!r}; expected one of {LEVELS}")
     if kind not in FRACTURE_TYPES:
@@ -96,7 +99,8 @@ def make_fracture(rng: np.random.Generator, level: str, kind: str, grade: int) -
     else:  # crush: posterior and whole-body collapse
         ratios = (1 - loss * (0.75 + 0.25 * u[0]), 1 - loss * (0.8 + 0.2 * u[1]), 1 - loss)
         top = 0.5 + 0.4 * u[2]
-    return Fracture(level, kind, int(grade), tuple(float(r) for r in ratios), float(top))
+    return Fracture(level, kind, int(grade), tuple(float(r) for r in ratios), float(top),
+                    bool(cleft))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -142,7 +146,8 @@ def sample_anatomy(rng: np.random.Generator, *, age: float, bmi: float, t_score:
     heights = size * (17.0 + 10.5 * t**1.3) * rng.normal(1.0, 0.025, n)
     depths = size * (25.0 + 11.0 * t) * rng.normal(1.0, 0.025, n)
     degeneration = np.clip(1.0 - 0.006 * (age - 50.0), 0.7, 1.0)
-    discs = (4.0 + 6.0 * np.linspace(0.0, 1.0, n - 1) ** 1.5) * degeneration * rng.normal(1.0, 0.08, n - 1)
+    discs = (4.0 + 6.0 * np.linspace(0.0, 1.0, n - 1) ** 1.5) * degeneration
+    discs *= rng.normal(1.0, 0.08, n - 1)
     wedge = np.where(np.arange(n) < THORACIC, rng.uniform(0.94, 1.0, n), rng.uniform(1.0, 1.06, n))
     density = bone_density(t_score, osteo_effect) * float(np.exp(rng.normal(0.0, density_noise)))
     return Anatomy(
@@ -342,7 +347,7 @@ def layout(anatomy: Anatomy, acq: Acquisition) -> Layout:
         f = fractures.get(level)
         actual = normal * np.asarray(f.ratios) if f else normal
         share = f.top_share if f else 0.5
-        extra = ((normal[0] - actual[0]) - (normal[2] - actual[2])) / d  # anterior minus posterior loss
+        extra = ((normal[0] - actual[0]) - (normal[2] - actual[2])) / d  # anterior - posterior
         axis[k] += kink + math.atan(share * extra)
         kink += math.atan(extra)
         shapes.append((normal, actual, share))
@@ -380,8 +385,9 @@ def layout(anatomy: Anatomy, acq: Acquisition) -> Layout:
         if (f := fractures.get(level)) is not None:  # the endplate taking most of the collapse
             m, bottom = _SHAPE_POINTS, _SHAPE_POINTS + _WALL_POINTS
             impaction = to_px(inner[:m] if f.top_share >= 0.5 else inner[bottom:bottom + m])
-        bodies.append(Body(level, _apply(affine, centers[k][None])[0], angle, _apply(affine, outlines[k]),
-                           to_px(inner), tuple(to_px(p) for p in post), f, impaction))
+        bodies.append(Body(level, _apply(affine, centers[k][None])[0], angle,
+                           _apply(affine, outlines[k]), to_px(inner), tuple(to_px(p) for p in post),
+                           f, impaction))
     ribs = []
     t = np.linspace(0.0, 1.0, 24)[:, None]
     for k in range(THORACIC):
@@ -399,7 +405,8 @@ def _mask(shape: tuple[int, int], polygons) -> np.ndarray:
     """Anti-aliased coverage (float32, 0-1) of the union of ``polygons`` (pixel x, y)."""
     canvas = np.zeros(shape, np.uint8)
     for p in polygons:  # one call each: a multi-contour fill would cut overlaps out
-        cv2.fillPoly(canvas, [np.round(p * 16).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=4)
+        cv2.fillPoly(canvas, [np.round(p * 16).astype(np.int32)], 255, lineType=cv2.LINE_AA,
+                     shift=4)
     return canvas.astype(np.float32) * np.float32(1 / 255)
 
 
@@ -411,11 +418,12 @@ def _stroke(shape: tuple[int, int], lines, width_px: float) -> np.ndarray:
     return canvas.astype(np.float32) * np.float32(1 / 255)
 
 
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: tuple[int, int]) -> np.ndarray:
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: tuple[int, int]
+                  ) -> np.ndarray:
     """Low-frequency random field (unit-ish amplitude), bicubic from a coarse grid."""
     grid = rng.standard_normal((cells[0] + 3, cells[1] + 3)).astype(np.float32)
-    big = cv2.resize(grid, (shape[1] * (cells[1] + 3) // cells[1], shape[0] * (cells[0] + 3) // cells[0]),
-                     interpolation=cv2.INTER_CUBIC)
+    size = (shape[1] * (cells[1] + 3) // cells[1], shape[0] * (cells[0] + 3) // cells[0])
+    big = cv2.resize(grid, size, interpolation=cv2.INTER_CUBIC)
     oy, ox = (big.shape[0] - shape[0]) // 2, (big.shape[1] - shape[1]) // 2
     return big[oy:oy + shape[0], ox:ox + shape[1]]
 
@@ -500,6 +508,9 @@ def _bone(anatomy: Anatomy, acq: Acquisition, lay: Layout, rng: np.random.Genera
         body = _mask((h, w), [b.inner])
         band = _stroke((h, w), [b.impaction], 2.5 * ppm)
         thick *= 1.0 + denser * body * (1.0 + 1.75 * anatomy.compaction * band)
+        if b.fracture.cleft:  # gas in the cleft, parallel to the broken endplate
+            line = b.impaction[2:-2] + 0.4 * (b.center - b.impaction.mean(0))
+            thick *= 1.0 - 0.8 * body * _stroke((h, w), [line], 1.8 * ppm)
 
     dens = anatomy.density
     loss = max(0.0, 1.0 - dens)

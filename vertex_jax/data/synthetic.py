@@ -32,7 +32,7 @@ whichever comes first. These numbers are written to ``truth.json``.
 Output folder::
 
     images/<image_id>.dcm|png   bone-bright pixels; DICOM MONOCHROME1/2, several lossless codecs
-    manifest.csv                one row per image (schema of vertex_jax.data.manifest + truth columns)
+    manifest.csv                one row per image: vertex_jax.data.manifest schema + truth
     annotations.json            image_id -> one record per vertebra (level, box, fracture)
     followup.csv                patient_id, followup_years, incident_fracture
     truth.json                  seed, version, settings, model coefficients, observed rates
@@ -95,6 +95,7 @@ class CohortConfig:
       1 keeps its bone mass in the smaller volume, 1.5 adds the sclerosis of healing, 0 none.
     multiple_fractures: chance of a second fractured level at T-score -2.5 (higher when
       lower); a third follows with half that chance.
+    cleft_fraction: share of fractured bodies with an intravertebral cleft (vacuum sign).
     min_grade: smallest Genant grade drawn for a prevalent fracture (1-3).
     grade_probs: relative frequency of grades 1, 2, 3 (restricted to >= min_grade).
     repeat_fraction: share of patients with a second exam.
@@ -107,6 +108,7 @@ class CohortConfig:
     density_noise: float = 0.03
     compaction: float = 1.5
     multiple_fractures: float = 0.6
+    cleft_fraction: float = 0.3
     min_grade: int = 2
     grade_probs: tuple[float, float, float] = (0.3, 0.4, 0.3)
     repeat_fraction: float = 0.1
@@ -122,8 +124,8 @@ class CohortConfig:
             raise ValueError(f"grade_probs must be 3 non-negative weights with some mass at "
                              f">= min_grade, got {self.grade_probs}")
         object.__setattr__(self, "grade_probs", probs)
-        for name in ("multiple_fractures", "repeat_fraction", "missing_clinical", "missing_label",
-                     "monochrome1_fraction"):
+        for name in ("multiple_fractures", "cleft_fraction", "repeat_fraction",
+                     "missing_clinical", "missing_label", "monochrome1_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         for name in ("osteo_effect", "density_noise", "compaction"):
@@ -218,7 +220,9 @@ def _draw_fractures(rng: np.random.Generator, t_score: float, config: CohortConf
                     ) -> tuple[phantom.Fracture, ...]:
     """1-3 fractured levels (more with lower T-score) with Genant type and grade."""
     base = config.multiple_fractures
-    extra = _sigmoid(math.log(base / (1.0 - base)) - 0.5 * (t_score + 2.5)) if 0 < base < 1 else base
+    extra = base  # chance of each further fracture, rising as the T-score falls
+    if 0.0 < base < 1.0:
+        extra = _sigmoid(math.log(base / (1.0 - base)) - 0.5 * (t_score + 2.5))
     count = 1 + int(rng.random() < extra) + int(rng.random() < extra * 0.5)
     weights = np.array(list(LEVEL_WEIGHTS.values()), np.float64)
     levels = rng.choice(phantom.LEVELS, size=count, replace=False, p=weights / weights.sum())
@@ -228,7 +232,8 @@ def _draw_fractures(rng: np.random.Generator, t_score: float, config: CohortConf
     for level in sorted(levels, key=phantom.LEVELS.index):
         kind = str(rng.choice(list(TYPE_PROBS), p=list(TYPE_PROBS.values())))
         grade = int(rng.choice([1, 2, 3], p=grades / grades.sum()))
-        out.append(phantom.make_fracture(rng, str(level), kind, grade))
+        cleft = bool(rng.random() < config.cleft_fraction)
+        out.append(phantom.make_fracture(rng, str(level), kind, grade, cleft))
     return tuple(out)
 
 
@@ -255,7 +260,7 @@ def parse_formats(formats: str) -> dict[str, float]:
     if formats == "mix":
         return dict(MIX)
     tokens = [t.strip() for t in formats.split(",") if t.strip()]
-    if not tokens or (bad := [t for t in tokens if t not in FORMATS]):
+    if not tokens or any(t not in FORMATS for t in tokens):
         raise ValueError(f"formats must be 'mix' or a comma-separated list of {list(FORMATS)}, "
                          f"got {formats!r}")
     return {t: 1.0 for t in dict.fromkeys(tokens)}
@@ -367,7 +372,8 @@ def generate_cohort(out_dir: str | os.PathLike, *, num_patients: int, domain: st
         with concurrent.futures.ProcessPoolExecutor(
                 workers, mp_context=multiprocessing.get_context("spawn"),
                 initializer=_worker_init) as pool:
-            results = list(pool.map(_write_exam, jobs, chunksize=max(1, len(jobs) // (8 * workers))))
+            chunk = max(1, len(jobs) // (8 * workers))
+            results = list(pool.map(_write_exam, jobs, chunksize=chunk))
     rows = [r for r, _ in results]
     _write_bytes(out / "manifest.csv", _csv_text(MANIFEST_COLUMNS, rows).encode())
     annotations = {r["image_id"]: a for r, a in results}
@@ -390,7 +396,7 @@ def generate_cohort(out_dir: str | os.PathLike, *, num_patients: int, domain: st
     return out / "manifest.csv"
 
 
-def make_montage(path: str | os.PathLike, *, seed: int = 0, tile_height: int = 480) -> Path:
+def make_montage(path: str | os.PathLike, *, seed: int = 0, tile_height: int = 400) -> Path:
     """Figure: normal, osteoporotic and fractured spines as radiograph then VFA, shown after
     histogram equalisation, fractured bodies boxed in red with level and Genant grade."""
     cases = (("normal", 0.5, ()), ("osteoporosis", -3.6, ()),
@@ -406,7 +412,7 @@ def make_montage(path: str | os.PathLike, *, seed: int = 0, tile_height: int = 4
             tiles.append(_montage_tile(ph, f"{domain}: {name}", tile_height))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), np.concatenate(tiles, axis=1)):
+    if not cv2.imwrite(str(path), np.concatenate(tiles, axis=1), [cv2.IMWRITE_PNG_COMPRESSION, 9]):
         raise OSError(f"cannot write {path}")
     return path
 
