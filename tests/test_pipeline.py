@@ -5,7 +5,8 @@ import pytest
 
 from vertex_jax.data.cache import build_cache
 from vertex_jax.data.manifest import load_manifest
-from vertex_jax.data.pipeline import ClinicalStats, eval_dataset, train_dataset
+from vertex_jax.data.clinical import ClinicalStats
+from vertex_jax.data.pipeline import eval_dataset, train_dataset
 from vertex_jax.data.preprocess import PreprocessConfig
 
 TASKS = ("pvf", "osteo")

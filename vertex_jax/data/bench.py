@@ -26,7 +26,8 @@ from vertex_jax.data.cache import build_cache
 from vertex_jax.data.dicom_write import write_dicom
 from vertex_jax.data.io import read_image
 from vertex_jax.data.manifest import validate
-from vertex_jax.data.pipeline import ClinicalStats, train_dataset
+from vertex_jax.data.clinical import ClinicalStats
+from vertex_jax.data.pipeline import train_dataset
 from vertex_jax.data.preprocess import PreprocessConfig, preprocess
 
 

@@ -31,40 +31,7 @@ import numpy as np
 import pandas as pd
 
 from vertex_jax.data.cache import Cache
-from vertex_jax.data.manifest import CLINICAL
-
-
-@dataclasses.dataclass(frozen=True)
-class ClinicalStats:
-    """Mean and standard deviation of age, sex, BMI on the training split."""
-
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    @classmethod
-    def fit(cls, df: pd.DataFrame) -> "ClinicalStats":
-        values = df[list(CLINICAL)].to_numpy(np.float64)
-        if np.isnan(values).all(axis=0).any():
-            empty = [c for c, e in zip(CLINICAL, np.isnan(values).all(axis=0)) if e]
-            raise ValueError(f"no training values at all for clinical column(s) {empty}")
-        mean = np.nanmean(values, axis=0)
-        std = np.nanstd(values, axis=0)
-        std = np.where(std > 0, std, 1.0)
-        return cls(tuple(map(float, mean)), tuple(map(float, std)))
-
-    def apply(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """(normalised values with missing = 0, presence mask), both float32 [n, 3]."""
-        values = df[list(CLINICAL)].to_numpy(np.float64)
-        present = ~np.isnan(values)
-        normed = np.where(present, (values - np.array(self.mean)) / np.array(self.std), 0.0)
-        return normed.astype(np.float32), present.astype(np.float32)
-
-    def to_dict(self) -> dict[str, list[float]]:
-        return {"mean": list(self.mean), "std": list(self.std)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ClinicalStats":
-        return cls(tuple(d["mean"]), tuple(d["std"]))
+from vertex_jax.data.clinical import ClinicalStats
 
 
 class CacheSource(grain.sources.RandomAccessDataSource):

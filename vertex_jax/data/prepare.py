@@ -16,7 +16,8 @@ import pandas as pd
 
 from vertex_jax.data.cache import Cache, build_cache
 from vertex_jax.data.manifest import load_manifest
-from vertex_jax.data.pipeline import ClinicalStats, eval_dataset, train_dataset
+from vertex_jax.data.clinical import ClinicalStats
+from vertex_jax.data.pipeline import eval_dataset, train_dataset
 from vertex_jax.data.preprocess import PreprocessConfig
 from vertex_jax.data.splits import load_or_create_splits
 
