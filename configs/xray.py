@@ -37,6 +37,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     )
     c.augment = dict(enabled=True, max_rotation_deg=30.0, max_scale_delta=0.15, max_noise_std=0.03)
     c.model = dict(variant="b4", use_clinical=True, dtype="float32", remat=False,
+                   depthwise="auto",  # "conv" (XLA grouped conv), "shifts", auto: shifts on CPU
                    init_weights="")  # Keras .h5 / timm .safetensors ImageNet weights
     c.optim = dict(lr=1e-4, weight_decay=1e-4, warmup_epochs=1.0, min_lr_ratio=0.01,
                    clip_norm=1.0, pos_weight=(), grad_accum=1)

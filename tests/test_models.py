@@ -253,3 +253,34 @@ def test_bad_arguments_are_named(net, batch):
         VertexNet(variant="b0", tasks=("pvf", "bmd"), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="unknown EfficientNet variant 'b9'"):
         EfficientNet("b9", rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("size,stride,kernel", [((9, 7), 1, 3), ((9, 7), 2, 3), ((10, 8), 2, 5),
+                                                ((11, 6), 2, 5)])
+def test_depthwise_shifts_equal_the_grouped_convolution(size, stride, kernel):
+    from vertex_jax.models.efficientnet import depthwise_shifts
+
+    x = jax.random.normal(jax.random.key(0), (2, *size, 6))
+    w = jax.random.normal(jax.random.key(1), (kernel, kernel, 1, 6))
+
+    def grouped(x, w):
+        return jax.lax.conv_general_dilated(x, w, (stride, stride), "SAME", feature_group_count=6,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    np.testing.assert_allclose(depthwise_shifts(x, w, stride), grouped(x, w), atol=1e-5)
+    g_shift = jax.grad(lambda x, w: jnp.sum(depthwise_shifts(x, w, stride) ** 2), (0, 1))(x, w)
+    g_conv = jax.grad(lambda x, w: jnp.sum(grouped(x, w) ** 2), (0, 1))(x, w)
+    for a, b in zip(g_shift, g_conv):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_depthwise_implementations_give_the_same_network(batch):
+    nets = {impl: VertexNet(variant="tiny", tasks=("pvf", "osteo"), depthwise=impl, rngs=nnx.Rngs(3))
+            for impl in ("conv", "shifts")}
+    for n in nets.values():
+        n.eval()
+    image, clinical, mask = batch
+    np.testing.assert_allclose(nets["conv"](image, clinical, mask),
+                               nets["shifts"](image, clinical, mask), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="depthwise impl"):
+        VertexNet(variant="tiny", depthwise="fft", rngs=nnx.Rngs(0))

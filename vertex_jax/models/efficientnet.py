@@ -234,18 +234,70 @@ class BatchNorm(nnx.BatchNorm):
                               self.compute_dtype)
 
 
-def _conv(cin: int, cout: int, kernel: int, *, stride: int = 1, groups: int = 1,
-          dtype: Any, rngs: nnx.Rngs) -> nnx.Conv:
-    return nnx.Conv(cin, cout, (kernel, kernel), strides=stride, padding="SAME",
-                    feature_group_count=groups, use_bias=False,
-                    kernel_init=_dw_init if groups > 1 else _conv_init,
-                    dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+DEPTHWISE_IMPLS = ("auto", "conv", "shifts")
+
+
+def _tf_same_pad(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def depthwise_shifts(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    """Depthwise convolution (TF "SAME") as k*k shifted, strided multiply-adds.
+
+    The same function as ``conv_general_dilated(..., feature_group_count=C)`` with
+    ``kernel`` [k, k, 1, C]; XLA fuses it into elementwise loops, which on CPU trains
+    several times faster than its grouped-convolution kernels (see ``vertex_jax.bench``).
+    """
+    k = kernel.shape[0]
+    _, h, w, _ = x.shape
+    (top, bottom), (left, right) = _tf_same_pad(h, k, stride), _tf_same_pad(w, k, stride)
+    xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    oh, ow = -(-h // stride), -(-w // stride)
+    out = None
+    for i in range(k):
+        for j in range(k):
+            tap = xp[:, i:i + (oh - 1) * stride + 1:stride, j:j + (ow - 1) * stride + 1:stride]
+            term = tap * kernel[i, j, 0]
+            out = term if out is None else out + term
+    return out
+
+
+class DepthwiseConv(nnx.Conv):
+    """Depthwise ``nnx.Conv`` (same kernel variable, so weights and checkpoints are shared)
+    computed by ``impl``: ``conv`` (XLA grouped convolution), ``shifts``
+    (:func:`depthwise_shifts`) or ``auto`` (shifts on CPU, conv on accelerators)."""
+
+    def __init__(self, channels: int, kernel: int, *, stride: int, impl: str, dtype: Any,
+                 rngs: nnx.Rngs):
+        if impl not in DEPTHWISE_IMPLS:
+            raise ValueError(f"depthwise impl must be one of {DEPTHWISE_IMPLS}, got {impl!r}")
+        super().__init__(channels, channels, (kernel, kernel), strides=stride, padding="SAME",
+                         feature_group_count=channels, use_bias=False, kernel_init=_dw_init,
+                         dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+        self.impl = impl
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        impl = self.impl
+        if impl == "auto":
+            impl = "shifts" if jax.default_backend() == "cpu" else "conv"
+        if impl == "conv":
+            return super().__call__(x)
+        return depthwise_shifts(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
+                                self.strides[0] if isinstance(self.strides, tuple) else self.strides)
+
+
+def _conv(cin: int, cout: int, kernel: int, *, stride: int = 1, dtype: Any, rngs: nnx.Rngs
+          ) -> nnx.Conv:
+    return nnx.Conv(cin, cout, (kernel, kernel), strides=stride, padding="SAME", use_bias=False,
+                    kernel_init=_conv_init, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
 
 
 class MBConv(nnx.Module):
     """Mobile inverted bottleneck: [1x1 expand] -> depthwise -> squeeze-excite -> 1x1 project (+skip)."""
 
-    def __init__(self, spec: BlockSpec, *, dtype: Any = jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, spec: BlockSpec, *, dtype: Any = jnp.float32, depthwise: str = "auto",
+                 rngs: nnx.Rngs):
         self.spec = spec
         self.dtype = dtype
         hidden = spec.hidden
@@ -254,8 +306,8 @@ class MBConv(nnx.Module):
             self.expand_bn = BatchNorm(hidden, act=True, dtype=dtype, rngs=rngs)
         else:
             self.expand_conv = self.expand_bn = None
-        self.dw_conv = _conv(hidden, hidden, spec.kernel, stride=spec.stride, groups=hidden,
-                             dtype=dtype, rngs=rngs)
+        self.dw_conv = DepthwiseConv(hidden, spec.kernel, stride=spec.stride, impl=depthwise,
+                                     dtype=dtype, rngs=rngs)
         self.dw_bn = BatchNorm(hidden, act=True, dtype=dtype, rngs=rngs)
         self.se_reduce = nnx.Linear(hidden, spec.se_channels, kernel_init=_conv_init,
                                     dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
@@ -295,11 +347,13 @@ class EfficientNet(nnx.Module):
 
     `num_classes=None` drops the classifier: the call then returns the pooled features.
     `remat=True` rematerialises each MBConv block in the backward pass (less activation
-    memory at large inputs, about one extra forward of compute).
+    memory at large inputs, about one extra forward of compute). `depthwise` picks the
+    depthwise-convolution implementation (:class:`DepthwiseConv`).
     """
 
     def __init__(self, variant: str, *, in_channels: int = 3, num_classes: int | None = 1000,
-                 dtype: Any = jnp.float32, remat: bool = False, rngs: nnx.Rngs):
+                 dtype: Any = jnp.float32, remat: bool = False, depthwise: str = "auto",
+                 rngs: nnx.Rngs):
         v = _variant(variant)
         if in_channels < 1:
             raise ValueError(f"in_channels must be >= 1, got {in_channels}")
@@ -313,7 +367,8 @@ class EfficientNet(nnx.Module):
         self.num_features = round_filters(_HEAD_CHANNELS, v.width)
         self.stem_conv = _conv(in_channels, stem, 3, stride=2, dtype=dtype, rngs=rngs)
         self.stem_bn = BatchNorm(stem, act=True, dtype=dtype, rngs=rngs)
-        self.stages = nnx.List([nnx.List([MBConv(spec, dtype=dtype, rngs=rngs) for spec in stage])
+        self.stages = nnx.List([nnx.List([MBConv(spec, dtype=dtype, depthwise=depthwise, rngs=rngs)
+                                          for spec in stage])
                                 for stage in specs])
         self.head_conv = _conv(specs[-1][-1].out_channels, self.num_features, 1, dtype=dtype, rngs=rngs)
         self.head_bn = BatchNorm(self.num_features, act=True, dtype=dtype, rngs=rngs)

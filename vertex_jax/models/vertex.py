@@ -56,7 +56,8 @@ class VertexNet(nnx.Module):
     def __init__(self, *, variant: str = "b4", tasks: Sequence[str] = ("pvf",), use_clinical: bool = True,
                  num_clinical: int = 3, clinical_hidden: tuple[int, int] = (64, 32),
                  image_projection: int = 100, fusion_hidden: int = 100, in_channels: int = 1,
-                 dtype: Any = jnp.float32, remat: bool = False, rngs: nnx.Rngs):
+                 dtype: Any = jnp.float32, remat: bool = False, depthwise: str = "auto",
+                 rngs: nnx.Rngs):
         tasks = tuple(tasks)
         unknown = [t for t in tasks if t not in TASKS]
         if not tasks or unknown or len(set(tasks)) != len(tasks):
@@ -67,7 +68,7 @@ class VertexNet(nnx.Module):
         self.use_clinical = use_clinical
         self.num_clinical = num_clinical
         self.backbone = EfficientNet(variant, in_channels=in_channels, num_classes=None, dtype=dtype,
-                                     remat=remat, rngs=rngs)
+                                     remat=remat, depthwise=depthwise, rngs=rngs)
         self.image_dropout = nnx.Dropout(VARIANTS[variant].dropout, rngs=rngs)
         self.image_projection = nnx.Linear(self.backbone.num_features, image_projection, rngs=rngs)
         fused = image_projection

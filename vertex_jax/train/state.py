@@ -24,7 +24,8 @@ def build_model(config: Any, seed: int) -> VertexNet:
     if m.dtype not in DTYPES:
         raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {m.dtype!r}")
     model = VertexNet(variant=m.variant, tasks=tasks_of(config), use_clinical=m.use_clinical,
-                      dtype=DTYPES[m.dtype], remat=m.remat, rngs=nnx.Rngs(seed))
+                      dtype=DTYPES[m.dtype], remat=m.remat, depthwise=m.get("depthwise", "auto"),
+                      rngs=nnx.Rngs(seed))
     if m.init_weights:
         from vertex_jax.models.weights import load_pretrained
         load_pretrained(model.backbone, m.init_weights)
