@@ -95,7 +95,7 @@ def baseline(shared, tmp_path_factory):
 def test_run_trains_logs_and_summarises(baseline):
     workdir, out = baseline
     assert "epoch 1: validation AUROC pvf" in out and "done (completed)" in out
-    for name in ("config.json", "metrics.jsonl", "summary.json", "splits.csv", "data_stats.json"):
+    for name in ("config.json", "metrics.jsonl", "summary.json", "splits.csv", "model_card.json"):
         assert (workdir / name).exists(), name
     assert list((workdir / "tensorboard").iterdir())
     assert steps(workdir)[-1] == 6

@@ -55,6 +55,9 @@ def synthetic_manifest_path(data: Any, data_dir: Path) -> Path:
     """Where the configured synthetic cohort lives (its manifest is written last)."""
     syn = data.synthetic
     name = f"synthetic-{data.domain}-n{syn.num_patients}-s{syn.scale:g}-seed{syn.seed}"
+    options = dict(syn.get("options", {}))
+    if options:  # difficulty knobs (vertex_jax.data.synthetic.CohortConfig) name the cohort too
+        name += "-" + "-".join(f"{k}{v}" for k, v in sorted(options.items())).replace(" ", "")
     return data_dir / name / "manifest.csv"
 
 
@@ -67,7 +70,8 @@ def ensure_synthetic(data: Any, data_dir: Path) -> Path:
         print(f"generating the synthetic cohort in {manifest.parent}", flush=True)
         syn = data.synthetic
         generate_cohort(manifest.parent, num_patients=syn.num_patients, domain=data.domain,
-                        scale=syn.scale, seed=syn.seed, workers=data.workers or None)
+                        scale=syn.scale, seed=syn.seed, workers=data.workers or None,
+                        **dict(syn.get("options", {})))
     return manifest
 
 

@@ -53,6 +53,11 @@ class PreprocessConfig:
         return {"canvas": list(self.canvas), "border_crop": self.border_crop,
                 "equalize": self.equalize, "out_dtype": self.out_dtype}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PreprocessConfig":
+        return cls(canvas=tuple(d["canvas"]), border_crop=float(d["border_crop"]),
+                   equalize=bool(d["equalize"]), out_dtype=str(d["out_dtype"]))
+
 
 @dataclasses.dataclass(frozen=True)
 class Geometry:

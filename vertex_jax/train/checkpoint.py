@@ -38,11 +38,14 @@ class Checkpoints:
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def save(self, step: int, state: nnx.State, iterator: Any, progress: dict, config: dict,
-             metrics: dict[str, float] | None = None) -> None:
+             card: dict, metrics: dict[str, float] | None = None) -> None:
+        """``card``: what inference needs beside the arrays (tasks, clinical statistics,
+        preprocessing), so a step directory is usable on its own."""
         args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                                   data=grain.checkpoint.CheckpointSave(iterator),
                                   progress=ocp.args.JsonSave(progress),
-                                  config=ocp.args.JsonSave(config))
+                                  config=ocp.args.JsonSave(config),
+                                  card=ocp.args.JsonSave(card))
         self.manager.save(step, args=args, metrics=metrics, force=True)
 
     def restore_latest(self, target: nnx.State, iterator: Any) -> tuple[int, nnx.State, dict] | None:
@@ -106,8 +109,17 @@ def _flat(tree: Any) -> dict[str, Any]:
     return {_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def load_params(checkpoint: str | Path, model: nnx.Module) -> dict[str, list[str]]:
-    """Copy parameters (``nnx.Param``) from a run's checkpoint into ``model``, by name.
+def read_json_item(step_dir: Path, item: str) -> dict:
+    """A JSON item (``config``, ``card``, ``progress``) of a checkpoint step."""
+    if not (step_dir / item).exists():
+        raise FileNotFoundError(f"{step_dir} has no {item!r} item; is it a vertex_jax checkpoint?")
+    return ocp.JsonCheckpointHandler().restore(step_dir / item)
+
+
+def load_params(checkpoint: str | Path, model: nnx.Module, kinds: Any = nnx.Param
+                ) -> dict[str, list[str]]:
+    """Copy variables of ``kinds`` (default: parameters) from a run's checkpoint into
+    ``model``, by name.
 
     ``checkpoint`` is a step directory, a run's ``checkpoints`` directory or its workdir
     (best step, else latest). Returns what was ``loaded``, ``missing`` from the checkpoint,
@@ -117,15 +129,15 @@ def load_params(checkpoint: str | Path, model: nnx.Module) -> dict[str, list[str
 
     from vertex_jax.train.state import build_model
 
-    step_dir = _resolve(Path(checkpoint))
-    saved = ConfigDict(ocp.JsonCheckpointHandler().restore(step_dir / "config"))
+    step_dir = resolve_step_dir(checkpoint)
+    saved = ConfigDict(read_json_item(step_dir, "config"))
     saved.model.init_weights = ""
     source_model = nnx.eval_shape(lambda: build_model(saved, seed=0))
-    source_names = set(_flat(nnx.state(source_model, nnx.Param)))
+    source_names = set(_flat(nnx.state(source_model, kinds)))
     raw = _flat(restore_arrays(step_dir / "state"))
     source = {k.removeprefix("0/"): v for k, v in raw.items()
               if k.startswith("0/") and k.removeprefix("0/") in source_names}
-    params = nnx.state(model, nnx.Param)
+    params = nnx.state(model, kinds)
     target = _flat(params)
     report: dict[str, list[str]] = {"loaded": [], "missing": [], "mismatched": [],
                                     "unexpected": sorted(set(source) - set(target))}
@@ -144,8 +156,11 @@ def load_params(checkpoint: str | Path, model: nnx.Module) -> dict[str, list[str
     return report
 
 
-def _resolve(path: Path) -> Path:
-    """Step directory from a step dir, a checkpoints dir or a workdir."""
+def resolve_step_dir(path: str | Path) -> Path:
+    """Step directory from a step dir, a checkpoints dir or a workdir (best, else latest)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
     if (path / "state").is_dir():
         return path
     if (path / "checkpoints").is_dir():

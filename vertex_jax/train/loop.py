@@ -20,6 +20,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+import vertex_jax
 from vertex_jax.data.prepare import PreparedData, prepare
 from vertex_jax.train import mesh as meshlib
 from vertex_jax.train.checkpoint import METRIC, Checkpoints, load_params
@@ -86,6 +87,14 @@ def _initial_state(config: Any, data: PreparedData, steps_per_epoch: int) -> Tra
     return TrainState.create(model, build_optimizer(config, steps_per_epoch))
 
 
+def model_card(config: Any, data: PreparedData) -> dict[str, Any]:
+    """Tasks, input statistics and preprocessing of the run, saved with every checkpoint."""
+    return {"tasks": list(data.tasks), "domain": config.data.domain,
+            "clinical_stats": data.stats.to_dict(), "preprocess": data.cache.config.to_dict(),
+            "variant": config.model.variant, "use_clinical": config.model.use_clinical,
+            "vertex_jax": vertex_jax.__version__}
+
+
 def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     """Train per ``config`` in ``workdir``; returns the run summary (also written as JSON)."""
     workdir = Path(workdir).absolute()
@@ -128,13 +137,13 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     train_step = make_train_step(ts.graphdef, config, mesh)
     eval_step = make_eval_step(ts.graphdef, mesh)
     writer = MetricWriter(workdir, enabled=leader)
-    stats_json = {"clinical_stats": data.stats.to_dict(), "tasks": list(tasks)}
+    card = model_card(config, data)
     if leader:
-        (workdir / "data_stats.json").write_text(json.dumps(stats_json, indent=2))
+        (workdir / "model_card.json").write_text(json.dumps(card, indent=2))
 
     def save(metrics: dict[str, float] | None = None) -> None:
         ckpt.save(progress.step, state, train_iter, dataclasses.asdict(progress),
-                  json.loads(config.to_json_best_effort()), metrics)
+                  json.loads(config.to_json_best_effort()), card, metrics)
 
     preemption = _Preemption()
     stopped = "completed"

@@ -1,0 +1,95 @@
+"""A trained model ready to score images: weights, tasks, clinical statistics, preprocessing.
+
+``load_trained(path)`` accepts a run's workdir, its ``checkpoints`` directory or one step
+directory (a workdir or checkpoints directory gives the best step, else the latest). The
+step's ``card`` item carries everything inference needs besides the arrays, so a copied
+step directory is enough.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from ml_collections import ConfigDict
+
+from vertex_jax.data.clinical import ClinicalStats
+from vertex_jax.data.preprocess import PreprocessConfig
+from vertex_jax.models.vertex import VertexNet
+from vertex_jax.train import mesh as meshlib
+from vertex_jax.train.checkpoint import load_params, read_json_item, resolve_step_dir
+from vertex_jax.train.state import build_model
+
+
+@dataclasses.dataclass
+class TrainedModel:
+    """A model in evaluation mode and what its inputs must look like."""
+
+    model: VertexNet
+    tasks: tuple[str, ...]
+    stats: ClinicalStats
+    preprocess: PreprocessConfig
+    checkpoint: Path  # the step directory
+    step: int
+    config: ConfigDict
+    card: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return str(self.checkpoint)
+
+    def logits_fn(self) -> Callable[[Any, Any, Any], jax.Array]:
+        """Pure ``(image, clinical, clinical_mask) -> logits`` with the weights closed over
+        (what export traces; ``image`` uint8 [B, H, W, 1] or float 0-1)."""
+        graphdef, state = nnx.split(self.model)
+
+        def logits(image, clinical, clinical_mask):
+            return nnx.merge(graphdef, state)(image, clinical, clinical_mask).astype(jnp.float32)
+
+        return logits
+
+    def scorer(self, mesh: jax.sharding.Mesh | None = None
+               ) -> Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """Batched scoring on every device of ``mesh`` (default: all): host arrays in,
+        (probabilities, logits) [n, tasks] out; pads to whole device batches itself."""
+        mesh = mesh or meshlib.make_mesh()
+        graphdef, state = nnx.split(self.model)
+        state = jax.device_put(state, meshlib.replicated(mesh))
+        step = jax.jit(lambda s, *x: nnx.merge(graphdef, s)(*x).astype(jnp.float32),
+                       in_shardings=(meshlib.replicated(mesh),) + (meshlib.batch_sharded(mesh),) * 3,
+                       out_shardings=meshlib.replicated(mesh))
+        devices = mesh.size
+
+        def score(image: np.ndarray, clinical: np.ndarray, mask: np.ndarray):
+            n = len(image)
+            pad = -n % devices
+            arrays = [np.concatenate([a, np.zeros((pad, *a.shape[1:]), a.dtype)]) if pad else a
+                      for a in (image, clinical, mask)]
+            logits = np.asarray(step(state, *arrays))[:n]
+            return 1.0 / (1.0 + np.exp(-logits)), logits
+
+        return score
+
+
+def load_trained(path: str | Path) -> TrainedModel:
+    """Load the parameters and BatchNorm statistics of a checkpoint into a fresh model."""
+    step_dir = resolve_step_dir(path)
+    config = ConfigDict(read_json_item(step_dir, "config"))
+    card = read_json_item(step_dir, "card")
+    config.model.init_weights = ""
+    model = build_model(config, seed=0)
+    report = load_params(step_dir, model, kinds=(nnx.Param, nnx.BatchStat))
+    problems = report["missing"] + report["mismatched"]
+    if problems:
+        raise ValueError(f"checkpoint {step_dir} does not fit its own model: "
+                         + "; ".join(problems[:10]))
+    model.eval()
+    return TrainedModel(model=model, tasks=tuple(card["tasks"]),
+                        stats=ClinicalStats.from_dict(card["clinical_stats"]),
+                        preprocess=PreprocessConfig.from_dict(card["preprocess"]),
+                        checkpoint=step_dir, step=int(step_dir.name), config=config, card=card)

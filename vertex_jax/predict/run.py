@@ -1,0 +1,146 @@
+"""Score a table of images with any backend: read, preprocess, batch, score, collect.
+
+A backend has ``tasks``, ``preprocess`` (:class:`PreprocessConfig`), ``stats``
+(:class:`ClinicalStats`), ``name``, ``step`` and ``score(image, clinical, clinical_mask)
+-> (probabilities, logits)``. Reading and preprocessing are the training code's own
+(:mod:`vertex_jax.data.io`, :mod:`vertex_jax.data.preprocess`), run in threads; this
+module imports no JAX, so the ONNX backend serves without it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+from typing import Any, Callable, Iterator, Protocol
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from vertex_jax.data.clinical import ClinicalStats
+from vertex_jax.data.io import ImageReadError, read_image
+from vertex_jax.data.manifest import CLINICAL, TASKS
+from vertex_jax.data.preprocess import Geometry, PreprocessConfig, preprocess
+
+PREPROCESS_VERSION = "verte-x-1"  # bump when preprocessing changes what the model sees
+
+
+class Backend(Protocol):
+    tasks: tuple[str, ...]
+    preprocess: PreprocessConfig
+    stats: ClinicalStats
+    name: str
+    step: int | None
+
+    def score(self, image: np.ndarray, clinical: np.ndarray, clinical_mask: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclasses.dataclass
+class Prepared:
+    """One readable image: its row, canvas and, when asked for, what Grad-CAM needs."""
+
+    row: int
+    canvas: np.ndarray
+    geometry: Geometry
+    original: np.ndarray | None
+
+
+def _prepare(path: str, row: int, config: PreprocessConfig, keep_original: bool
+             ) -> Prepared | tuple[int, str]:
+    try:
+        image = read_image(path)
+        canvas, geometry = preprocess(image.pixels, config)
+    except ImageReadError as e:
+        return row, e.reason
+    except (ValueError, OSError) as e:  # preprocessing refuses, e.g., a blank image
+        return row, f"{type(e).__name__}: {e}"
+    return Prepared(row, canvas, geometry, image.pixels if keep_original else None)
+
+
+def _prepared_batches(df: pd.DataFrame, config: PreprocessConfig, batch: int, workers: int,
+                      keep_original: bool, failures: list[tuple[int, str]]
+                      ) -> Iterator[list[Prepared]]:
+    """Batches of readable images in table order; failures are appended as (row, reason)."""
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        jobs = (pool.submit(_prepare, p, i, config, keep_original) for i, p in enumerate(df["path"]))
+        window: list = []
+        pending: list[Prepared] = []
+        for job in jobs:  # keep ~2 batches in flight, in order
+            window.append(job)
+            if len(window) < 2 * batch:
+                continue
+            pending += _collect(window.pop(0), failures)
+            if len(pending) >= batch:
+                yield pending[:batch]
+                pending = pending[batch:]
+        for job in window:
+            pending += _collect(job, failures)
+            if len(pending) >= batch:
+                yield pending[:batch]
+                pending = pending[batch:]
+        if pending:
+            yield pending
+
+
+def _collect(job: concurrent.futures.Future, failures: list[tuple[int, str]]) -> list[Prepared]:
+    result = job.result()
+    if isinstance(result, Prepared):
+        return [result]
+    failures.append(result)
+    return []
+
+
+def score_table(df: pd.DataFrame, backend: Backend, *, batch: int = 16, workers: int = 4,
+                on_batch: Callable[[list[Prepared], np.ndarray, np.ndarray, np.ndarray], Any] | None = None,
+                progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(scores, unreadable): one row per readable image in the scores.csv schema, and one
+    per unreadable file with the reason. ``on_batch(items, image, clinical, mask)`` is
+    called after each batch (Grad-CAM overlays)."""
+    clinical, mask = backend.stats.apply(df)
+    failures: list[tuple[int, str]] = []
+    rows, probs, logits = [], [], []
+    bar = tqdm(total=len(df), unit="img", desc="scoring", disable=not progress)
+    reported = 0  # failures already counted on the bar
+    for items in _prepared_batches(df, backend.preprocess, batch, workers, on_batch is not None,
+                                   failures):
+        idx = np.array([it.row for it in items])
+        image = np.stack([it.canvas for it in items])[..., None]
+        p, lo = backend.score(image, clinical[idx], mask[idx])
+        if on_batch is not None:
+            on_batch(items, image, clinical[idx], mask[idx])
+        rows.append(idx), probs.append(p), logits.append(lo)
+        bar.update(len(items) + len(failures) - reported)
+        reported = len(failures)
+    bar.update(len(failures) - reported)
+    bar.close()
+    return _scores_frame(df, backend, rows, probs, logits, mask), _failures_frame(df, failures)
+
+
+def _scores_frame(df: pd.DataFrame, backend: Backend, rows: list, probs: list, logits: list,
+                  mask: np.ndarray) -> pd.DataFrame:
+    idx = np.concatenate(rows) if rows else np.zeros(0, int)
+    out = df.iloc[idx][["image_id", "patient_id", "path", "domain", "split", "exam"]].copy()
+    src = df.iloc[idx]
+    out["age"], out["bmi"] = src["age"].to_numpy(), src["bmi"].to_numpy()
+    out["sex"] = src["sex"].map({1.0: "F", 0.0: "M"}).fillna("").to_numpy()
+    for task in TASKS:
+        if src[task].notna().any():
+            out[task] = src[task].astype("Int64").array
+    p = np.concatenate(probs) if probs else np.zeros((0, len(backend.tasks)))
+    lo = np.concatenate(logits) if logits else np.zeros((0, len(backend.tasks)))
+    for t, task in enumerate(backend.tasks):
+        out[f"{task}_prob"] = p[:, t]
+        out[f"{task}_logit"] = lo[:, t]
+    missing = mask[idx] == 0
+    out["clinical_missing"] = [";".join(c for c, m in zip(CLINICAL, row) if m) for row in missing]
+    out["model"], out["model_step"] = backend.name, backend.step
+    out["preprocess_version"] = PREPROCESS_VERSION
+    return out.reset_index(drop=True)
+
+
+def _failures_frame(df: pd.DataFrame, failures: list[tuple[int, str]]) -> pd.DataFrame:
+    rows = sorted(failures)
+    return pd.DataFrame({"image_id": [df["image_id"].iloc[i] for i, _ in rows],
+                         "path": [df["path"].iloc[i] for i, _ in rows],
+                         "reason": [r for _, r in rows]})
