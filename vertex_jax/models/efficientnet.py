@@ -287,6 +287,19 @@ class DepthwiseConv(nnx.Conv):
                                 self.strides[0] if isinstance(self.strides, tuple) else self.strides)
 
 
+def set_bn_momentum(module: nnx.Module, momentum: float) -> None:
+    """Set the running-statistics momentum of every backbone BatchNorm in ``module``.
+
+    The reference 0.99 averages over ~100 steps; short runs (hundreds of steps) evaluate
+    with statistics still near their initial values unless it is lowered (e.g. 0.9).
+    """
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"BatchNorm momentum must be in [0, 1), got {momentum}")
+    for _, m in nnx.iter_modules(module):
+        if isinstance(m, BatchNorm):
+            m.momentum = momentum
+
+
 def _conv(cin: int, cout: int, kernel: int, *, stride: int = 1, dtype: Any, rngs: nnx.Rngs
           ) -> nnx.Conv:
     return nnx.Conv(cin, cout, (kernel, kernel), strides=stride, padding="SAME", use_bias=False,

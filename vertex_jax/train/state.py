@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from vertex_jax.models.efficientnet import BN_MOMENTUM, set_bn_momentum
 from vertex_jax.models.vertex import VertexNet
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -26,6 +28,7 @@ def build_model(config: Any, seed: int) -> VertexNet:
     model = VertexNet(variant=m.variant, tasks=tasks_of(config), use_clinical=m.use_clinical,
                       dtype=DTYPES[m.dtype], remat=m.remat, depthwise=m.get("depthwise", "auto"),
                       rngs=nnx.Rngs(seed))
+    set_bn_momentum(model.backbone, m.get("bn_momentum", BN_MOMENTUM))
     if m.init_weights:
         from vertex_jax.models.weights import load_pretrained
         load_pretrained(model.backbone, m.init_weights)
@@ -40,7 +43,28 @@ def build_optimizer(config: Any, steps_per_epoch: int) -> optax.GradientTransfor
     schedule = optax.warmup_cosine_decay_schedule(0.0, o.lr, warmup, total, o.lr * o.min_lr_ratio)
     tx = optax.chain(optax.clip_by_global_norm(o.clip_norm) if o.clip_norm else optax.identity(),
                      optax.adamw(schedule, weight_decay=o.weight_decay))
+    frozen = frozen_prefixes(o.get("freeze_stages", 0))
+    if frozen:
+        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
+                                   lambda params: _labels(params, frozen))
     return optax.MultiSteps(tx, o.grad_accum) if o.grad_accum > 1 else tx
+
+
+def frozen_prefixes(freeze_stages: int) -> tuple[str, ...]:
+    """Parameter-name prefixes kept fixed: the stem and the first ``freeze_stages`` stages
+    of the backbone (0: train everything). Their BatchNorm statistics still update."""
+    if freeze_stages < 0:
+        raise ValueError(f"optim.freeze_stages must be >= 0, got {freeze_stages}")
+    if not freeze_stages:
+        return ()
+    return ("backbone/stem_", *(f"backbone/stages/{i}/" for i in range(freeze_stages)))
+
+
+def _labels(params: Any, frozen: tuple[str, ...]) -> Any:
+    def label(path, _):
+        name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+        return "frozen" if name.startswith(frozen) else "train"
+    return jax.tree_util.tree_map_with_path(label, params)
 
 
 @dataclasses.dataclass

@@ -1,0 +1,90 @@
+"""Calibration: Brier score, logistic recalibration, reliability bins.
+
+Definitions (x = logit(p), p clipped to [1e-6, 1 - 1e-6]):
+
+- calibration slope ``b`` and recalibration intercept ``a`` from the logistic model
+  ``logit P(y=1) = a + b x`` (ideal: b = 1);
+- calibration intercept (calibration-in-the-large) ``c`` from ``logit P(y=1) = c + x``,
+  i.e. the slope fixed at 1 (x as offset; ideal: c = 0; c > 0 means risks are underestimated).
+
+Both are unpenalised maximum-likelihood fits (Newton-Raphson). They do not exist when the
+data has one class (intercepts) or when the predictions separate the classes (slope).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import expit, logit
+
+from vertex_jax.evaluate.intervals import LEVEL, wilson
+
+EPS = 1e-6
+
+
+def brier(y: np.ndarray, p: np.ndarray) -> float:
+    """Mean squared difference between probability and outcome."""
+    return float(np.mean((np.asarray(p, float) - np.asarray(y, float)) ** 2))
+
+
+def _fit_logistic(X: np.ndarray, y: np.ndarray, offset: np.ndarray,
+                  max_iter: int = 100, tol: float = 1e-10) -> np.ndarray | None:
+    """Unpenalised logistic regression coefficients by Newton-Raphson; None if no convergence."""
+    beta = np.zeros(X.shape[1])
+    for _ in range(max_iter):
+        mu = expit(X @ beta + offset)
+        hess = X.T @ (X * (mu * (1 - mu))[:, None])
+        try:
+            step = np.linalg.solve(hess, X.T @ (y - mu))
+        except np.linalg.LinAlgError:
+            return None
+        beta += step
+        if np.max(np.abs(step)) < tol * (1 + np.max(np.abs(beta))):
+            return beta
+    return None
+
+
+def recalibration(y: np.ndarray, p: np.ndarray) -> dict:
+    """Calibration slope, recalibration intercept and calibration intercept (see module doc)."""
+    y = np.asarray(y, float)
+    x = logit(np.clip(np.asarray(p, float), EPS, 1 - EPS))
+    if y.min() == y.max():
+        return {"slope": None, "recalibration_intercept": None, "intercept": None,
+                "reason": "only one class: undefined"}
+    ones = np.ones((y.size, 1))
+    citl = _fit_logistic(ones, y, x)
+    out: dict = {"intercept": None if citl is None else float(citl[0])}
+    pos, neg = x[y == 1], x[y == 0]
+    if pos.min() >= neg.max() or neg.min() >= pos.max():
+        out.update(slope=None, recalibration_intercept=None,
+                   reason="predictions separate the classes: slope is infinite")
+        return out
+    fit = _fit_logistic(np.column_stack([ones, x]), y, np.zeros_like(x))
+    if fit is None:
+        out.update(slope=None, recalibration_intercept=None, reason="logistic fit did not converge")
+    else:
+        out.update(slope=float(fit[1]), recalibration_intercept=float(fit[0]))
+    return out
+
+
+def reliability_bins(y: np.ndarray, p: np.ndarray, n_bins: int = 10, level: float = LEVEL) -> list[dict]:
+    """Equal-width bins of predicted probability (bin i holds (lo, hi], the first also 0),
+    as ``sklearn.calibration.calibration_curve(strategy="uniform")``; empty bins are left out."""
+    y, p = np.asarray(y, float), np.asarray(p, float)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    ids = np.searchsorted(edges[1:-1], p)
+    bins = []
+    for i in range(n_bins):
+        m = ids == i
+        n = int(m.sum())
+        if n:
+            k = int(y[m].sum())
+            bins.append({"lo": float(edges[i]), "hi": float(edges[i + 1]), "n": n,
+                         "mean_predicted": float(p[m].mean()), "observed": k / n,
+                         "observed_ci": wilson(k, n, level)})
+    return bins
+
+
+def calibration_summary(y: np.ndarray, p: np.ndarray, n_bins: int = 10, level: float = LEVEL) -> dict:
+    """Brier score, mean predicted vs observed risk, recalibration fit and reliability bins."""
+    return {"brier": brier(y, p), "mean_predicted": float(np.mean(p)), "observed": float(np.mean(y)),
+            **recalibration(y, p), "bins": reliability_bins(y, p, n_bins, level)}
