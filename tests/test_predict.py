@@ -1,0 +1,201 @@
+"""Inference from a trained checkpoint: batch prediction (DICOM, PNG, bad files), Grad-CAM
+and its mapping, the run's evaluation report, and VFA fine-tuning from an X-ray run."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+from vertex_jax import gradcam
+from vertex_jax.data.dicom_write import write_dicom
+from vertex_jax.data.io import read_image
+from vertex_jax.data.preprocess import Geometry, PreprocessConfig, preprocess
+from vertex_jax.inference import load_trained
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_module(module, *args, env=None):
+    full_env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "2", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO, env=full_env,
+                          capture_output=True, text=True, timeout=600)
+    return proc
+
+
+@pytest.fixture(scope="module")
+def xray_run(tmp_path_factory):
+    """A tiny X-ray run (two tasks, a few steps) on the synthetic tiny cohort."""
+    workdir = tmp_path_factory.mktemp("xray")
+    proc = run_module("vertex_jax.main", "--config=configs/xray.py:tiny", f"--workdir={workdir}",
+                      "--config.tasks=pvf,osteo", "--config.max_steps=4")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return workdir
+
+
+def _manifest(run: Path) -> pd.DataFrame:
+    (cohort,) = (run / "data").glob("synthetic-xray-*")
+    return pd.read_csv(cohort / "manifest.csv", dtype=str, keep_default_na=False), cohort
+
+
+def test_predict_csv_matches_the_model_called_by_hand(xray_run, tmp_path):
+    manifest, cohort = _manifest(xray_run)
+    rows = manifest.head(6).copy()
+    rows.loc[rows.index[1], "age"] = ""  # one missing clinical value
+    rows.to_csv(cohort / "subset.csv", index=False)
+    out = tmp_path / "scores.csv"
+    proc = run_module("vertex_jax.predict", "--checkpoint", xray_run, "--input",
+                      cohort / "subset.csv", "--out", out, "--batch", 4, "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    blank = rows[["age", "sex", "bmi"]] == ""
+    assert f"{int(blank.any(axis=1).sum())} image(s) lacked some clinical value" in proc.stdout
+    scores = pd.read_csv(out, keep_default_na=False)
+    assert list(scores["image_id"]) == list(rows["image_id"])
+    assert scores["clinical_missing"].tolist() == [
+        ";".join(c for c in ("age", "sex", "bmi") if b[c]) for _, b in blank.iterrows()]
+    assert {"pvf_prob", "osteo_prob", "pvf_logit", "osteo_logit", "model", "model_step",
+            "preprocess_version"} <= set(scores.columns)
+
+    trained = load_trained(xray_run)
+    mean, std = np.array(trained.stats.mean), np.array(trained.stats.std)
+    for i in (0, 1, 5):
+        r = rows.iloc[i]
+        canvas, _ = preprocess(read_image(cohort / r["path"]).pixels, trained.preprocess)
+        sex = {"F": 1.0, "M": 0.0}.get(r["sex"], np.nan)
+        raw = np.array([float(r["age"] or "nan"), sex, float(r["bmi"] or "nan")])
+        present = ~np.isnan(raw)
+        clinical = np.where(present, (raw - mean) / std, 0.0).astype(np.float32)[None]
+        logits = np.asarray(trained.model(jnp.asarray(canvas[None, ..., None]), clinical,
+                                          present.astype(np.float32)[None]))
+        np.testing.assert_allclose(scores.loc[i, ["pvf_logit", "osteo_logit"]].to_numpy(float),
+                                   logits[0], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(scores.loc[i, "pvf_prob"], 1 / (1 + np.exp(-logits[0, 0])),
+                                   rtol=1e-5)
+
+
+def test_predict_folder_of_dicom_and_png_lists_bad_files(xray_run, tmp_path):
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    image = (rng.random((120, 80)) * 4095).astype(np.uint16)
+    cv2.imwrite(str(folder / "a.png"), image)
+    write_dicom(folder / "sub" / "b.dcm", image, bits_stored=12, compression="jpegls")
+    write_dicom(folder / "sub" / "noext", image, bits_stored=12, photometric="MONOCHROME1")
+    (folder / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"garbage" * 10)
+    (folder / "fake.png").write_text("not an image")
+    (folder / "notes.txt").write_text("ignored: not an image suffix")
+    out = tmp_path / "scores.csv"
+    proc = run_module("vertex_jax.predict", "--checkpoint", xray_run, "--input", folder,
+                      "--out", out, "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    scores = pd.read_csv(out, keep_default_na=False)
+    assert sorted(scores["image_id"]) == ["a", "sub/b", "sub/noext"]
+    assert set(scores["clinical_missing"]) == {"age;sex;bmi"}
+    assert "3 image(s) lacked some clinical value" in proc.stdout
+    bad = pd.read_csv(tmp_path / "scores_unreadable.csv")
+    assert sorted(bad["image_id"]) == ["broken", "fake"]
+    assert bad["reason"].str.len().min() > 5
+    assert "2 unreadable file(s)" in proc.stdout
+    # The same image as PNG, as JPEG-LS DICOM and as MONOCHROME1 DICOM gives one score.
+    np.testing.assert_allclose(scores["pvf_prob"], scores["pvf_prob"].iloc[0], rtol=1e-5)
+
+
+def test_predict_refuses_bad_arguments(xray_run, tmp_path):
+    proc = run_module("vertex_jax.predict", "--backend", "onnx", "--input", tmp_path, "--out", "x.csv")
+    assert proc.returncode != 0 and "--backend onnx needs --model" in proc.stderr
+    proc = run_module("vertex_jax.predict", "--checkpoint", tmp_path / "nothing", "--input",
+                      tmp_path, "--out", tmp_path / "x.csv")
+    assert proc.returncode != 0 and "does not exist" in proc.stderr
+
+
+def test_gradcam_equals_the_linear_head_weights(xray_run):
+    """In eval mode the head after pooling is linear, so d logit / d A[i, j, c] is the
+    product of the head's kernels over h*w: an independent route to the CAM weights."""
+    trained = load_trained(xray_run)
+    model = trained.model
+    rng = np.random.default_rng(1)
+    h, w = trained.preprocess.canvas
+    image = rng.integers(0, 256, (3, h, w, 1), dtype=np.uint8)
+    clinical, mask = rng.normal(size=(3, 3)).astype(np.float32), np.ones((3, 3), np.float32)
+    maps, logits = gradcam.make_gradcam(model, "osteo")(image, clinical, mask)
+    feats = np.asarray(model.image_features(jnp.asarray(image)), np.float64)
+    chain = (np.asarray(model.image_projection.kernel[...], np.float64)
+             @ np.asarray(model.fusion.kernel[...], np.float64)[:100]
+             @ np.asarray(model.output.kernel[...], np.float64))[:, 1]
+    expected = np.maximum(np.einsum("bhwc,c->bhw", feats, chain / (feats.shape[1] * feats.shape[2])), 0)
+    expected /= np.maximum(expected.max(axis=(1, 2), keepdims=True), 1e-30)
+    assert maps.shape == feats.shape[:3] and maps.min() >= 0 and maps.max() <= 1
+    np.testing.assert_allclose(maps, expected, atol=1e-4)
+    np.testing.assert_allclose(logits, np.asarray(model(jnp.asarray(image), clinical, mask)), atol=1e-5)
+    with pytest.raises(ValueError, match="no task"):
+        gradcam.make_gradcam(model, "fracture")
+
+
+def test_heatmap_maps_back_onto_the_original_and_pointing():
+    original = np.zeros((200, 100), np.uint16)
+    original[120:140, 30:60] = 4000
+    canvas, geometry = preprocess(original, PreprocessConfig(canvas=(64, 32)))
+    heat = gradcam.to_original(canvas.astype(np.float32) / 255.0, geometry)
+    assert heat.shape == original.shape
+    x, y = gradcam.peak(heat)
+    assert 30 <= x < 60 and 120 <= y < 140
+    assert gradcam.pointing_hit(heat, [(25, 115, 65, 145)])
+    assert not gradcam.pointing_hit(heat, [(0, 0, 20, 20)])
+    assert not gradcam.pointing_hit(heat, [(48, 133, 58, 143)])
+    assert gradcam.pointing_hit(heat, [(48, 133, 58, 143)], margin=0.5)
+    picture = gradcam.overlay(original, heat)
+    assert picture.shape == (200, 100, 3) and picture.dtype == np.uint8
+    assert isinstance(geometry, Geometry)
+
+
+def test_predict_with_gradcam_and_pointing_game(xray_run, tmp_path):
+    manifest, cohort = _manifest(xray_run)
+    manifest[manifest["pvf"] == "1"].head(3).to_csv(cohort / "fractured.csv", index=False)
+    proc = run_module("vertex_jax.predict", "--checkpoint", xray_run, "--input",
+                      cohort / "fractured.csv", "--out", tmp_path / "s.csv", "--gradcam",
+                      tmp_path / "cam", "--annotations", cohort / "annotations.json", "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pictures = sorted(p.name for p in (tmp_path / "cam").glob("*.png"))
+    assert len(pictures) == 6  # 3 images x 2 tasks
+    first = cv2.imread(str(tmp_path / "cam" / pictures[0]))
+    row = manifest[manifest["pvf"] == "1"].iloc[0]
+    assert first.shape[:2] == read_image(cohort / row["path"]).pixels.shape
+    summary = json.loads((tmp_path / "cam" / "pointing_game.json").read_text())
+    assert summary["pointing_game_images"] == 3 and 0 <= summary["pointing_game_accuracy"] <= 1
+
+
+def test_evaluate_workdir_scores_the_runs_splits(xray_run):
+    proc = run_module("vertex_jax.evaluate", "--workdir", xray_run, "--bootstrap", 20,
+                      "--thresholds-on-eval")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    report = xray_run / "evaluation"
+    assert (report / "report.html").exists() and (report / "thresholds.json").exists()
+    scores = pd.read_csv(report / "scores.csv", dtype=str)
+    splits = pd.read_csv(xray_run / "splits.csv", dtype=str)
+    expected = set(splits[splits["split"].isin(["val", "test"])]["image_id"])
+    assert set(scores["image_id"]) == expected
+
+
+def test_vfa_fine_tunes_from_the_xray_run(xray_run, tmp_path):
+    proc = run_module("vertex_jax.main", "--config=configs/vfa.py:tiny", f"--workdir={tmp_path}",
+                      f"--config.init_from={xray_run}", "--config.tasks=pvf,osteo",
+                      "--config.max_steps=2", "--config.optim.freeze_stages=1")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "init_from" in proc.stderr and "loaded" in proc.stderr
+    splits = pd.read_csv(tmp_path / "splits.csv")
+    share = splits.drop_duplicates("patient_id")["split"].value_counts(normalize=True)
+    assert set(share.index) == {"finetune", "val", "test"}
+    assert abs(share["test"] - 0.70) < 0.08 and abs(share["finetune"] + share["val"] - 0.30) < 0.08
+    card = json.loads((tmp_path / "model_card.json").read_text())
+    assert card["domain"] == "vfa"
+    xray, vfa = load_trained(xray_run), load_trained(tmp_path)
+    # The frozen stem kept the X-ray weights; a trained head moved away from them.
+    np.testing.assert_array_equal(vfa.model.backbone.stem_conv.kernel[...],
+                                  xray.model.backbone.stem_conv.kernel[...])
+    assert not np.array_equal(vfa.model.output.kernel[...], xray.model.output.kernel[...])
