@@ -199,3 +199,16 @@ def test_vfa_fine_tunes_from_the_xray_run(xray_run, tmp_path):
     np.testing.assert_array_equal(vfa.model.backbone.stem_conv.kernel[...],
                                   xray.model.backbone.stem_conv.kernel[...])
     assert not np.array_equal(vfa.model.output.kernel[...], xray.model.output.kernel[...])
+
+
+def test_synthetic_cohort_path_survives_the_config_json_round_trip():
+    from ml_collections import ConfigDict
+
+    from vertex_jax.data.prepare import synthetic_manifest_path
+
+    data = ConfigDict({"domain": "xray", "synthetic": {
+        "num_patients": 10, "scale": 0.25, "seed": 0,
+        "options": {"grade_probs": (0.0, 0.35, 0.65), "cleft_fraction": 0.5}}})
+    again = ConfigDict(json.loads(data.to_json()))
+    assert synthetic_manifest_path(data, Path("d")) == synthetic_manifest_path(again, Path("d"))
+    assert "grade_probs0.0_0.35_0.65" in str(synthetic_manifest_path(data, Path("d")))

@@ -51,13 +51,20 @@ class PreparedData:
                             process_index=process_index, process_count=process_count)
 
 
+def _token(value: Any) -> str:
+    """A config value as a path token, the same for a tuple and its JSON list."""
+    if isinstance(value, (list, tuple)):
+        return "_".join(map(str, value))
+    return str(value)
+
+
 def synthetic_manifest_path(data: Any, data_dir: Path) -> Path:
     """Where the configured synthetic cohort lives (its manifest is written last)."""
     syn = data.synthetic
     name = f"synthetic-{data.domain}-n{syn.num_patients}-s{syn.scale:g}-seed{syn.seed}"
     options = dict(syn.get("options", {}))
     if options:  # difficulty knobs (vertex_jax.data.synthetic.CohortConfig) name the cohort too
-        name += "-" + "-".join(f"{k}{v}" for k, v in sorted(options.items())).replace(" ", "")
+        name += "-" + "-".join(f"{k}{_token(v)}" for k, v in sorted(options.items()))
     return data_dir / name / "manifest.csv"
 
 
