@@ -32,8 +32,10 @@ class Checkpoints:
             ocp.checkpoint_managers.LatestN(keep_latest),
             ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m[METRIC], n=keep_best,
                                           keep_checkpoints_without_metrics=False)])
+        # best_fn makes Orbax write each step's metrics to disk (ranking survives a restart).
         options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
-                                               enable_async_checkpointing=True)
+                                               enable_async_checkpointing=True,
+                                               best_fn=lambda m: m[METRIC], best_mode="max")
         self.directory = Path(directory).absolute()
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -77,7 +79,7 @@ class Checkpoints:
         return aside
 
     def best_step(self) -> int | None:
-        return self.manager.best_step()
+        return best_step(self.manager)
 
     def path(self, step: int) -> Path:
         return self.directory / str(step)
@@ -87,6 +89,17 @@ class Checkpoints:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def best_step(manager: ocp.CheckpointManager) -> int | None:
+    """The step with the highest validation AUROC (the latest among ties), else the latest.
+
+    Reads the metrics each step saved, so it works with a read-only manager (whose
+    ``best_step`` would rank nothing and return the latest).
+    """
+    scored = [(m[METRIC], step) for step in manager.all_steps()
+              if (m := manager.metrics(step)) and METRIC in m]
+    return max(scored)[1] if scored else manager.latest_step()
 
 
 def restore_arrays(item_dir: str | Path) -> Any:
@@ -166,7 +179,7 @@ def resolve_step_dir(path: str | Path) -> Path:
     if (path / "checkpoints").is_dir():
         path = path / "checkpoints"
     manager = ocp.CheckpointManager(path.absolute(), options=ocp.CheckpointManagerOptions(read_only=True))
-    step = manager.best_step() if manager.best_step() is not None else manager.latest_step()
+    step = best_step(manager)
     if step is None:
         raise FileNotFoundError(f"no checkpoint found in {path}")
     return path.absolute() / str(step)
