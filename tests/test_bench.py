@@ -1,0 +1,146 @@
+"""Throughput tooling: the bench CLI and its JSON, the analytic FLOP counter, the PyTorch peer."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs.xray import get_config
+from vertex_jax.bench.flops import Flops, count_flops
+from vertex_jax.bench.peer import peer_command
+from vertex_jax.bench.record import FIELDS
+from vertex_jax.data.augment import warp
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_bench(tmp_path: Path, *flags: str, devices: int) -> tuple[dict, str]:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "vertex_jax.bench", "--config=configs/xray.py:tiny",
+                           "--steps=1", "--repeats=1", f"--json={out}", *flags],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900,
+                          env=os.environ | {"JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(devices)})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_cli_sweep_writes_one_record_per_point(tmp_path):
+    result, stdout = run_bench(tmp_path, "--what=eval", "--batch=4,8", devices=2)
+    env, records = result["environment"], result["records"]
+    assert env["platform"] == "cpu" and env["devices"] == 2
+    assert {"python", "jax", "jaxlib", "flax", "optax"} <= set(env["versions"])
+    assert "--batch=4,8" in result["command"]
+    assert [r["batch"] for r in records] == [4, 8]
+    for r in records:
+        assert tuple(r) == FIELDS
+        assert r["framework"] == "jax" and r["what"] == "eval" and r["variant"] == "tiny"
+        assert (r["height"], r["width"], r["devices"]) == (64, 32, 2)
+        assert r["images_per_s"] == pytest.approx(r["batch"] / r["step_s"])
+        assert len(r["step_s_runs"]) == 1 and r["compile_s"] > 0
+        assert r["peak_bytes_per_device"] is None  # CPUs keep no allocator statistics
+        assert r["xla_flops_per_step"] > 0 and r["xla_bytes_per_step"] > 0
+        assert r["xla_memory_bytes_per_device"] > 0
+    # The forward pass is linear in the batch: twice the batch, exactly twice the FLOPs.
+    assert records[1]["model_flops_per_step"] == 2 * records[0]["model_flops_per_step"] > 0
+    assert "images/s" in stdout and "no allocator statistics on CPU" in stdout
+
+
+def _conv(x, k, stride=1, groups=1):
+    return jax.lax.conv_general_dilated(x, k, (stride, stride), "SAME", feature_group_count=groups,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _small_net(params, x):
+    """3x3 conv 2->4, stride-2 3x3 depthwise, global pool, dense 4->3."""
+    h = jnp.tanh(_conv(x, params["conv"]))
+    h = jnp.tanh(_conv(h, params["dw"], stride=2, groups=4))
+    return jnp.mean(h, axis=(1, 2)) @ params["dense"]
+
+
+def test_flop_counter_matches_a_hand_count():
+    params = {"conv": jnp.ones((3, 3, 2, 4)), "dw": jnp.ones((3, 3, 1, 4)), "dense": jnp.ones((4, 3))}
+    x = jnp.ones((2, 8, 6, 2))
+    conv = 2 * (2 * 8 * 6 * 4) * (3 * 3 * 2)  # 2 x outputs x taps
+    dw = 2 * (2 * 4 * 3 * 4) * (3 * 3)  # stride 2: 4x3 outputs; one input channel per group
+    dense = 2 * 2 * 4 * 3
+    assert count_flops(_small_net, params, x) == Flops(conv=conv + dw, dot=dense)
+    # Gradient w.r.t. the parameters: forward, every weight gradient, and the input gradient
+    # of every layer but the first (the stride-2 one a transposed convolution, zeros not counted).
+    grad = jax.grad(lambda p: jnp.sum(_small_net(p, x)))
+    assert count_flops(grad, params) == Flops(conv=2 * conv + 3 * dw, dot=3 * dense)
+
+
+def test_flop_counter_walks_nested_programs():
+    w = jnp.ones((5, 5))
+    matmul = 2 * 5 * 5 * 5
+
+    def scanned(x):
+        return jax.lax.scan(lambda c, _: (jax.checkpoint(lambda c: c @ w)(c), None), x, None, length=3)[0]
+    assert count_flops(scanned, jnp.ones((5, 5))).dot == 3 * matmul
+    branches = lambda p, x: jax.lax.cond(p, lambda x: x @ w @ w, lambda x: x @ w, x)  # noqa: E731
+    assert count_flops(branches, True, jnp.ones((5, 5))).dot == 2 * matmul  # costlier branch
+
+
+def test_peer_command_matches_the_jax_point(tmp_path):
+    record = {"variant": "b0", "height": 256, "width": 128, "batch": 16, "dtype": "bfloat16",
+              "remat": True}
+    augment = get_config().augment
+    cmd = peer_command(record, "--compile --threads=1", tasks=2, augment=augment, steps=3,
+                       repeats=2, json_path=tmp_path / "p.json")
+    args = " ".join(cmd[2:])
+    for part in ("--variant b0", "--height 256", "--width 128", "--batch 16", "--tasks 2",
+                 "--amp bf16", "--steps 3", "--repeats 2", "--max-rotation 30.0",
+                 "--grad-checkpointing", "--compile --threads=1"):
+        assert part in args, part
+    augment.enabled = False
+    assert "--no-augment" in peer_command(record, "", tasks=1, augment=augment, steps=1, repeats=1,
+                                          json_path=tmp_path / "p.json")
+    with pytest.raises(ValueError, match="float16"):
+        peer_command(record | {"dtype": "float16"}, "", tasks=1, augment=augment, steps=1,
+                     repeats=1, json_path=tmp_path / "p.json")
+
+
+needs_torch = pytest.mark.skipif(
+    not (importlib.util.find_spec("torch") and importlib.util.find_spec("timm")),
+    reason="the PyTorch peer needs torch and timm (pip install torch timm)")
+
+
+@needs_torch
+def test_peer_warp_matches_the_jax_augmentation():
+    import torch
+    spec = importlib.util.spec_from_file_location("torch_peer", ROOT / "benchmarks" / "torch_peer.py")
+    peer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(peer)
+    image = np.random.default_rng(0).random((2, 24, 16), np.float32)
+    angles, scales = np.array([17.0, -25.0], np.float32), np.array([1.1, 0.9], np.float32)
+    got = peer.warp(torch.from_numpy(image)[:, None], torch.from_numpy(angles), torch.from_numpy(scales))
+    for i in range(2):
+        expected = warp(jnp.asarray(image[i]), angles[i], scales[i])
+        np.testing.assert_allclose(got[i, 0].numpy(), np.asarray(expected), atol=1e-5)
+
+
+@needs_torch
+def test_peer_trains_the_same_network_side_by_side(tmp_path):
+    result, stdout = run_bench(tmp_path, "--what=train", "--batch=4", "--peer=torch",
+                               "--peer_flags=--threads=1", "--noisolate",
+                               "--config.augment.enabled=false", devices=1)
+    jax_rec, torch_rec = result["records"]
+    assert (jax_rec["framework"], torch_rec["framework"]) == ("jax", "torch")
+    assert tuple(torch_rec) == FIELDS
+    for key in ("what", "variant", "height", "width", "batch", "dtype", "remat"):
+        assert torch_rec[key] == jax_rec[key], key
+    # Same network: same parameter count, and the same convolution + matmul FLOPs counted
+    # independently (jaxpr walk vs torch.utils.flop_counter).
+    assert torch_rec["params"] == jax_rec["params"]
+    assert torch_rec["model_flops_per_step"] == jax_rec["model_flops_per_step"] > 0
+    assert torch_rec["options"]["augment"] is None and torch_rec["options"]["threads"] == 1
+    assert torch_rec["images_per_s"] > 0 and torch_rec["xla_flops_per_step"] is None
+    assert result["peer_environment"]["versions"]["torch"]
+    assert "JAX/peer" in stdout and "torch eager 1 thr" in stdout

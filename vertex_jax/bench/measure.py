@@ -1,0 +1,169 @@
+"""Measure one configuration: the jitted training or evaluation step on random batches.
+
+The step functions are the ones training uses (:mod:`vertex_jax.train.step`) on every
+device of the mesh. Reported: compile time; the median step time over ``repeats`` runs of
+``steps`` steps after two warm-up steps; XLA's cost analysis of the compiled step (FLOPs
+and bytes accessed) beside the analytic model FLOPs (:mod:`vertex_jax.bench.flops`);
+the allocator's peak memory (``peak_bytes_in_use``; CPUs keep no such statistics, so
+null there) and XLA's own memory plan for the step (arguments + outputs + temporaries).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.extend import backend as jax_backend
+
+from vertex_jax.bench.flops import count_flops
+from vertex_jax.bench.record import host, make_record, versions
+from vertex_jax.train import mesh as meshlib
+from vertex_jax.train.state import build_model, build_optimizer, tasks_of
+from vertex_jax.train.step import make_eval_step, make_train_step
+
+__all__ = ["random_batch", "environment", "make_step", "abstract_state", "measure", "measure_isolated"]
+
+
+def random_batch(config: Any, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """A batch of the pipeline's layout (uint8 canvases, clinical values, labels)."""
+    rng = np.random.default_rng(seed)
+    h, w = config.data.canvas
+    t = len(tasks_of(config))
+    return {"image": rng.integers(0, 256, (batch, h, w, 1), dtype=np.uint8),
+            "clinical": rng.normal(size=(batch, 3)).astype(np.float32),
+            "clinical_mask": np.ones((batch, 3), np.float32),
+            "labels": (rng.random((batch, t)) < 0.3).astype(np.float32),
+            "label_mask": np.ones((batch, t), np.float32),
+            "index": np.arange(batch, dtype=np.int64), "epoch": np.zeros(batch, np.int64),
+            "valid": np.ones(batch, bool)}
+
+
+def environment() -> dict[str, Any]:
+    """Devices, backend and library versions of this process."""
+    device = jax.devices()[0]
+    backend_version = jax_backend.get_backend().platform_version  # CUDA version on GPUs
+    return {"device": device.device_kind, "platform": device.platform, "devices": jax.device_count(),
+            "processes": jax.process_count(), "backend_version": backend_version,
+            "xla_flags": os.environ.get("XLA_FLAGS"),
+            "versions": versions(["jax", "jaxlib", "flax", "optax", "jax-cuda12-plugin",
+                                  "jax-cuda13-plugin"]), **host()}
+
+
+def make_step(config: Any, what: str, graphdef: nnx.GraphDef, mesh) -> Callable:
+    """The jitted training or evaluation step of :mod:`vertex_jax.train.step`."""
+    return (make_train_step(graphdef, config, mesh) if what == "train"
+            else make_eval_step(graphdef, mesh))
+
+
+def _create(config: Any) -> tuple[nnx.Module, nnx.Optimizer]:
+    """Model and optimizer as training builds them (``TrainState``'s structure)."""
+    model = build_model(config, seed=0)
+    return model, nnx.Optimizer(model, build_optimizer(config, 100), wrt=nnx.Param)
+
+
+def abstract_state(config: Any) -> tuple[nnx.GraphDef, nnx.State, int]:
+    """Graph definition, abstract state and parameter count, nothing allocated."""
+    model, optimizer = nnx.eval_shape(lambda: _create(config))
+    params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    graphdef, state = nnx.split((model, optimizer))
+    return graphdef, state, int(params)
+
+
+def _initial_state(config: Any, mesh) -> nnx.State:
+    """Random initial state, replicated: one jitted program (op by op, every initialiser
+    compiles on its own), without backend optimisation (it runs once; 3x faster to build)."""
+    init = jax.jit(lambda: nnx.split(_create(config))[1], out_shardings=meshlib.replicated(mesh))
+    return init.lower().compile({"xla_backend_optimization_level": 0})()
+
+
+def _model_flops(config: Any, what: str, batch: dict[str, jax.Array], mesh) -> float:
+    """Analytic FLOPs of the step, traced on an abstract model whose depthwise layers are
+    grouped convolutions (whatever implementation the run uses), so the figure is the
+    network's arithmetic."""
+    config = config.copy_and_resolve_references()
+    if "depthwise" in config.model:
+        config.model.depthwise = "conv"
+    graphdef, state, _ = abstract_state(config)
+    return float(count_flops(make_step(config, what, graphdef, mesh), state, batch).total)
+
+
+def _peak_bytes() -> int | None:
+    stats = [d.memory_stats() for d in jax.local_devices()]
+    peaks = [s["peak_bytes_in_use"] for s in stats if s and "peak_bytes_in_use" in s]
+    return max(peaks) if peaks else None
+
+
+def _xla_memory_bytes(compiled) -> int | None:
+    m = compiled.memory_analysis()
+    if m is None:
+        return None
+    return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+            - m.alias_size_in_bytes)
+
+
+def _time(compiled, state, batch, *, steps: int, repeats: int, carries_state: bool) -> list[float]:
+    """Seconds per step of each of ``repeats`` runs, after two warm-up steps."""
+    out = None
+    for _ in range(2):
+        out = compiled(state, batch)
+        state = out[0] if carries_state else state
+    jax.block_until_ready(out)
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            out = compiled(state, batch)
+            state = out[0] if carries_state else state
+        jax.block_until_ready(out)
+        runs.append((time.perf_counter() - t0) / steps)
+    return runs
+
+
+def measure(config: Any, what: str, *, steps: int, repeats: int,
+            options: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(environment, record) for the ``what`` ("train" or "eval") step of ``config`` at
+    its ``batch_size`` (train) or ``eval_batch_size`` (eval)."""
+    if what not in ("train", "eval"):
+        raise ValueError(f"what must be 'train' or 'eval', got {what!r}")
+    config = config.copy_and_resolve_references()
+    if "init_weights" in config.model:
+        config.model.init_weights = ""  # random weights: same speed, nothing to read
+    mesh = meshlib.make_mesh()
+    batch_size = config.batch_size if what == "train" else config.eval_batch_size
+    meshlib.check_batch(batch_size, mesh)
+    graphdef, _, params = abstract_state(config)
+    state = _initial_state(config, mesh)
+    batch = meshlib.to_global(random_batch(config, batch_size), mesh)
+    step = make_step(config, what, graphdef, mesh)
+    model_flops = _model_flops(config, what, batch, mesh)
+    t0 = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis() or {}
+    runs = _time(compiled, state, batch, steps=steps, repeats=repeats, carries_state=what == "train")
+    devices = mesh.devices.size
+
+    def whole_step(key: str) -> float | None:  # cost analysis is of one device's program
+        return cost[key] * devices if key in cost else None
+    record = make_record(
+        framework="jax", what=what, variant=config.model.variant, height=config.data.canvas[0],
+        width=config.data.canvas[1], batch=batch_size, dtype=config.model.dtype,
+        remat=bool(config.model.remat), options=dict(options or {}), devices=devices,
+        params=params, compile_s=compile_s, step_s_runs=runs, model_flops=model_flops,
+        xla_flops=whole_step("flops"), xla_bytes=whole_step("bytes accessed"),
+        peak_bytes=_peak_bytes(), xla_memory_bytes=_xla_memory_bytes(compiled))
+    return environment(), record
+
+
+def measure_isolated(config: Any, what: str, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """:func:`measure` in a fresh process, so its peak memory and compile time are its own
+    (allocator peaks never reset within a process). This process never touches a device."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        return pool.submit(measure, config, what, **kwargs).result()
