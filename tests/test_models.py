@@ -138,6 +138,8 @@ def test_shapes_dtypes_and_input_scaling(net, batch):
                                rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(normalize_input(jnp.full((1, 1, 1, 1), 255, jnp.uint8)), (1 - 0.449) / 0.226,
                                rtol=1e-6)
+    np.testing.assert_allclose(normalize_input(jnp.full((1, 1, 1, 1), 65535, jnp.uint16)),
+                               (1 - 0.449) / 0.226, rtol=1e-6)
 
 
 def test_features_give_the_logits_for_grad_cam(net, batch):

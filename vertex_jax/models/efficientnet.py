@@ -148,7 +148,8 @@ def block_specs(variant: str) -> tuple[tuple[BlockSpec, ...], ...]:
 
 
 def normalize_input(image: jax.Array) -> jax.Array:
-    """Map an NHWC image (uint8 0..255 or float 0..1) to the network's input scale, float32.
+    """Map an NHWC image (uint8/uint16 full range, or float 0..1) to the network's input
+    scale, float32.
 
     Three channels get the ImageNet per-channel mean/std. Any other channel count (1 for grey
     radiographs) gets the channel-averaged constants (mean 0.449, std 0.226) on every channel,
@@ -156,8 +157,8 @@ def normalize_input(image: jax.Array) -> jax.Array:
     what the 3-channel network gives on that image replicated to RGB.
     """
     x = image.astype(jnp.float32)
-    if image.dtype == jnp.uint8:
-        x = x / 255.0
+    if jnp.issubdtype(image.dtype, jnp.integer):  # uint8 / uint16 canvases: full range -> 0..1
+        x = x / float(jnp.iinfo(image.dtype).max)
     if image.shape[-1] == 3:
         mean, std = jnp.asarray(IMAGENET_MEAN), jnp.asarray(IMAGENET_STD)
     else:

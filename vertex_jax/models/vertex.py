@@ -6,7 +6,7 @@ branch is Linear-BN-ReLU-Dropout(0.2) twice; both are concatenated and mapped by
 Linear(., 100) then Linear(100, tasks) (no nonlinearity in between, as in their code).
 Here the clinical branch also sees the missing-value mask, so "missing" is learnable.
 
-Input scaling happens inside the call (and so inside any jit): uint8 images are divided by
+Input scaling happens inside the call (and so inside any jit): uint8/uint16 images are divided by
 255, then `normalize_input` applies the ImageNet constants the pretrained weights expect.
 """
 
@@ -46,7 +46,7 @@ class ClinicalBranch(nnx.Module):
 class VertexNet(nnx.Module):
     """Radiograph (+ clinical variables) -> logits [B, len(tasks)], float32.
 
-    `image`: [B, H, W, in_channels], uint8 0..255 or float 0..1. `clinical`: [B, num_clinical]
+    `image`: [B, H, W, in_channels], uint8/uint16 (full range) or float 0..1. `clinical`: [B, num_clinical]
     float32 (age, sex, BMI normalised by the pipeline, missing = 0); `clinical_mask`: same
     shape, 1 where the value is present. Both may be None when `use_clinical=False`.
     Logit column i belongs to `tasks[i]`. Sizes: `image_projection` 100 as in the authors'
