@@ -7,7 +7,7 @@ Linear(., 100) then Linear(100, tasks) (no nonlinearity in between, as in their 
 Here the clinical branch also sees the missing-value mask, so "missing" is learnable.
 
 Input scaling happens inside the call (and so inside any jit): uint8/uint16 images are divided by
-255, then `normalize_input` applies the ImageNet constants the pretrained weights expect.
+their full range (to 0..1), then `normalize_input` applies the ImageNet constants.
 """
 
 from __future__ import annotations
