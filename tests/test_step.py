@@ -129,3 +129,18 @@ def test_gradient_accumulation_updates_every_k_steps(config):
         return any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
     assert not changed(snapshots[0], snapshots[1])  # first micro-batch: accumulated only
     assert changed(snapshots[1], snapshots[2])  # second: one optimizer update
+
+
+def test_clinical_dropout_hides_whole_examples_deterministically():
+    from vertex_jax.data.augment import example_keys
+    from vertex_jax.train.step import hide_clinical
+
+    mask = jnp.ones((400, 3), jnp.float32).at[0, 1].set(0.0)
+    keys = example_keys(0, jnp.zeros(400, jnp.int32), jnp.arange(400))
+    np.testing.assert_array_equal(hide_clinical(mask, keys, 0.0), mask)
+    np.testing.assert_array_equal(hide_clinical(mask, keys, 1.0), jnp.zeros_like(mask))
+    half = np.asarray(hide_clinical(mask, keys, 0.5))
+    hidden = (half == 0).all(axis=1)
+    assert 0.4 < hidden.mean() < 0.6  # whole rows, about half of them
+    assert np.array_equal(half[~hidden], np.asarray(mask)[~hidden])
+    np.testing.assert_array_equal(half, hide_clinical(mask, keys, 0.5))

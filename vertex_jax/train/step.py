@@ -29,6 +29,16 @@ def masked_bce(logits: jax.Array, labels: jax.Array, mask: jax.Array,
     return jnp.sum(per * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
+def hide_clinical(mask: jax.Array, keys: jax.Array, rate: float) -> jax.Array:
+    """Modality dropout: with probability ``rate`` an example's clinical values are all
+    presented as missing (the model's missing-value path), keyed like the augmentation.
+    Keeps the image branch from leaning on age/sex/BMI alone."""
+    if rate <= 0.0:
+        return mask
+    hide = jax.vmap(lambda k: jax.random.bernoulli(jax.random.fold_in(k, 7), rate))(keys)
+    return mask * (1.0 - hide.astype(mask.dtype))[:, None]
+
+
 def make_train_step(graphdef: nnx.GraphDef, config: Any, mesh: Mesh
                     ) -> Callable[[nnx.State, Batch], tuple[nnx.State, dict[str, jax.Array]]]:
     """``(state, batch) -> (state, metrics)``; the state buffers are donated."""
@@ -36,19 +46,21 @@ def make_train_step(graphdef: nnx.GraphDef, config: Any, mesh: Mesh
                         config.augment.max_noise_std)
     pos_weight = tuple(config.optim.pos_weight)
     skip_nonfinite = config.nan_policy == "skip"
+    clinical_dropout = float(config.augment.get("clinical_dropout", 0.0))
 
     def step(state: nnx.State, batch: Batch):
         # copy=True: the update below must not write through to ``state`` (kept for "skip").
         model, optimizer = nnx.merge(graphdef, state, copy=True)
         model.train()
+        keys = example_keys(config.seed, batch["epoch"], batch["index"])
         if config.augment.enabled:
-            keys = example_keys(config.seed, batch["epoch"], batch["index"])
             images = augment_batch(batch["image"], keys, aug)
         else:
             images = to_unit_float(batch["image"])
+        clinical_mask = hide_clinical(batch["clinical_mask"], keys, clinical_dropout)
 
         def loss_fn(model):
-            logits = model(images, batch["clinical"], batch["clinical_mask"])
+            logits = model(images, batch["clinical"] * clinical_mask, clinical_mask)
             return masked_bce(logits, batch["labels"], batch["label_mask"], pos_weight)
 
         loss, grads = nnx.value_and_grad(loss_fn)(model)
