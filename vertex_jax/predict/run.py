@@ -9,6 +9,7 @@ module imports no JAX, so the ONNX backend serves without it.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 from typing import Any, Callable, Iterator, Protocol
@@ -58,37 +59,34 @@ def _prepare(path: str, row: int, config: PreprocessConfig, keep_original: bool
     return Prepared(row, canvas, geometry, image.pixels if keep_original else None)
 
 
+def _in_order(df: pd.DataFrame, config: PreprocessConfig, window: int, workers: int,
+              keep_original: bool) -> Iterator[Prepared | tuple[int, str]]:
+    """Each row's result in table order, with at most ``window`` rows in flight."""
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        in_flight: collections.deque = collections.deque()
+        for row, path in enumerate(df["path"]):
+            in_flight.append(pool.submit(_prepare, path, row, config, keep_original))
+            if len(in_flight) >= window:
+                yield in_flight.popleft().result()
+        while in_flight:
+            yield in_flight.popleft().result()
+
+
 def _prepared_batches(df: pd.DataFrame, config: PreprocessConfig, batch: int, workers: int,
                       keep_original: bool, failures: list[tuple[int, str]]
                       ) -> Iterator[list[Prepared]]:
     """Batches of readable images in table order; failures are appended as (row, reason)."""
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        jobs = (pool.submit(_prepare, p, i, config, keep_original) for i, p in enumerate(df["path"]))
-        window: list = []
-        pending: list[Prepared] = []
-        for job in jobs:  # keep ~2 batches in flight, in order
-            window.append(job)
-            if len(window) < 2 * batch:
-                continue
-            pending += _collect(window.pop(0), failures)
-            if len(pending) >= batch:
-                yield pending[:batch]
-                pending = pending[batch:]
-        for job in window:
-            pending += _collect(job, failures)
-            if len(pending) >= batch:
-                yield pending[:batch]
-                pending = pending[batch:]
-        if pending:
+    pending: list[Prepared] = []
+    for result in _in_order(df, config, 2 * batch, workers, keep_original):
+        if isinstance(result, Prepared):
+            pending.append(result)
+        else:
+            failures.append(result)
+        if len(pending) == batch:
             yield pending
-
-
-def _collect(job: concurrent.futures.Future, failures: list[tuple[int, str]]) -> list[Prepared]:
-    result = job.result()
-    if isinstance(result, Prepared):
-        return [result]
-    failures.append(result)
-    return []
+            pending = []
+    if pending:
+        yield pending
 
 
 def score_table(df: pd.DataFrame, backend: Backend, *, batch: int = 16, workers: int = 4,
