@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from vertex_jax.evaluate.metrics import evaluate_task
 from vertex_jax.evaluate.subgroups import AGE_BANDS, define_subgroups
 from vertex_jax.evaluate.table import TASKS, ScoresError, Table
 from vertex_jax.evaluate.thresholds import OPERATING_POINTS, choose_thresholds
+from vertex_jax.jsonable import jsonable
 
 FIGURES = {"roc": (plots.roc_plot, "ROC curve"),
            "reliability": (plots.reliability_plot, "reliability diagram"),
@@ -37,20 +37,6 @@ def _meta(table: Table) -> dict:
             values = sorted({str(v) for v in table.raw[col] if str(v).strip() not in ("", "nan")})
             out[col] = values
     return out
-
-
-def _jsonable(obj):
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    return obj
 
 
 def build_report(scores: pd.DataFrame | PathLike, out_dir: PathLike, *, tasks: Sequence[str] | None = None,
@@ -102,7 +88,7 @@ def build_report(scores: pd.DataFrame | PathLike, out_dir: PathLike, *, tasks: S
     if inputs.compared:
         report["comparison"] = _comparison(inputs, age_bands, bootstrap, seed)
     _write(report, inputs, Path(out_dir), second_file=compare is not None)
-    return _jsonable(report)
+    return jsonable(report)
 
 
 def _evaluate_model(table: Table, cases: pd.DataFrame, inputs: Inputs, fixed: dict | None,
@@ -180,7 +166,7 @@ def _write(report: dict, inputs: Inputs, out: Path, second_file: bool) -> None:
             (out / name).write_bytes(images[name])
             files[f"{kind}_{task}"] = name
     report["files"] = files
-    clean = _jsonable(report)
+    clean = jsonable(report)
     (out / "report.json").write_text(json.dumps(clean, indent=1) + "\n")
     (out / "report.html").write_text(render_html(clean, images), encoding="utf-8")
 

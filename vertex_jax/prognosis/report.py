@@ -11,9 +11,9 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 
 from vertex_jax.prognosis import plots
+from vertex_jax.jsonable import jsonable
 
 DEFINITIONS = (
     "Baseline: each patient's row with the lowest exam number (blank exam last; the first "
@@ -35,23 +35,6 @@ DEFINITIONS = (
 
 
 DELTA = "difference (clinical + DL minus clinical)"
-
-
-def jsonable(obj: object) -> object:
-    """Plain JSON types; NaN and infinities become null."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    return obj
 
 
 def _missing(x) -> bool:
