@@ -37,3 +37,17 @@ def write_png_cohort(folder, n: int, seed: int = 0, shape=(180, 120)) -> pd.Data
 def png_cohort(tmp_path):
     write_png_cohort(tmp_path, 23)
     return tmp_path / "manifest.csv"
+
+
+@pytest.fixture
+def cached_cohort(png_cohort, tmp_path):
+    """(cache, manifest frame, clinical statistics) of ``png_cohort`` on a 32x16 canvas."""
+    from vertex_jax.data.cache import build_cache
+    from vertex_jax.data.clinical import ClinicalStats
+    from vertex_jax.data.manifest import load_manifest
+    from vertex_jax.data.preprocess import PreprocessConfig
+
+    df = load_manifest(png_cohort)
+    cache = build_cache(df, tmp_path / "cache", PreprocessConfig(canvas=(32, 16)), workers=1,
+                        progress=False)
+    return cache, df, ClinicalStats.fit(df)

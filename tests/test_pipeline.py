@@ -3,29 +3,18 @@
 import numpy as np
 import pytest
 
-from vertex_jax.data.cache import build_cache
-from vertex_jax.data.manifest import load_manifest
 from vertex_jax.data.clinical import ClinicalStats
 from vertex_jax.data.pipeline import eval_dataset, train_dataset
-from vertex_jax.data.preprocess import PreprocessConfig
 
 TASKS = ("pvf", "osteo")
-
-
-@pytest.fixture
-def setup(png_cohort, tmp_path):
-    df = load_manifest(png_cohort)
-    cache = build_cache(df, tmp_path / "cache", PreprocessConfig(canvas=(32, 16)), workers=1,
-                        progress=False)
-    return cache, df, ClinicalStats.fit(df)
 
 
 def _take(it, n):
     return [next(it) for _ in range(n)]
 
 
-def test_batch_content_matches_manifest_and_cache(setup):
-    cache, df, stats = setup
+def test_batch_content_matches_manifest_and_cache(cached_cohort):
+    cache, df, stats = cached_cohort
     batch = next(iter(eval_dataset(cache, df, tasks=TASKS, stats=stats, global_batch=8)))
     assert batch["image"].shape == (8, 32, 16, 1) and batch["image"].dtype == np.uint8
     assert batch["clinical"].shape == (8, 3) and batch["labels"].shape == (8, 2)
@@ -42,16 +31,16 @@ def test_batch_content_matches_manifest_and_cache(setup):
     assert batch["clinical"][0, 0] == pytest.approx(age, rel=1e-5)
 
 
-def test_clinical_stats_ignore_missing_and_round_trip(setup):
-    _, df, stats = setup
+def test_clinical_stats_ignore_missing_and_round_trip(cached_cohort):
+    _, df, stats = cached_cohort
     assert stats.mean[0] == pytest.approx(np.nanmean(df["age"]))
     assert ClinicalStats.from_dict(stats.to_dict()) == stats
     with pytest.raises(ValueError, match="bmi"):
         ClinicalStats.fit(df.assign(bmi=np.nan))
 
 
-def test_training_epochs_cover_every_example_and_reshuffle(setup):
-    cache, df, stats = setup
+def test_training_epochs_cover_every_example_and_reshuffle(cached_cohort):
+    cache, df, stats = cached_cohort
     n, b = len(df), 4
     it = iter(train_dataset(cache, df, tasks=TASKS, stats=stats, global_batch=b, seed=1))
     stream = np.concatenate([x["index"] for x in _take(it, 3 * n // b)])
@@ -66,8 +55,8 @@ def test_training_epochs_cover_every_example_and_reshuffle(setup):
     assert not np.array_equal(next(other)["index"], stream[:b])
 
 
-def test_processes_split_the_global_batch_without_overlap(setup):
-    cache, df, stats = setup
+def test_processes_split_the_global_batch_without_overlap(cached_cohort):
+    cache, df, stats = cached_cohort
     kw = dict(tasks=TASKS, stats=stats, global_batch=6, seed=0)
     single = _take(iter(train_dataset(cache, df, **kw)), 5)
     parts = [_take(iter(train_dataset(cache, df, process_index=p, process_count=3, **kw)), 5)
@@ -81,8 +70,8 @@ def test_processes_split_the_global_batch_without_overlap(setup):
         train_dataset(cache, df, process_count=4, **kw)
 
 
-def test_evaluation_sees_every_example_once_with_padding(setup):
-    cache, df, stats = setup
+def test_evaluation_sees_every_example_once_with_padding(cached_cohort):
+    cache, df, stats = cached_cohort
     n = len(df)  # 23: not a multiple of the batch
     for count in (1, 2):
         seen, valid_flags = [], []
@@ -96,8 +85,8 @@ def test_evaluation_sees_every_example_once_with_padding(setup):
         assert len(valid_flags) == 30 and sum(valid_flags) == n
 
 
-def test_iterator_state_restores_the_exact_stream(setup):
-    cache, df, stats = setup
+def test_iterator_state_restores_the_exact_stream(cached_cohort):
+    cache, df, stats = cached_cohort
     kw = dict(tasks=TASKS, stats=stats, global_batch=4, seed=3)
     it = iter(train_dataset(cache, df, **kw))
     _take(it, 7)
@@ -110,8 +99,8 @@ def test_iterator_state_restores_the_exact_stream(setup):
             np.testing.assert_array_equal(a[key], b[key])
 
 
-def test_worker_processes_give_the_same_stream(setup):
-    cache, df, stats = setup
+def test_worker_processes_give_the_same_stream(cached_cohort):
+    cache, df, stats = cached_cohort
     kw = dict(tasks=TASKS, stats=stats, global_batch=4, seed=5)
     plain = _take(iter(train_dataset(cache, df, **kw)), 8)
     it = iter(train_dataset(cache, df, workers=2, **kw))

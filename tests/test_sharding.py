@@ -4,11 +4,7 @@ import grain
 import numpy as np
 import pytest
 
-from vertex_jax.data.cache import build_cache
-from vertex_jax.data.clinical import ClinicalStats
-from vertex_jax.data.manifest import load_manifest
 from vertex_jax.data.pipeline import ProcessShard, eval_dataset, train_dataset
-from vertex_jax.data.preprocess import PreprocessConfig
 
 TASKS = ("pvf", "osteo")
 
@@ -21,17 +17,9 @@ def test_process_shards_partition_the_whole_batches(size, count):
     assert sorted(sum(parts, [])) == list(range(size // 6 * 6))  # a partial last batch is dropped
 
 
-@pytest.fixture
-def setup(png_cohort, tmp_path):
-    df = load_manifest(png_cohort)
-    cache = build_cache(df, tmp_path / "cache", PreprocessConfig(canvas=(32, 16)), workers=1,
-                        progress=False)
-    return cache, df, ClinicalStats.fit(df)
-
-
 @pytest.mark.parametrize("count", [2, 3])
-def test_training_epochs_over_processes_see_each_record_once(setup, count):
-    cache, df, stats = setup
+def test_training_epochs_over_processes_see_each_record_once(cached_cohort, count):
+    cache, df, stats = cached_cohort
     n, batch = len(df), 6
     steps = -(-2 * n // batch)  # enough global batches for two whole epochs
     index, epoch = [], []
@@ -48,8 +36,8 @@ def test_training_epochs_over_processes_see_each_record_once(setup, count):
         assert sorted(index[epoch == e]) == list(range(n))
 
 
-def test_evaluation_over_three_processes_sees_each_record_once(setup):
-    cache, df, stats = setup
+def test_evaluation_over_three_processes_sees_each_record_once(cached_cohort):
+    cache, df, stats = cached_cohort
     seen = []
     for p in range(3):
         for b in eval_dataset(cache, df, tasks=TASKS, stats=stats, global_batch=9, process_index=p,

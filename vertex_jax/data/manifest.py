@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from vertex_jax.problems import ProblemsError
 
 REQUIRED = ("image_id", "patient_id", "path", "domain", "pvf", "osteo", "age", "sex", "bmi")
 TASKS = ("pvf", "osteo")
@@ -38,12 +39,8 @@ _LABEL = {"1": 1.0, "0": 0.0, "1.0": 1.0, "0.0": 0.0, "true": 1.0, "false": 0.0}
 _RANGES = {"age": (0.0, 120.0), "bmi": (8.0, 80.0)}
 
 
-class ManifestError(ValueError):
+class ManifestError(ProblemsError):
     """Every problem found in a manifest, one per line."""
-
-    def __init__(self, source: str, problems: list[str]):
-        self.source, self.problems = source, problems
-        super().__init__(f"{source}: {len(problems)} problem(s)\n  " + "\n  ".join(problems))
 
 
 def _rows(mask: pd.Series, limit: int = 10) -> str:

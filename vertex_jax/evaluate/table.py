@@ -13,18 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from vertex_jax.problems import ProblemsError
 
 TASKS = ("pvf", "osteo")
 ALL = "all"  # split name meaning every row
 _SEX = {"F": "F", "FEMALE": "F", "M": "M", "MALE": "M"}
 
 
-class ScoresError(ValueError):
+class ScoresError(ProblemsError):
     """Every problem found in a score table, one per line."""
-
-    def __init__(self, source: str, problems: Sequence[str]):
-        self.source, self.problems = source, list(problems)
-        super().__init__(f"{source}: {len(self.problems)} problem(s)\n  " + "\n  ".join(self.problems))
 
 
 @dataclasses.dataclass(frozen=True)

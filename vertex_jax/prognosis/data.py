@@ -29,6 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from vertex_jax.problems import ProblemsError
 
 TIME = "followup_years"
 EVENT = "incident_fracture"
@@ -38,12 +39,8 @@ _EVENT_VALUES = {"0": 0, "1": 1, "0.0": 0, "1.0": 1}
 _SHOW = 5  # ids / lines quoted per problem
 
 
-class CohortDataError(ValueError):
+class CohortDataError(ProblemsError):
     """Every problem found in one input, one per line."""
-
-    def __init__(self, source: str, problems: Sequence[str]):
-        self.source, self.problems = source, list(problems)
-        super().__init__(f"{source}: {len(self.problems)} problem(s)\n  " + "\n  ".join(self.problems))
 
 
 @dataclasses.dataclass(frozen=True)
