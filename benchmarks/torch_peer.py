@@ -107,10 +107,13 @@ def warp(x: torch.Tensor, angle_deg: torch.Tensor, scale: torch.Tensor) -> torch
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
-def augment(x: torch.Tensor, max_deg: float, max_scale: float, max_noise: float) -> torch.Tensor:
-    """Per-example rotation, scaling and Gaussian noise drawn as in ``vertex_jax.data.augment``;
-    ``x`` [B, 1, H, W] in [0, 1]."""
+def augment(x: torch.Tensor, max_deg: float, max_scale: float, max_noise: float,
+            flip: float = 0.0) -> torch.Tensor:
+    """Per-example mirroring, rotation, scaling and Gaussian noise drawn as in
+    ``vertex_jax.data.augment``; ``x`` [B, 1, H, W] in [0, 1]."""
     b = x.shape[0]
+    if flip > 0:
+        x = torch.where(torch.rand(b, 1, 1, 1, device=x.device) < flip, x.flip(-1), x)
     uniform = lambda: torch.rand(b, device=x.device) * 2 - 1  # noqa: E731
     x = warp(x, uniform() * max_deg, 1 + uniform() * max_scale)
     sigma = torch.rand(b, 1, 1, 1, device=x.device) * max_noise
@@ -131,7 +134,7 @@ def conv_backward_flops(grad_out_shape, x_shape, w_shape, bias, stride, padding,
 
 
 def make_step(model: nn.Module, optimizer: torch.optim.Optimizer, *, amp: str,
-              augmentation: tuple[float, float, float] | None, channels_last: bool,
+              augmentation: tuple[float, float, float, float] | None, channels_last: bool,
               device: torch.device):
     mean, std = sum((0.485, 0.456, 0.406)) / 3, sum((0.229, 0.224, 0.225)) / 3
 
@@ -185,7 +188,8 @@ def run(args: argparse.Namespace) -> tuple[dict, dict]:
     params = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
     batch = random_batch(args.batch, args.height, args.width, args.tasks, device)
-    augmentation = (args.max_rotation, args.max_scale, args.max_noise) if args.augment else None
+    augmentation = ((args.max_rotation, args.max_scale, args.max_noise, args.flip) if args.augment
+                    else None)
     kw = dict(amp=args.amp, augmentation=augmentation, channels_last=args.channels_last, device=device)
     mapping = {torch.ops.aten.convolution_backward: conv_backward_flops}
     with FlopCounterMode(display=False, custom_mapping=mapping) as counter:  # eager, uncompiled
@@ -234,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-rotation", type=float, default=30.0, help="degrees")
     parser.add_argument("--max-scale", type=float, default=0.15, help="scale in [1 - d, 1 + d]")
     parser.add_argument("--max-noise", type=float, default=0.03, help="noise sigma, [0, 1] scale")
+    parser.add_argument("--flip", type=float, default=0.0, help="left-right mirror probability")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -44,6 +44,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.optim.warmup_epochs = 0.5
     c.init_from = ""  # the X-ray run (workdir or checkpoint); empty = from scratch
     if arg == "demo":
+        c.data.canvas = (384, 192)  # VFA images are ~2.9:1, so the 2:1 canvas pads the least
         c.data.synthetic.num_patients = 800
         c.num_epochs = 8
     return c

@@ -43,3 +43,17 @@ def test_augment_batch_ranges_and_strength():
     same = augment_batch(jnp.asarray(images), keys, none)
     np.testing.assert_allclose(np.asarray(same), images / 255.0, atol=1e-6)
     assert float(jnp.abs(out - same).mean()) > 0.01
+
+
+def test_flip_mirrors_left_right_per_example():
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (16, 8, 6, 1)).astype(np.uint8)
+    keys = example_keys(0, jnp.zeros(16, jnp.int32), jnp.arange(16))
+    unit = images / 255.0
+    always = np.asarray(augment_batch(jnp.asarray(images), keys, AugmentConfig(0.0, 0.0, 0.0, 1.0)))
+    np.testing.assert_allclose(always, unit[:, :, ::-1], atol=1e-6)
+    half = np.asarray(augment_batch(jnp.asarray(images), keys, AugmentConfig(0.0, 0.0, 0.0, 0.5)))
+    flipped = [np.allclose(h, u[:, ::-1], atol=1e-6) for h, u in zip(half, unit)]
+    kept = [np.allclose(h, u, atol=1e-6) for h, u in zip(half, unit)]
+    assert all(f or k for f, k in zip(flipped, kept))
+    assert 0 < sum(flipped) < 16  # a per-example draw, not one for the batch

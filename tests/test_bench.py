@@ -96,7 +96,7 @@ def test_peer_command_matches_the_jax_point(tmp_path):
                        repeats=2, json_path=tmp_path / "p.json")
     args = " ".join(cmd[2:])
     for part in ("--variant b0", "--height 256", "--width 128", "--batch 16", "--tasks 2",
-                 "--amp bf16", "--steps 3", "--repeats 2", "--max-rotation 30.0",
+                 "--amp bf16", "--steps 3", "--repeats 2", "--max-rotation 30.0", "--flip 0.0",
                  "--grad-checkpointing", "--compile --threads=1"):
         assert part in args, part
     augment.enabled = False

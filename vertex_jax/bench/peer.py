@@ -33,7 +33,8 @@ def peer_command(record: dict[str, Any], flags: str, *, tasks: int, augment: Any
            "--steps", str(steps), "--repeats", str(repeats), "--json", str(json_path)]
     if augment.enabled:
         cmd += ["--max-rotation", str(augment.max_rotation_deg), "--max-scale",
-                str(augment.max_scale_delta), "--max-noise", str(augment.max_noise_std)]
+                str(augment.max_scale_delta), "--max-noise", str(augment.max_noise_std),
+                "--flip", str(augment.get("flip_prob", 0.0))]
     else:
         cmd.append("--no-augment")
     if record["remat"]:

@@ -1,4 +1,4 @@
-"""Training augmentation on the accelerator: rotation, scaling, Gaussian noise.
+"""Training augmentation on the accelerator: rotation, scaling, Gaussian noise, mirroring.
 
 The paper augments with *"Gaussian noise addition, rotation, and scaling"* (the authors'
 sibling code: rotation up to 30°, scale ±15%). It runs inside the jitted training step,
@@ -23,6 +23,7 @@ class AugmentConfig:
     max_rotation_deg: float = 30.0
     max_scale_delta: float = 0.15  # scale drawn from [1 - d, 1 + d]
     max_noise_std: float = 0.03  # noise sigma drawn from [0, max] on the [0, 1] scale
+    flip_prob: float = 0.0  # left-right mirror: lateral films are taken facing either way
 
 
 def example_keys(seed: int, epoch: jax.Array, index: jax.Array) -> jax.Array:
@@ -62,6 +63,9 @@ def warp(image: jax.Array, angle_deg: jax.Array, scale: jax.Array) -> jax.Array:
 def augment_one(image: jax.Array, key: jax.Array, config: AugmentConfig) -> jax.Array:
     """[H, W, C] float in [0, 1] → augmented float in [0, 1]."""
     angle, scale, sigma = draw_params(key, config)
+    if config.flip_prob > 0.0:
+        flip = jax.random.bernoulli(jax.random.fold_in(key, 4), config.flip_prob)
+        image = jnp.where(flip, image[:, ::-1], image)
     warped = jax.vmap(lambda c: warp(c, angle, scale), in_axes=-1, out_axes=-1)(image)
     noise = jax.random.normal(jax.random.fold_in(key, 3), warped.shape, warped.dtype)
     return jnp.clip(warped + sigma * noise, 0.0, 1.0)
