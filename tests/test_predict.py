@@ -123,16 +123,21 @@ def test_gradcam_equals_the_linear_head_weights(xray_run):
     h, w = trained.preprocess.canvas
     image = rng.integers(0, 256, (3, h, w, 1), dtype=np.uint8)
     clinical, mask = rng.normal(size=(3, 3)).astype(np.float32), np.ones((3, 3), np.float32)
-    maps, logits = gradcam.make_gradcam(model, "osteo")(image, clinical, mask)
+    maps, logits = gradcam.make_gradcam(model, ("pvf", "osteo"))(image, clinical, mask)
     feats = np.asarray(model.image_features(jnp.asarray(image)), np.float64)
     chain = (np.asarray(model.image_projection.kernel[...], np.float64)
              @ np.asarray(model.fusion.kernel[...], np.float64)[:100]
-             @ np.asarray(model.output.kernel[...], np.float64))[:, 1]
-    expected = np.maximum(np.einsum("bhwc,c->bhw", feats, chain / (feats.shape[1] * feats.shape[2])), 0)
-    expected /= np.maximum(expected.max(axis=(1, 2), keepdims=True), 1e-30)
-    assert maps.shape == feats.shape[:3] and maps.min() >= 0 and maps.max() <= 1
-    np.testing.assert_allclose(maps, expected, atol=1e-4)
+             @ np.asarray(model.output.kernel[...], np.float64))
+    assert model.tasks == ("pvf", "osteo") and maps.shape == (3, 2, *feats.shape[1:3])
+    for t in range(2):
+        expected = np.maximum(np.einsum("bhwc,c->bhw", feats,
+                                        chain[:, t] / (feats.shape[1] * feats.shape[2])), 0)
+        expected /= np.maximum(expected.max(axis=(1, 2), keepdims=True), 1e-30)
+        np.testing.assert_allclose(maps[:, t], expected, atol=1e-4)
+    assert maps.min() >= 0 and maps.max() <= 1
     np.testing.assert_allclose(logits, np.asarray(model(jnp.asarray(image), clinical, mask)), atol=1e-5)
+    osteo_only, _ = gradcam.make_gradcam(model, "osteo")(image, clinical, mask)
+    np.testing.assert_allclose(osteo_only[:, 0], maps[:, 1], atol=1e-6)
     with pytest.raises(ValueError, match="no task"):
         gradcam.make_gradcam(model, "fracture")
 

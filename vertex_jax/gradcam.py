@@ -22,26 +22,31 @@ from vertex_jax.data.preprocess import Geometry
 from vertex_jax.models.vertex import VertexNet
 
 
-def make_gradcam(model: VertexNet, task: str) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
-    """``(image, clinical, clinical_mask) -> (cams [B, h, w] in [0, 1], logits [B, T])``."""
-    if task not in model.tasks:
-        raise ValueError(f"the model has no task {task!r}; it has {model.tasks}")
-    t = model.tasks.index(task)
+def make_gradcam(model: VertexNet, tasks: Sequence[str]
+                 ) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+    """``(image, clinical, clinical_mask) -> (cams [B, len(tasks), h, w] in [0, 1], logits
+    [B, T])``; the backbone runs once per batch, whatever the number of tasks."""
+    tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
+    if unknown := [t for t in tasks if t not in model.tasks]:
+        raise ValueError(f"the model has no task {unknown[0]!r}; it has {model.tasks}")
+    columns = [model.tasks.index(t) for t in tasks]
     graphdef, state = nnx.split(model)
 
     @jax.jit
     def cam(state, image, clinical, clinical_mask):
         net = nnx.merge(graphdef, state)
         feats = net.image_features(image)
-
-        def task_logit(f):  # eval mode: example i's logit depends on f[i] only
-            logits = net.classify(f, clinical, clinical_mask).astype(jnp.float32)
-            return logits[:, t].sum(), logits
-
-        grads, logits = jax.grad(task_logit, has_aux=True)(feats)
-        weights = jnp.mean(grads.astype(jnp.float32), axis=(1, 2))
-        maps = jax.nn.relu(jnp.einsum("bhwc,bc->bhw", feats.astype(jnp.float32), weights))
-        peak = jnp.max(maps, axis=(1, 2), keepdims=True)
+        # Eval mode: example i's logits depend on feats[i] only, so one pull-back of a
+        # task's column gives every example's gradient.
+        logits, pull_back = jax.vjp(
+            lambda f: net.classify(f, clinical, clinical_mask).astype(jnp.float32), feats)
+        maps = []
+        for t in columns:
+            (grads,) = pull_back(jnp.zeros_like(logits).at[:, t].set(1.0))
+            weights = jnp.mean(grads.astype(jnp.float32), axis=(1, 2))
+            maps.append(jax.nn.relu(jnp.einsum("bhwc,bc->bhw", feats.astype(jnp.float32), weights)))
+        maps = jnp.stack(maps, axis=1)
+        peak = jnp.max(maps, axis=(2, 3), keepdims=True)
         return jnp.where(peak > 0, maps / jnp.where(peak > 0, peak, 1.0), 0.0), logits
 
     def run(image, clinical, clinical_mask):

@@ -22,7 +22,8 @@ class GradCamWriter:
     def __init__(self, model, tasks: tuple[str, ...], image_ids: list[str], out_dir: str | Path,
                  annotations: str | Path | None = None, overlays: bool = True):
         self.out_dir = Path(out_dir)
-        self.cams = {t: gradcam.make_gradcam(model, t) for t in tasks}
+        self.tasks = tuple(tasks)
+        self.cam = gradcam.make_gradcam(model, self.tasks)
         self.image_ids = image_ids
         self.overlays = overlays
         self.boxes = {}
@@ -33,10 +34,10 @@ class GradCamWriter:
 
     def __call__(self, items: list[Prepared], image: np.ndarray, clinical: np.ndarray,
                  mask: np.ndarray) -> None:
-        for task, cam in self.cams.items():
-            maps, _ = cam(image, clinical, mask)
-            for item, m in zip(items, maps):
-                image_id = self.image_ids[item.row]
+        maps, _ = self.cam(image, clinical, mask)
+        for item, per_task in zip(items, maps):
+            image_id = self.image_ids[item.row]
+            for task, m in zip(self.tasks, per_task):
                 heat = gradcam.to_original(m, item.geometry)
                 if self.overlays:
                     name = image_id.replace("/", "__")
