@@ -22,7 +22,7 @@ from vertex_jax.data.preprocess import Geometry
 from vertex_jax.models.vertex import VertexNet
 
 
-def make_gradcam(model: VertexNet, tasks: Sequence[str]
+def make_gradcam(model: VertexNet, tasks: str | Sequence[str]
                  ) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
     """``(image, clinical, clinical_mask) -> (cams [B, len(tasks), h, w] in [0, 1], logits
     [B, T])``; the backbone runs once per batch, whatever the number of tasks."""
