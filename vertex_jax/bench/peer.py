@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+from vertex_jax.data.augment import AugmentConfig
+
 __all__ = ["PEER_SCRIPT", "peer_command", "run_peer", "format_comparison"]
 
 PEER_SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "torch_peer.py"
@@ -32,9 +34,9 @@ def peer_command(record: dict[str, Any], flags: str, *, tasks: int, augment: Any
            "--batch", str(record["batch"]), "--tasks", str(tasks), "--amp", _AMP[record["dtype"]],
            "--steps", str(steps), "--repeats", str(repeats), "--json", str(json_path)]
     if augment.enabled:
-        cmd += ["--max-rotation", str(augment.max_rotation_deg), "--max-scale",
-                str(augment.max_scale_delta), "--max-noise", str(augment.max_noise_std),
-                "--flip", str(augment.get("flip_prob", 0.0))]
+        aug = AugmentConfig.from_config(augment)
+        cmd += ["--max-rotation", str(aug.max_rotation_deg), "--max-scale", str(aug.max_scale_delta),
+                "--max-noise", str(aug.max_noise_std), "--flip", str(aug.flip_prob)]
     else:
         cmd.append("--no-augment")
     if record["remat"]:

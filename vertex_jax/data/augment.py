@@ -12,6 +12,7 @@ process count sees identical augmentations.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +25,12 @@ class AugmentConfig:
     max_scale_delta: float = 0.15  # scale drawn from [1 - d, 1 + d]
     max_noise_std: float = 0.03  # noise sigma drawn from [0, max] on the [0, 1] scale
     flip_prob: float = 0.0  # left-right mirror: lateral films are taken facing either way
+
+    @classmethod
+    def from_config(cls, section: Any) -> "AugmentConfig":
+        """From a run's ``config.augment``; fields it lacks (older runs) keep their defaults."""
+        return cls(**{f.name: float(section[f.name]) for f in dataclasses.fields(cls)
+                      if f.name in section})
 
 
 def example_keys(seed: int, epoch: jax.Array, index: jax.Array) -> jax.Array:

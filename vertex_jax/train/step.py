@@ -42,8 +42,7 @@ def hide_clinical(mask: jax.Array, keys: jax.Array, rate: float) -> jax.Array:
 def make_train_step(graphdef: nnx.GraphDef, config: Any, mesh: Mesh
                     ) -> Callable[[nnx.State, Batch], tuple[nnx.State, dict[str, jax.Array]]]:
     """``(state, batch) -> (state, metrics)``; the state buffers are donated."""
-    aug = AugmentConfig(config.augment.max_rotation_deg, config.augment.max_scale_delta,
-                        config.augment.max_noise_std, config.augment.get("flip_prob", 0.0))
+    aug = AugmentConfig.from_config(config.augment)
     pos_weight = tuple(config.optim.pos_weight)
     skip_nonfinite = config.nan_policy == "skip"
     clinical_dropout = float(config.augment.get("clinical_dropout", 0.0))
