@@ -24,9 +24,9 @@ import jax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's vertex_jax
 
-from configs.xray import get_config  # noqa: E402
 from vertex_jax.bench.measure import abstract_state, make_step, random_batch  # noqa: E402
-from vertex_jax.train import mesh as meshlib  # noqa: E402
+from vertex_jax.config_files import load_config  # noqa: E402
+from vertex_jax import mesh as meshlib  # noqa: E402
 
 _BYTES = {"f32": 4, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "pred": 1, "f64": 8, "s64": 8}
 _SHAPE = re.compile(r"\b(f32|bf16|f16|s32|u32|pred|f64|s64)\[([\d,]*)\]")
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--dtype", default="float32")
     args = parser.parse_args()
-    config = get_config()
+    config = load_config("configs/xray.py")
     config.model.variant, config.model.dtype, config.data.canvas = args.variant, args.dtype, (
         args.height, args.width)
     mesh = meshlib.make_mesh()

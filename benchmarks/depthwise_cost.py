@@ -68,11 +68,11 @@ def one_layer(batch: int, height: int, width: int, channels: int, kernel: int) -
 
 
 def whole_step(variant: str, height: int, width: int, batch: int) -> None:
-    from configs.xray import get_config
     from vertex_jax.bench.measure import abstract_state, make_step, random_batch
-    from vertex_jax.train import mesh as meshlib
+    from vertex_jax.config_files import load_config
+    from vertex_jax import mesh as meshlib
 
-    config = get_config()
+    config = load_config("configs/xray.py")
     config.model.variant, config.data.canvas, config.batch_size = variant, (height, width), batch
     if "depthwise" in config.model:
         config.model.depthwise = "conv"  # XLA grouped convolutions, whatever the backend

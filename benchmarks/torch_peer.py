@@ -95,7 +95,7 @@ class VertexPeer(nn.Module):
 
 def warp(x: torch.Tensor, angle_deg: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Rotate each image by ``angle_deg`` (counter-clockwise) and scale it about its centre,
-    bilinear with zero fill: ``vertex_jax.data.augment.warp`` for [B, C, H, W] and [B] angles."""
+    bilinear with zero fill: ``vertex_jax.train.augment.warp`` for [B, C, H, W] and [B] angles."""
     _, _, h, w = x.shape
     theta = torch.deg2rad(angle_deg)
     cos, sin = torch.cos(theta) / scale, torch.sin(theta) / scale
@@ -110,7 +110,7 @@ def warp(x: torch.Tensor, angle_deg: torch.Tensor, scale: torch.Tensor) -> torch
 def augment(x: torch.Tensor, max_deg: float, max_scale: float, max_noise: float,
             flip: float = 0.0) -> torch.Tensor:
     """Per-example mirroring, rotation, scaling and Gaussian noise drawn as in
-    ``vertex_jax.data.augment``; ``x`` [B, 1, H, W] in [0, 1]."""
+    ``vertex_jax.train.augment``; ``x`` [B, 1, H, W] in [0, 1]."""
     b = x.shape[0]
     if flip > 0:
         x = torch.where(torch.rand(b, 1, 1, 1, device=x.device) < flip, x.flip(-1), x)

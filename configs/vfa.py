@@ -16,24 +16,17 @@ domain; ``configs/vfa.py:tiny`` for tests. ``init_from=""`` trains from scratch 
 split (the comparison the README reports).
 """
 
-import importlib.util
 from pathlib import Path
 
 import ml_collections
 
-
-def _xray_config(arg: str) -> ml_collections.ConfigDict:
-    spec = importlib.util.spec_from_file_location("vertex_xray_config",
-                                                  Path(__file__).with_name("xray.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+from vertex_jax.config_files import load_config
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
     if arg not in ("", "demo", "tiny"):
         raise ValueError(f"unknown config variant {arg!r}; expected 'demo' or 'tiny'")
-    c = _xray_config(arg)
+    c = load_config(Path(__file__).with_name("xray.py"), arg)  # the X-ray recipe beside this file
     c.data.domain = "vfa"
     c.data.split_fractions = {"finetune": 0.24, "val": 0.06, "test": 0.70}
     c.data.train_split = "finetune"

@@ -41,7 +41,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.model = dict(variant="b4", use_clinical=True, dtype="float32", remat=False,
                    depthwise="auto",  # "conv" (XLA grouped conv), "shifts", auto: shifts on CPU
                    bn_momentum=0.99,  # backbone BatchNorm running statistics (TF reference)
-                   init_weights="")  # Keras .h5 / timm .safetensors ImageNet weights
+                   init_weights="",  # Keras .h5 / timm .safetensors ImageNet weights
+                   # "gap": global average pool + fusion MLP (the paper's); "evidence": a map of
+                   # per-position logits pooled into the score (README, "Localisation").
+                   head="gap", evidence_taps="head,stage4", evidence_width=64, pooling="lse",
+                   lse_r=1.0)
     c.optim = dict(lr=1e-4, weight_decay=1e-4, warmup_epochs=1.0, min_lr_ratio=0.01,
                    clip_norm=1.0, pos_weight=(), grad_accum=1,
                    freeze_stages=0)  # keep the stem + first N backbone stages fixed
@@ -50,7 +54,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.early_stop_patience = 10  # epochs without a better validation AUROC
     c.eval_batch_size = 30
     c.log_every_steps = 10
-    c.checkpoint = dict(keep_latest=2, keep_best=2, every_epochs=1)
+    c.checkpoint = dict(keep_latest=2, keep_best=2)
     c.init_from = ""  # checkpoint dir: parameters only, matched by name (fine-tuning)
     c.resume = ""  # checkpoint dir to resume from when the workdir has none
     c.nan_policy = "stop"  # or "skip": drop a step whose loss is not finite

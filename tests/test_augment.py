@@ -5,8 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vertex_jax.data.augment import (AugmentConfig, augment_batch, draw_params, example_keys,
-                                     warp)
+from vertex_jax.train.augment import (AugmentConfig, augment_batch, draw_params, example_keys,
+                                      warp)
 
 
 def test_warp_matches_opencv_warp_affine():

@@ -12,11 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs.xray import get_config
 from vertex_jax.bench.flops import Flops, count_flops
 from vertex_jax.bench.peer import peer_command
 from vertex_jax.bench.record import FIELDS
-from vertex_jax.data.augment import warp
+from vertex_jax.config_files import load_config
+from vertex_jax.train.augment import warp
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,6 +50,19 @@ def test_cli_sweep_writes_one_record_per_point(tmp_path):
     # The forward pass is linear in the batch: twice the batch, exactly twice the FLOPs.
     assert records[1]["model_flops_per_step"] == 2 * records[0]["model_flops_per_step"] > 0
     assert "images/s" in stdout and "no allocator statistics on CPU" in stdout
+
+
+@pytest.mark.slow
+def test_cli_times_the_export_runtimes(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("jax2onnx")
+    result, stdout = run_bench(tmp_path, "--what=export", "--batch=1", devices=1)
+    assert result["records"] == [] and result["export"]["environment"]["jax_backend"] == "cpu"
+    (row,) = result["export"]["results"]
+    assert (row["variant"], row["canvas"], row["batch"]) == ("tiny", [64, 32], 1)
+    assert row["jax_images_per_s"] > 0 and row["onnxruntime_images_per_s"] > 0
+    assert row["max_abs_diff_probabilities"] < 1e-4
+    assert "tiny 64x32 batch 1: onnxruntime" in stdout
 
 
 def _conv(x, k, stride=1, groups=1):
@@ -91,7 +104,7 @@ def test_flop_counter_walks_nested_programs():
 def test_peer_command_matches_the_jax_point(tmp_path):
     record = {"variant": "b0", "height": 256, "width": 128, "batch": 16, "dtype": "bfloat16",
               "remat": True}
-    augment = get_config().augment
+    augment = load_config("configs/xray.py").augment
     cmd = peer_command(record, "--compile --threads=1", tasks=2, augment=augment, steps=3,
                        repeats=2, json_path=tmp_path / "p.json")
     args = " ".join(cmd[2:])

@@ -4,7 +4,8 @@ import grain
 import jax.numpy as jnp
 from flax import nnx
 
-from vertex_jax.train.checkpoint import Checkpoints, resolve_step_dir
+from vertex_jax.runs import resolve_step_dir
+from vertex_jax.train.checkpoint import Checkpoints
 
 
 def test_best_step_is_ranked_by_saved_metrics_after_a_reopen(tmp_path):
@@ -24,3 +25,29 @@ def test_best_step_is_ranked_by_saved_metrics_after_a_reopen(tmp_path):
     reopened = Checkpoints(tmp_path / "checkpoints", keep_latest=1, keep_best=1)
     assert reopened.best_step() == 2
     reopened.close()
+
+
+def test_the_earliest_of_tied_best_steps_is_the_best(tmp_path):
+    """One rule for training's progress and for reading a run back: among steps with the same
+    best validation metric the earliest wins (training records the first improvement)."""
+    from vertex_jax import runs
+
+    model = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
+    state = nnx.state(model)
+    iterator = iter(grain.MapDataset.range(10).to_iter_dataset())
+    ckpt = Checkpoints(tmp_path / "checkpoints", keep_latest=1, keep_best=2)
+    best = -1.0
+    improved_at = []
+    for step, auroc in ((1, 0.8), (2, 0.9), (3, 0.9), (4, 0.7)):
+        if runs.improves(auroc, best):  # as the training loop decides
+            best = auroc
+            improved_at.append(step)
+        ckpt.save(step, state, iterator, {"step": step}, {"seed": 0}, {"tasks": ["pvf"]},
+                  {"val_auroc": auroc})
+    ckpt.wait()
+    assert improved_at[-1] == 2
+    assert ckpt.best_step() == 2
+    ckpt.close()
+    assert resolve_step_dir(tmp_path) == (tmp_path / "checkpoints" / "2").absolute()
+    assert runs.earliest_best([(3, 0.9), (1, float("nan")), (2, 0.9)]) == 2
+    assert runs.earliest_best([(1, float("nan"))]) is None

@@ -25,7 +25,7 @@ from flax import nnx
 from configs.xray import get_config
 from vertex_jax.data.clinical import ClinicalStats
 from vertex_jax.data.preprocess import PreprocessConfig, preprocess
-from vertex_jax.data.synthetic import render_exam, simulate_patients
+from vertex_jax.synthetic.cohort import render_exam, simulate_patients
 from vertex_jax.export.__main__ import main as export_main
 from vertex_jax.export.errors import ExportError
 from vertex_jax.export.graph import Signature, export_model, reference_model, signature_of
@@ -34,7 +34,8 @@ from vertex_jax.export.verify import jax_runner, max_differences
 from vertex_jax.inference import load_trained
 from vertex_jax.train.checkpoint import Checkpoints
 from vertex_jax.train.loop import Progress, model_card
-from vertex_jax.train.state import TrainState, build_optimizer, build_model
+from vertex_jax.models.build import build_model
+from vertex_jax.train.state import TrainState, build_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
 CANVAS = (64, 32)
@@ -56,9 +57,10 @@ def randomise_batch_stats(model, seed: int = 0) -> None:
     nnx.update(model, jax.tree_util.tree_map_with_path(draw, nnx.state(model, nnx.BatchStat)))
 
 
-def write_checkpoint(workdir: Path, step: int = 3) -> Path:
+def write_checkpoint(workdir: Path, step: int = 3, **model: str) -> Path:
     config = get_config("tiny")
     config.tasks = ",".join(TASKS)
+    config.model.update(model)
     model = build_model(config, seed=1)
     randomise_batch_stats(model)
     state = TrainState.create(model, build_optimizer(config, steps_per_epoch=1)).state
@@ -290,7 +292,7 @@ def test_thresholds_of_another_model_are_rejected(run_dir, tmp_path):
 def test_differences_fail_on_missing_misshapen_or_nan_outputs():
     ref = {"probabilities": np.full((2, 1), 0.5), "logits": np.zeros((2, 1)), "pvf_prob": np.full(2, 0.5)}
     assert max_differences(ref, {**ref, "probabilities": ref["probabilities"] + 2e-5}) == \
-        pytest.approx({"probabilities": 2e-5, "logits": 0.0})
+        pytest.approx({"probabilities": 2e-5, "logits": 0.0, "evidence": 0.0})
     for broken in ({"probabilities": ref["probabilities"], "logits": ref["logits"]},
                    {**ref, "pvf_prob": np.full(3, 0.5)}, {**ref, "pvf_prob": np.full(2, np.nan)}):
         assert not max_differences(ref, broken)["probabilities"] <= 1.0
@@ -303,3 +305,28 @@ def test_failed_verification_writes_nothing(run_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1 and "verification failed" in err and "onnxruntime_vs_jax" in err
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_evidence_map_is_exported_beside_the_scores(tmp_path):
+    """An evidence-head model exports its map as an output, verified in all three runtimes."""
+    import onnxruntime as ort
+    import tensorflow as tf
+    run = write_checkpoint(tmp_path / "run", head="evidence")
+    paths = export(run, tmp_path / "out")
+    meta = json.loads((paths["onnx"] / "model.json").read_text())
+    grid = [CANVAS[0] // 16, CANVAS[1] // 16]  # head + stage4 taps: stride 16
+    (described,) = [o for o in meta["outputs"] if o["name"] == "evidence"]
+    assert described["shape"] == [None, *grid, len(TASKS)]
+    assert all(d["evidence"] <= 1e-4 for d in meta["verification"]["max_abs_diff"].values())
+    trained = load_trained(run)
+    ref = jax_runner(reference_model(trained.config, trained.model), signature_of(trained))
+    inputs = synthetic_inputs(3, seed=4)
+    expected = ref(inputs)
+    assert expected["evidence"].shape == (3, *grid, len(TASKS))
+    np.testing.assert_allclose(expected["evidence"].sum(axis=(1, 2)), 1.0, atol=1e-5)
+    session = ort.InferenceSession(str(paths["onnx"] / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = dict(zip([o.name for o in session.get_outputs()], session.run(None, inputs)))
+    np.testing.assert_allclose(got["evidence"], expected["evidence"], atol=1e-4)
+    serving = tf.saved_model.load(str(paths["savedmodel"])).signatures["serving_default"]
+    tf_out = serving(**{k: tf.constant(v) for k, v in inputs.items()})
+    np.testing.assert_allclose(tf_out["evidence"].numpy(), expected["evidence"], atol=1e-4)

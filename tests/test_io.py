@@ -22,8 +22,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from vertex_jax.data.dicom_write import COMPRESSIONS, write_dicom
 from vertex_jax.data.io import ImageReadError, LoadedImage, read_image
+from vertex_jax.synthetic.dicom_write import COMPRESSIONS, write_dicom
 
 PYDICOM_FILES = Path(pydicom.data.__file__).parent / "test_files"  # shipped, never downloaded
 SHAPE = (48, 64)

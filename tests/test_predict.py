@@ -13,11 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vertex_jax import gradcam
-from vertex_jax.data.dicom_write import write_dicom
+from vertex_jax.explain import localization as loc
+from vertex_jax.explain.overlay import overlay
+from vertex_jax.explain.saliency import make_saliency
 from vertex_jax.data.io import read_image
 from vertex_jax.data.preprocess import Geometry, PreprocessConfig, preprocess
 from vertex_jax.inference import load_trained
+from vertex_jax.synthetic.dicom_write import write_dicom
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -123,7 +125,7 @@ def test_gradcam_equals_the_linear_head_weights(xray_run):
     h, w = trained.preprocess.canvas
     image = rng.integers(0, 256, (3, h, w, 1), dtype=np.uint8)
     clinical, mask = rng.normal(size=(3, 3)).astype(np.float32), np.ones((3, 3), np.float32)
-    maps, logits = gradcam.make_gradcam(model, ("pvf", "osteo"))(image, clinical, mask)
+    maps, logits = make_saliency(model, ("pvf", "osteo"), "gradcam")(image, clinical, mask)
     feats = np.asarray(model.image_features(jnp.asarray(image)), np.float64)
     chain = (np.asarray(model.image_projection.kernel[...], np.float64)
              @ np.asarray(model.fusion.kernel[...], np.float64)[:100]
@@ -136,30 +138,34 @@ def test_gradcam_equals_the_linear_head_weights(xray_run):
         np.testing.assert_allclose(maps[:, t], expected, atol=1e-4)
     assert maps.min() >= 0 and maps.max() <= 1
     np.testing.assert_allclose(logits, np.asarray(model(jnp.asarray(image), clinical, mask)), atol=1e-5)
-    osteo_only, _ = gradcam.make_gradcam(model, "osteo")(image, clinical, mask)
+    osteo_only, _ = make_saliency(model, "osteo", "gradcam")(image, clinical, mask)
     np.testing.assert_allclose(osteo_only[:, 0], maps[:, 1], atol=1e-6)
     with pytest.raises(ValueError, match="no task"):
-        gradcam.make_gradcam(model, "fracture")
+        make_saliency(model, "fracture", "gradcam")
 
 
 def test_heatmap_maps_back_onto_the_original_and_pointing():
     original = np.zeros((200, 100), np.uint16)
     original[120:140, 30:60] = 4000
     canvas, geometry = preprocess(original, PreprocessConfig(canvas=(64, 32)))
-    heat = gradcam.to_original(canvas.astype(np.float32) / 255.0, geometry)
+    heat = geometry.heatmap_to_original(canvas.astype(np.float32) / 255.0)
     assert heat.shape == original.shape
-    x, y = gradcam.peak(heat)
+    x, y = loc.peak(heat)
     assert 30 <= x < 60 and 120 <= y < 140
-    assert gradcam.pointing_hit(heat, [(25, 115, 65, 145)])
-    assert not gradcam.pointing_hit(heat, [(0, 0, 20, 20)])
-    assert not gradcam.pointing_hit(heat, [(48, 133, 58, 143)])
-    assert gradcam.pointing_hit(heat, [(48, 133, 58, 143)], margin=0.5)
-    picture = gradcam.overlay(original, heat)
+    def hits(box, tolerance=0.0):
+        r = loc.score_image(heat, [loc.Vertebra("L1", box, True)], tolerance)
+        return r["strict"], r["tolerant"]
+    assert hits((25, 115, 65, 145)) == (True, True)
+    assert hits((0, 0, 20, 20)) == (False, False)
+    assert hits((48, 133, 58, 143)) == (False, False)
+    assert hits((48, 133, 58, 143), tolerance=10.0) == (False, True)
+    picture = overlay(original, heat, region=(30, 120, 60, 140))
     assert picture.shape == (200, 100, 3) and picture.dtype == np.uint8
+    assert tuple(picture[120, 45]) == (255, 255, 255)  # the region's top edge is drawn
     assert isinstance(geometry, Geometry)
 
 
-def test_predict_with_gradcam_and_pointing_game(xray_run, tmp_path):
+def test_predict_with_explanations_and_localisation(xray_run, tmp_path):
     manifest, cohort = _manifest(xray_run)
     manifest[manifest["pvf"] == "1"].head(3).to_csv(cohort / "fractured.csv", index=False)
     proc = run_module("vertex_jax.predict", "--checkpoint", xray_run, "--input",
@@ -170,9 +176,23 @@ def test_predict_with_gradcam_and_pointing_game(xray_run, tmp_path):
     assert len(pictures) == 6  # 3 images x 2 tasks
     first = cv2.imread(str(tmp_path / "cam" / pictures[0]))
     row = manifest[manifest["pvf"] == "1"].iloc[0]
-    assert first.shape[:2] == read_image(cohort / row["path"]).pixels.shape
-    summary = json.loads((tmp_path / "cam" / "pointing_game.json").read_text())
-    assert summary["pointing_game_images"] == 3 and 0 <= summary["pointing_game_accuracy"] <= 1
+    shape = read_image(cohort / row["path"]).pixels.shape
+    assert first.shape[:2] == shape
+    summary = json.loads((tmp_path / "cam" / "localization.json").read_text())
+    pvf = summary["tasks"]["pvf"]
+    assert summary["method"] == "gradcam" and pvf["images"] == 3 and len(pvf["per_image"]) == 3
+    assert 0 <= pvf["strict"]["rate"] <= pvf["tolerant"]["rate"] <= 1
+    assert 0 <= pvf["energy"]["mean"] <= 1 and 0 < pvf["chance"]["image"] < pvf["chance"]["spine"] < 1
+    assert summary["randomization"]["pvf"]["images"] == 3
+    assert "strict pointing" in proc.stdout and "randomisation check" in proc.stdout
+    scores = pd.read_csv(tmp_path / "s.csv")
+    first_row = scores[scores["image_id"] == row["image_id"]].iloc[0]
+    assert 0 <= first_row["pvf_peak_x"] < shape[1] and 0 <= first_row["pvf_peak_y"] < shape[0]
+    assert first_row["pvf_region_x0"] <= first_row["pvf_peak_x"] < first_row["pvf_region_x1"]
+    assert first_row["pvf_level"] in {v["level"] for v in json.loads(
+        (cohort / "annotations.json").read_text())[row["image_id"]]}
+    page = (tmp_path / "cam" / "review.html").read_text()
+    assert page.count("data:image/jpeg;base64,") == 6 and row["image_id"] in page
 
 
 def test_evaluate_workdir_scores_the_runs_splits(xray_run):

@@ -12,7 +12,7 @@ import pytest
 from lifelines import CoxPHFitter, KaplanMeierFitter
 from sklearn.metrics import roc_auc_score
 
-from vertex_jax.data.synthetic import simulate_patients
+from vertex_jax.synthetic.cohort import simulate_patients
 from vertex_jax.prognosis import cox
 from vertex_jax.prognosis.analysis import Settings, analyse
 from vertex_jax.prognosis.data import (CohortDataError, baseline_scores, build_cohort, load_cohort,

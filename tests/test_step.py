@@ -8,8 +8,9 @@ import pytest
 from jax.sharding import Mesh
 
 from configs.xray import get_config
-from vertex_jax.train.mesh import check_batch, to_global
-from vertex_jax.train.state import TrainState, build_model
+from vertex_jax.mesh import check_batch, to_global
+from vertex_jax.models.build import build_model
+from vertex_jax.train.state import TrainState
 from vertex_jax.train.step import make_eval_step, make_train_step, masked_bce
 
 
@@ -58,7 +59,7 @@ def test_four_devices_equal_one(config):
 
 def nnx_params(ts, state):
     from flax import nnx
-    model, _ = ts.merge(state)
+    model, _ = nnx.merge(ts.graphdef, state)
     return nnx.state(model, nnx.Param)
 
 
@@ -132,8 +133,7 @@ def test_gradient_accumulation_updates_every_k_steps(config):
 
 
 def test_clinical_dropout_hides_whole_examples_deterministically():
-    from vertex_jax.data.augment import example_keys
-    from vertex_jax.train.step import hide_clinical
+    from vertex_jax.train.augment import example_keys, hide_clinical
 
     mask = jnp.ones((400, 3), jnp.float32).at[0, 1].set(0.0)
     keys = example_keys(0, jnp.zeros(400, jnp.int32), jnp.arange(400))

@@ -12,8 +12,8 @@ import pytest
 from sklearn.linear_model import LogisticRegression, PoissonRegressor
 from sklearn.metrics import roc_auc_score
 
-from vertex_jax.data import phantom, synthetic
 from vertex_jax.data.manifest import REQUIRED, load_manifest
+from vertex_jax.synthetic import cohort as synthetic, phantom
 
 try:  # the product's reader; compared against when present
     from vertex_jax.data.io import read_image

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vertex_jax.train.checkpoint import restore_arrays
+from vertex_jax.runs import restore_arrays
 
 REPO = Path(__file__).resolve().parents[1]
 

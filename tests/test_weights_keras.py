@@ -208,7 +208,10 @@ def test_notop_file_loads_backbone_and_skips_head(b0_ref):
     assert not report.head_loaded and report.loaded == 309
     pooled, feats = forward(net, jnp.asarray(b0_ref.image))
     assert rel_error(feats, b0_ref.features) <= TOLERANCE
-    np.testing.assert_allclose(pooled, b0_ref.features.mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+    # A mean moves by no more than the largest change of its terms, so the pooled features
+    # obey the feature map's bound (relative to the largest feature, not elementwise).
+    pooled_error = np.abs(np.asarray(pooled, np.float64) - b0_ref.features.mean(axis=(1, 2), dtype=np.float64))
+    assert pooled_error.max() <= TOLERANCE * np.abs(b0_ref.features).max()
     # A model with a (new) head keeps its own classifier; requiring the head is an error.
     headed = _abstract("b0", num_classes=3)
     report = load_pretrained(headed, b0_ref.notop)

@@ -18,12 +18,12 @@ import numpy as np
 from flax import nnx
 from ml_collections import ConfigDict
 
+from vertex_jax import mesh as meshlib
+from vertex_jax import runs
 from vertex_jax.data.clinical import ClinicalStats
 from vertex_jax.data.preprocess import PreprocessConfig
+from vertex_jax.models.build import build_model
 from vertex_jax.models.vertex import VertexNet
-from vertex_jax.train import mesh as meshlib
-from vertex_jax.train.checkpoint import load_params, read_json_item, resolve_step_dir
-from vertex_jax.train.state import build_model
 
 
 @dataclasses.dataclass
@@ -42,16 +42,6 @@ class TrainedModel:
     @property
     def name(self) -> str:
         return str(self.checkpoint)
-
-    def logits_fn(self) -> Callable[[Any, Any, Any], jax.Array]:
-        """Pure ``(image, clinical, clinical_mask) -> logits`` with the weights closed over
-        (what export traces; ``image`` uint8 [B, H, W, 1] or float 0-1)."""
-        graphdef, state = nnx.split(self.model)
-
-        def logits(image, clinical, clinical_mask):
-            return nnx.merge(graphdef, state)(image, clinical, clinical_mask).astype(jnp.float32)
-
-        return logits
 
     def scorer(self, mesh: jax.sharding.Mesh | None = None
                ) -> Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
@@ -78,12 +68,11 @@ class TrainedModel:
 
 def load_trained(path: str | Path) -> TrainedModel:
     """Load the parameters and BatchNorm statistics of a checkpoint into a fresh model."""
-    step_dir = resolve_step_dir(path)
-    config = ConfigDict(read_json_item(step_dir, "config"))
-    card = read_json_item(step_dir, "card")
-    config.model.init_weights = ""
+    step_dir = runs.resolve_step_dir(path)
+    config = ConfigDict(runs.read_json_item(step_dir, "config"))
+    card = runs.read_json_item(step_dir, "card")
     model = build_model(config, seed=0)
-    report = load_params(step_dir, model, kinds=(nnx.Param, nnx.BatchStat))
+    report = runs.load_params(step_dir, model, kinds=(nnx.Param, nnx.BatchStat))
     problems = report["missing"] + report["mismatched"]
     if problems:
         raise ValueError(f"checkpoint {step_dir} does not fit its own model: "

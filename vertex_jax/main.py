@@ -10,7 +10,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from vertex_jax.train.loop import train_and_evaluate
-from vertex_jax.train.mesh import initialize_distributed
+from vertex_jax.mesh import initialize_distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/xray.py", "Run configuration file.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/xray", "Directory for checkpoints, logs and data.")

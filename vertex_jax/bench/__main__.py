@@ -18,11 +18,14 @@ from ml_collections import config_flags
 from vertex_jax.bench.measure import measure, measure_isolated
 from vertex_jax.bench.peer import format_comparison, run_peer
 from vertex_jax.bench.record import document, format_table, host
-from vertex_jax.train.state import tasks_of
+from vertex_jax.models.build import tasks_of
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/xray.py", "Run configuration file.")
-_WHAT = flags.DEFINE_enum("what", "train", ["train", "eval", "input", "all"],
-                          "Which step to time; input: the input pipeline (vertex_jax.data.bench).")
+_WHAT = flags.DEFINE_enum("what", "train", ["train", "eval", "input", "export", "all"],
+                          "Which step to time; input: the input pipeline (vertex_jax.bench.input); "
+                          "export: the exported ONNX model on onnxruntime against JAX on the CPU "
+                          "(vertex_jax.bench.export; --batch sizes, default 1,2); all: train, eval "
+                          "and input.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Steps per timed run.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs; the median is reported.")
 _BATCH = flags.DEFINE_list("batch", [], "Global batch sizes to sweep (default: the config's).")
@@ -85,12 +88,28 @@ def point_config(config: ml_collections.ConfigDict, what: str, point: dict[str, 
 
 
 def run_input(flags_text: str, repeats: int) -> dict[str, Any]:
-    """The input-pipeline benchmark (``python -m vertex_jax.data.bench``), its JSON."""
+    """The input-pipeline benchmark (``python -m vertex_jax.bench.input``), its JSON."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "input.json"
-        subprocess.run([sys.executable, "-m", "vertex_jax.data.bench", "--repeats", str(repeats),
+        subprocess.run([sys.executable, "-m", "vertex_jax.bench.input", "--repeats", str(repeats),
                         "--json", str(out), *shlex.split(flags_text)], check=True)
         return json.loads(out.read_text())
+
+
+def run_export(config: ml_collections.ConfigDict, batches: list[str], repeats: int) -> dict[str, Any]:
+    """The export-runtime benchmark (``python -m vertex_jax.bench.export``) on ``config``."""
+    from vertex_jax.bench import export  # onnx, onnxruntime: the [export] extra
+
+    try:
+        sizes = [int(b) for b in batches] or [1, 2]
+    except ValueError:
+        raise app.UsageError(f"--batch: expected integers, got {batches}") from None
+    if min(sizes) < 1 or repeats < 1:
+        raise app.UsageError("--batch sizes and --repeats must be >= 1")
+    results = export.run_bench(config, sizes, repeats)
+    env = export.environment(0)
+    print(export.format_results(results, env))
+    return {"environment": env, "results": results}
 
 
 def compare_with_peer(train_records: list[dict[str, Any]], config: ml_collections.ConfigDict
@@ -115,10 +134,13 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
-    whats = {"all": ["train", "eval"], "input": []}.get(_WHAT.value, [_WHAT.value])
+    whats = {"all": ["train", "eval"], "input": [], "export": []}.get(_WHAT.value, [_WHAT.value])
     if _PEER.value and "train" not in whats:
         raise app.UsageError("--peer compares training steps: use --what=train or all")
     axes = sweep_axes()
+    if _WHAT.value == "export" and any(key != "batch" for key, _ in axes):
+        raise app.UsageError("--what=export times the config as given: sweep only --batch "
+                             "(set other fields with --config.FIELD=VALUE)")
     points = [dict(zip((k for k, _ in axes), values))
               for values in itertools.product(*(v for _, v in axes))]
     jobs = [(what, point, point_config(config, what, point))  # every point checked up front
@@ -144,6 +166,8 @@ def main(argv: list[str]) -> None:
         print("\n" + format_comparison([(r, peer) for r, (_, peer) in pairs]))
     if _WHAT.value in ("input", "all"):
         extra["input"] = run_input(_INPUT_FLAGS.value, _REPEATS.value)
+    if _WHAT.value == "export":
+        extra["export"] = run_export(config, _BATCH.value, _REPEATS.value)
     if _JSON.value:
         Path(_JSON.value).write_text(json.dumps(document(environment, records, **extra), indent=2))
 

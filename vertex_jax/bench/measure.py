@@ -21,10 +21,11 @@ import numpy as np
 from flax import nnx
 from jax.extend import backend as jax_backend
 
+from vertex_jax import mesh as meshlib
 from vertex_jax.bench.flops import count_flops
 from vertex_jax.bench.record import host, make_record, versions
-from vertex_jax.train import mesh as meshlib
-from vertex_jax.train.state import build_model, build_optimizer, tasks_of
+from vertex_jax.models.build import build_model, tasks_of
+from vertex_jax.train.state import build_optimizer
 from vertex_jax.train.step import make_eval_step, make_train_step
 
 __all__ = ["random_batch", "environment", "make_step", "abstract_state", "measure", "measure_isolated"]
@@ -132,8 +133,6 @@ def measure(config: Any, what: str, *, steps: int, repeats: int,
     if what not in ("train", "eval"):
         raise ValueError(f"what must be 'train' or 'eval', got {what!r}")
     config = config.copy_and_resolve_references()
-    if "init_weights" in config.model:
-        config.model.init_weights = ""  # random weights: same speed, nothing to read
     mesh = meshlib.make_mesh()
     batch_size = config.batch_size if what == "train" else config.eval_batch_size
     meshlib.check_batch(batch_size, mesh)

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from vertex_jax.data.augment import AugmentConfig
+from vertex_jax.train.augment import AugmentConfig
 
 __all__ = ["PEER_SCRIPT", "peer_command", "run_peer", "format_comparison"]
 

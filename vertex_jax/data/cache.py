@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from vertex_jax.data.io import ImageReadError, read_image
 from vertex_jax.data.preprocess import Geometry, PreprocessConfig, preprocess
+from vertex_jax.files import atomic_path, write_text
 
 CACHE_VERSION = 1
 COMPLETE = "COMPLETE.json"
@@ -89,33 +90,26 @@ def _write_shard(root: str, shard: int, image_ids: list[str], paths: list[str],
                  config: PreprocessConfig, skip_errors: bool) -> dict[str, Any]:
     """Preprocess one shard's images into ``shard-NNNNN.array_record`` (+ its JSON)."""
     base = Path(root) / f"shard-{shard:05d}"
-    tmp_records = base.with_suffix(".array_record.tmp")
     entries, failures = [], []
-    writer = ArrayRecordWriter(str(tmp_records), "group_size:1")
-    try:
-        for image_id, path in zip(image_ids, paths):
-            try:
-                canvas, geometry = preprocess(read_image(path).pixels, config)
-            except ImageReadError as e:
-                if not skip_errors:
-                    raise
-                failures.append({"image_id": image_id, "path": path, "reason": e.reason})
-                continue
-            writer.write(canvas.tobytes())
-            entries.append({"image_id": image_id, "geometry": geometry.to_dict()})
-    except BaseException:
-        writer.close()
-        tmp_records.unlink(missing_ok=True)
-        raise
-    writer.close()
+    with atomic_path(base.with_suffix(".array_record")) as tmp_records:
+        writer = ArrayRecordWriter(str(tmp_records), "group_size:1")
+        try:
+            for image_id, path in zip(image_ids, paths):
+                try:
+                    canvas, geometry = preprocess(read_image(path).pixels, config)
+                except ImageReadError as e:
+                    if not skip_errors:
+                        raise
+                    failures.append({"image_id": image_id, "path": path, "reason": e.reason})
+                    continue
+                writer.write(canvas.tobytes())
+                entries.append({"image_id": image_id, "geometry": geometry.to_dict()})
+        finally:
+            writer.close()
+        if not entries:  # ArrayRecord cannot hold an empty shard usefully: keep only the JSON
+            tmp_records.unlink(missing_ok=True)
     meta = {"shard": shard, "entries": entries, "failures": failures}
-    if entries:
-        os.replace(tmp_records, base.with_suffix(".array_record"))
-    else:  # ArrayRecord cannot hold an empty shard usefully: keep only the JSON
-        tmp_records.unlink(missing_ok=True)
-    tmp_json = base.with_suffix(".json.tmp")
-    tmp_json.write_text(json.dumps(meta))
-    os.replace(tmp_json, base.with_suffix(".json"))
+    write_text(base.with_suffix(".json"), json.dumps(meta))
     return meta
 
 
@@ -188,8 +182,6 @@ def build_cache(df: pd.DataFrame, cache_dir: str | os.PathLike,
     failures = [f for m in metas for f in m["failures"]]
     if failures:
         pd.DataFrame(failures).to_csv(root / "unreadable.csv", index=False)
-    tmp = root / (COMPLETE + ".tmp")
-    tmp.write_text(json.dumps({"num_records": num_records, "num_failures": len(failures),
-                               "settings": config.to_dict()}))
-    os.replace(tmp, root / COMPLETE)
+    write_text(root / COMPLETE, json.dumps({"num_records": num_records, "num_failures": len(failures),
+                                            "settings": config.to_dict()}))
     return _open(root, config)

@@ -27,10 +27,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from vertex_jax.problems import ProblemsError
+from vertex_jax.tasks import TASKS
 
 REQUIRED = ("image_id", "patient_id", "path", "domain", "pvf", "osteo", "age", "sex", "bmi")
-TASKS = ("pvf", "osteo")
 CLINICAL = ("age", "sex", "bmi")
 DOMAINS = ("xray", "vfa")
 SPLITS = ("train", "val", "test", "finetune")

@@ -15,7 +15,7 @@ Training: a per-epoch reshuffle of the split (grain's index shuffle, reseeded ea
 epoch), repeated, and cut into global batches of ``B`` consecutive examples; process ``p``
 of ``P`` reads only rows ``[p*B/P, (p+1)*B/P)`` of each (:class:`ProcessShard`), so the
 global batch is identical, in content and order, whatever the process count. Augmentation runs on the accelerator
-(:mod:`vertex_jax.data.augment`), keyed by (seed, epoch, index); the benchmark shows why.
+(:mod:`vertex_jax.train.augment`), keyed by (seed, epoch, index); the benchmark shows why.
 Evaluation: in order, no augmentation, every example exactly once, padded to whole
 global batches with ``valid`` marking real examples.
 """
@@ -123,7 +123,7 @@ def _prefetch(ds: grain.IterDataset, workers: int, buffer: int = 2) -> grain.Ite
 
     Batches are formed before the split across workers, so the stream is the same for
     any worker count. A raw-canvas cache makes a batch mostly a memory copy, so a thread
-    is usually the faster choice (``python -m vertex_jax.data.bench`` compares both);
+    is usually the faster choice (``python -m vertex_jax.bench.input`` compares both);
     processes pay off when per-example CPU work grows.
     """
     if workers > 0:

@@ -63,14 +63,14 @@ def synthetic_manifest_path(data: Any, data_dir: Path) -> Path:
     syn = data.synthetic
     name = f"synthetic-{data.domain}-n{syn.num_patients}-s{syn.scale:g}-seed{syn.seed}"
     options = dict(syn.get("options", {}))
-    if options:  # difficulty knobs (vertex_jax.data.synthetic.CohortConfig) name the cohort too
+    if options:  # difficulty knobs (vertex_jax.synthetic.cohort.CohortConfig) name the cohort too
         name += "-" + "-".join(f"{k}{_token(v)}" for k, v in sorted(options.items()))
     return data_dir / name / "manifest.csv"
 
 
 def ensure_synthetic(data: Any, data_dir: Path) -> Path:
     """Generate the configured synthetic cohort once; return its manifest."""
-    from vertex_jax.data.synthetic import generate_cohort
+    from vertex_jax.synthetic.cohort import generate_cohort
 
     manifest = synthetic_manifest_path(data, data_dir)
     if not manifest.exists():

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from vertex_jax.data.manifest import TASKS
+from vertex_jax.files import atomic_path
+from vertex_jax.tasks import TASKS
 
 XRAY_FRACTIONS = {"train": 0.70, "val": 0.15, "test": 0.15}
 VFA_FRACTIONS = {"finetune": 0.30, "test": 0.70}
@@ -87,8 +88,7 @@ def load_or_create_splits(df: pd.DataFrame, path: str | os.PathLike,
         return df["image_id"].map(lookup).rename("split")
     split = assign_splits(df, fractions, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    pd.DataFrame({"image_id": df["image_id"], "patient_id": df["patient_id"],
-                  "split": split}).to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pd.DataFrame({"image_id": df["image_id"], "patient_id": df["patient_id"],
+                      "split": split}).to_csv(tmp, index=False)
     return split

@@ -6,6 +6,7 @@ import base64
 from collections.abc import Mapping
 from html import escape
 
+from vertex_jax.evaluate.plots import FIGURES
 from vertex_jax.evaluate.thresholds import OPERATING_POINTS
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}
@@ -92,7 +93,7 @@ def _task_section(task: str, report: Mapping, images: Mapping[str, bytes]) -> st
     parts.append(f"<h3>Operating points on split '{escape(report['settings']['eval_split'])}'</h3>")
     parts.append(_table(["model", "operating point", "threshold", "TP", "FP", "TN", "FN", "sensitivity",
                          "specificity", "PPV", "NPV", "F1", "note"], op_rows, left=2))
-    for kind in ("roc", "reliability", "confusion", "forest"):
+    for kind in FIGURES:
         png = images.get(f"{kind}_{task}.png")
         if png:
             parts.append(f'<img alt="{kind} {escape(task)}" src="data:image/png;base64,'

@@ -4,7 +4,6 @@ the rows evaluated and the rows thresholds are chosen on, and fixed thresholds i
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -12,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vertex_jax.evaluate.table import TASKS, ScoresError, Table, match_cases, parse_scores, read_scores
-from vertex_jax.evaluate.thresholds import fixed_thresholds
+from vertex_jax.evaluate.table import ScoresError, Table, match_cases, parse_scores, read_scores
+from vertex_jax.evaluate.thresholds import fixed_thresholds, read_thresholds
+from vertex_jax.tasks import TASKS
 
 PathLike = str | os.PathLike
 
@@ -115,11 +115,7 @@ def load_fixed_thresholds(thresholds: Mapping | PathLike) -> tuple[dict, str]:
     """Fixed thresholds (a mapping or a thresholds.json path) checked, and where they came from."""
     if isinstance(thresholds, Mapping):
         return fixed_thresholds(thresholds, "the thresholds given"), "the thresholds given"
-    try:
-        spec = json.loads(Path(thresholds).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{thresholds}: cannot read thresholds: {e}") from None
-    return fixed_thresholds(spec, str(thresholds)), str(thresholds)
+    return read_thresholds(thresholds), str(thresholds)
 
 
 def gather_inputs(scores: pd.DataFrame | PathLike, *, compare: pd.DataFrame | PathLike | None = None,

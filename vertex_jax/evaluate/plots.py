@@ -1,6 +1,8 @@
 """Report figures as PNG bytes (matplotlib's object API, no pyplot state, no display needed).
 
 Each function takes ``results``: model label -> the dict of ``metrics.evaluate_task`` for one task.
+:data:`FIGURES` lists them: the report draws each one per task (``<kind>_<task>.png``) and
+report.html shows them in that order, so a new figure is a function here and its entry there.
 """
 
 from __future__ import annotations
@@ -129,3 +131,10 @@ def forest_plot(results: Mapping[str, dict], title: str) -> bytes:
     ax.set(xlim=(max(0.0, low - 0.02), 1.0), xlabel="AUROC (DeLong 95% CI)", title=title)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7)
     return _png(fig)
+
+
+# kind -> (drawing function, caption), in the order report.html shows them.
+FIGURES = {"roc": (roc_plot, "ROC curve"),
+           "reliability": (reliability_plot, "reliability diagram"),
+           "confusion": (confusion_plot, "confusion matrices"),
+           "forest": (forest_plot, "AUROC by subgroup")}

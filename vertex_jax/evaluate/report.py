@@ -13,22 +13,17 @@ import numpy as np
 import pandas as pd
 
 from vertex_jax import __version__
-from vertex_jax.evaluate import plots
 from vertex_jax.evaluate.compare import compare_group
 from vertex_jax.evaluate.html import render_html
 from vertex_jax.evaluate.inputs import Inputs, PathLike, gather_inputs, load_fixed_thresholds
 from vertex_jax.evaluate.intervals import LEVEL, rng_for
 from vertex_jax.evaluate.metrics import evaluate_task
+from vertex_jax.evaluate.plots import FIGURES
 from vertex_jax.evaluate.subgroups import AGE_BANDS, define_subgroups
-from vertex_jax.evaluate.table import TASKS, ScoresError, Table
+from vertex_jax.evaluate.table import ScoresError, Table
 from vertex_jax.evaluate.thresholds import OPERATING_POINTS, choose_thresholds
 from vertex_jax.jsonable import jsonable
-
-FIGURES = {"roc": (plots.roc_plot, "ROC curve"),
-           "reliability": (plots.reliability_plot, "reliability diagram"),
-           "confusion": (plots.confusion_plot, "confusion matrices"),
-           "forest": (plots.forest_plot, "AUROC by subgroup")}
-
+from vertex_jax.tasks import TASKS
 
 def _meta(table: Table) -> dict:
     out: dict = {"source": table.source}

@@ -64,6 +64,23 @@ def auroc(y: np.ndarray, p: np.ndarray) -> float:
     return float(delong_components(y, p)[0][0])
 
 
+def weighted_auroc(case_scores: np.ndarray, control_scores: np.ndarray,
+                   case_weights: np.ndarray) -> float:
+    """P(case score > control score) with weighted cases, ties counting one half (as ``auroc``);
+    NaN without cases or controls. Controls count equally (a common weight cancels).
+
+    The prognosis time-dependent AUC is this with inverse-probability-of-censoring weights.
+    """
+    controls = np.sort(np.asarray(control_scores, np.float64))
+    weight = np.asarray(case_weights, np.float64)
+    if not len(controls) or not len(weight):
+        return float("nan")
+    case_scores = np.asarray(case_scores, np.float64)
+    below = np.searchsorted(controls, case_scores, side="left")
+    tied = np.searchsorted(controls, case_scores, side="right") - below
+    return float(np.sum(weight * (below + 0.5 * tied)) / (weight.sum() * len(controls)))
+
+
 def auroc_summary(y: np.ndarray, p: np.ndarray, *, n_boot: int, rng: np.random.Generator,
                   level: float = LEVEL) -> dict:
     """AUROC with its DeLong standard error and CI (normal, clipped to [0, 1], as pROC)

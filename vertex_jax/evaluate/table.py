@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from vertex_jax.problems import ProblemsError
 
-TASKS = ("pvf", "osteo")
+from vertex_jax.problems import ProblemsError
+from vertex_jax.tasks import TASKS
+
 ALL = "all"  # split name meaning every row
 _SEX = {"F": "F", "FEMALE": "F", "M": "M", "MALE": "M"}
 

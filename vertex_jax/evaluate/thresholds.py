@@ -9,16 +9,24 @@ threshold split (as in ``sklearn.metrics.roc_curve``):
 
 Metrics: sensitivity, specificity, PPV, NPV and accuracy with Wilson score intervals;
 F1 with a stratified percentile-bootstrap interval.
+
+``thresholds.json`` (written by the report, read back by ``--thresholds`` here and by
+:mod:`vertex_jax.prognosis`): ``{task: {operating point: cut-off or null}}``, read by
+:func:`read_thresholds`.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 
 from vertex_jax.evaluate.intervals import LEVEL, percentile_interval, stratified_weights, wilson
 from vertex_jax.evaluate.roc import roc_curve
+from vertex_jax.problems import ProblemsError
 
 OPERATING_POINTS = ("youden", "sensitivity_90", "specificity_90")
 TARGET = 0.90
@@ -89,7 +97,8 @@ def _bootstrap_f1(called_pos: np.ndarray, called_neg: np.ndarray, n_boot: int,
 
 def fixed_thresholds(spec: Mapping[str, Mapping[str, float | None]], source: str) -> dict[str, dict[str, dict]]:
     """Thresholds given in the thresholds.json format ({task: {operating point: value}}), checked
-    and put in the form ``choose_thresholds`` returns. Raises ValueError naming the bad entry."""
+    and put in the form ``choose_thresholds`` returns. Raises ProblemsError (a ValueError)
+    naming every bad entry."""
     problems, out = [], {}
     for task, points in spec.items():
         if not isinstance(points, Mapping):
@@ -106,5 +115,19 @@ def fixed_thresholds(spec: Mapping[str, Mapping[str, float | None]], source: str
             else:
                 out[task][name] = {"threshold": float(value), "source": source}
     if problems:
-        raise ValueError(f"{source}: " + "; ".join(problems))
+        raise ProblemsError(source, problems)
     return out
+
+
+def read_thresholds(path: str | os.PathLike) -> dict[str, dict[str, dict]]:
+    """A ``thresholds.json`` file, checked by :func:`fixed_thresholds`. Raises ProblemsError
+    naming the file when it is missing, not JSON, or holds a bad entry."""
+    try:
+        spec = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ProblemsError(str(path), ["file not found"]) from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ProblemsError(str(path), [f"cannot read JSON: {e}"]) from None
+    if not isinstance(spec, Mapping):
+        raise ProblemsError(str(path), ["expected an object {task: {operating point: cut-off}}"])
+    return fixed_thresholds(spec, str(path))

@@ -10,6 +10,9 @@ Inputs (batch ``B`` dynamic):
 
 Outputs: ``probabilities`` and ``logits`` [B, T] (column ``i`` is ``tasks[i]``), and the
 same columns one by one as ``<task>_prob`` and ``<task>_logit`` [B] (the scores.csv names).
+A model with the evidence head (``model.head=evidence``) also gives ``evidence`` [B, h, w, T]:
+each position's share of its task's logit (the explanation ``predict --explain`` shows), on
+the map's grid over the canvas.
 
 The exported network is the checkpoint's, rebuilt to compute in float32 with depthwise
 convolutions as grouped convolutions (one ``Conv`` node in ONNX; the CPU-only "shifts"
@@ -26,11 +29,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vertex_jax.data.augment import to_unit_float
 from vertex_jax.data.manifest import CLINICAL
 from vertex_jax.inference import TrainedModel
+from vertex_jax.models.build import build_model
+from vertex_jax.models.efficientnet import to_unit_float
+from vertex_jax.models.evidence import evidence_map, tap_strides
 from vertex_jax.models.vertex import VertexNet
-from vertex_jax.train.state import build_model
 
 INPUTS = ("image", "clinical", "clinical_mask")
 EXPORT_DTYPE = "float32"
@@ -43,11 +47,12 @@ class Signature:
     canvas: tuple[int, int]
     image_dtype: str
     tasks: tuple[str, ...]
+    evidence_grid: tuple[int, int] | None = None  # (h, w) of the evidence map, if the model has one
 
     @property
     def outputs(self) -> tuple[str, ...]:
         return ("probabilities", "logits", *(f"{t}_prob" for t in self.tasks),
-                *(f"{t}_logit" for t in self.tasks))
+                *(f"{t}_logit" for t in self.tasks), *(("evidence",) if self.evidence_grid else ()))
 
     def input_shapes(self, batch: Any) -> dict[str, tuple]:
         h, w = self.canvas
@@ -73,13 +78,17 @@ class Signature:
 
 
 def signature_of(trained: TrainedModel) -> Signature:
-    return Signature(tuple(trained.preprocess.canvas), trained.preprocess.out_dtype, trained.tasks)
+    canvas = tuple(trained.preprocess.canvas)
+    grid = None
+    if trained.model.head == "evidence":
+        stride = tap_strides(trained.model.backbone.variant)[trained.model.head_taps[-1]]
+        grid = (-(-canvas[0] // stride), -(-canvas[1] // stride))
+    return Signature(canvas, trained.preprocess.out_dtype, trained.tasks, grid)
 
 
 def rebuild(config: Any, model: VertexNet, **model_overrides: Any) -> VertexNet:
     """``model``'s weights in a fresh model built from ``config`` with ``config.model`` overridden."""
     config = config.copy_and_resolve_references()
-    config.model.init_weights = ""  # the weights come from ``model``
     for key, value in model_overrides.items():
         config.model[key] = value
     fresh = build_model(config, seed=0)
@@ -116,8 +125,11 @@ def split_weights(model: VertexNet) -> tuple[nnx.State, Callable[..., tuple[jax.
         net = nnx.merge(graphdef, weights, rest)
         if not net.use_clinical:
             clinical = clinical_mask = None
-        logits = net(to_unit_float(image), clinical, clinical_mask).astype(jnp.float32)
-        return _outputs(logits)
+        logits, evidence = net.classify_taps(net.image_taps(to_unit_float(image)), clinical, clinical_mask)
+        outputs = _outputs(logits.astype(jnp.float32))
+        if evidence is None:
+            return outputs
+        return (*outputs, evidence_map(evidence, net.pooling, net.lse_r))
 
     return weights, fn
 

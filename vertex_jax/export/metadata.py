@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import vertex_jax
+from vertex_jax import runs
 from vertex_jax.data.clinical import ClinicalStats
 from vertex_jax.data.manifest import CLINICAL
 from vertex_jax.data.preprocess import PreprocessConfig
@@ -76,12 +77,18 @@ def io_description(signature: Signature) -> tuple[list[dict], list[dict]]:
                {"name": "logits", "dtype": "float32", "shape": [None, len(tasks)], "columns": tasks}]
     outputs += [{"name": f"{t}_{kind}", "dtype": "float32", "shape": [None]} for kind in ("prob", "logit")
                 for t in tasks]
+    if signature.evidence_grid:
+        outputs.append({"name": "evidence", "dtype": "float32",
+                        "shape": [None, *signature.evidence_grid, len(tasks)], "columns": tasks,
+                        "description": "each position's share of its task's logit (sums to 1 over "
+                                       "positions); the grid covers the canvas, cell (i, j) its "
+                                       "pixels [i*H/h, (i+1)*H/h) x [j*W/w, (j+1)*W/w)"})
     return inputs, outputs
 
 
 def default_thresholds_path(step_dir: Path) -> Path:
     """``<workdir>/evaluation/thresholds.json`` of the run a step directory belongs to."""
-    return step_dir.parent.parent / "evaluation" / "thresholds.json"
+    return runs.thresholds_path(runs.workdir_of(step_dir))
 
 
 def read_thresholds(path: Path, tasks: tuple[str, ...]) -> dict[str, dict[str, float | None]]:

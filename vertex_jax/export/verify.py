@@ -40,20 +40,26 @@ def tf_runner(serving) -> Runner:
                            serving(**{k: tf.constant(v) for k, v in inputs.items()}).items()}
 
 
-def _is_probability(name: str) -> bool:
-    return name == "probabilities" or name.endswith("_prob")
+GROUPS = ("probabilities", "logits", "evidence")
+CHECKED = ("probabilities", "evidence")  # held to the tolerance; logits are reported
+
+
+def _group(name: str) -> str:
+    if name == "probabilities" or name.endswith("_prob"):
+        return "probabilities"
+    return "evidence" if name == "evidence" else "logits"
 
 
 def max_differences(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """Max |a - b| over the probability outputs and over the logit outputs; NaN where an
+    """Max |a - b| over the probability, logit and evidence-map outputs; NaN where an
     output is missing, misshapen or NaN, so that it fails every tolerance."""
-    groups: dict[str, list[float]] = {"probabilities": [], "logits": []}
+    groups: dict[str, list[float]] = {g: [] for g in GROUPS}
     for name, x in a.items():
         y = b.get(name)
         same_shape = y is not None and np.shape(y) == np.shape(x)
         diff = np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)).max(initial=0.0) \
             if same_shape else np.nan
-        groups["probabilities" if _is_probability(name) else "logits"].append(diff)
+        groups[_group(name)].append(diff)
     return {k: float(np.max(v)) if v else 0.0 for k, v in groups.items()}
 
 
@@ -70,15 +76,15 @@ def verify(signature: Signature, reference: Runner, runtimes: Mapping[str, Runne
     diffs = {}
     for a, b in itertools.combinations(outputs, 2):
         per_batch = [max_differences(x, y) for x, y in zip(outputs[a], outputs[b])]
-        diffs[f"{b}_vs_{a}"] = {k: float(np.max([d[k] for d in per_batch]))
-                                for k in ("probabilities", "logits")}
+        diffs[f"{b}_vs_{a}"] = {k: float(np.max([d[k] for d in per_batch])) for k in GROUPS}
     report = {"tolerance_probabilities": tolerance, "batch_sizes": list(batch_sizes),
               "inputs": (f"random {signature.image_dtype} canvases, N(0,1) clinical values with ~30% "
                          f"missing (Signature.random_inputs, seeds 0..{len(batch_sizes) - 1})"),
               "max_abs_diff": diffs}
-    failed = {pair: d["probabilities"] for pair, d in diffs.items() if not d["probabilities"] <= tolerance}
+    failed = {f"{pair} ({k})": d[k] for pair, d in diffs.items() for k in CHECKED
+              if not d[k] <= tolerance}
     if failed:
-        raise ExportError("verification failed: max |difference| of probabilities "
+        raise ExportError("verification failed: max |difference| of probabilities / evidence maps "
                           + ", ".join(f"{pair} {v:.3g}" for pair, v in failed.items())
                           + f" exceeds {tolerance:g} (batch sizes {list(batch_sizes)})")
     return report

@@ -25,7 +25,8 @@ from flax import nnx
 
 __all__ = [
     "VARIANTS", "Variant", "BlockSpec", "block_specs", "round_filters", "round_repeats",
-    "BatchNorm", "MBConv", "EfficientNet", "normalize_input", "IMAGENET_MEAN", "IMAGENET_STD",
+    "BatchNorm", "MBConv", "EfficientNet", "to_unit_float", "normalize_input", "IMAGENET_MEAN",
+    "IMAGENET_STD", "HEAD",
 ]
 
 
@@ -69,6 +70,7 @@ SE_RATIO = 0.25
 DROP_CONNECT_RATE = 0.2
 BN_MOMENTUM = 0.99
 BN_EPSILON = 1e-3
+HEAD = "head"  # name of the head convolution's output among the feature taps
 
 # ImageNet normalisation used by the Keras and timm `tf_` weights, applied to [0, 1] inputs.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -147,6 +149,14 @@ def block_specs(variant: str) -> tuple[tuple[BlockSpec, ...], ...]:
     return tuple(stages)
 
 
+def to_unit_float(image: jax.Array) -> jax.Array:
+    """Integer canvases (uint8 / uint16, full range) to float32 in [0, 1]; floats pass
+    through as float32. The one scaling of stored pixels, for training and every export."""
+    if jnp.issubdtype(image.dtype, jnp.integer):
+        return image.astype(jnp.float32) / float(jnp.iinfo(image.dtype).max)
+    return image.astype(jnp.float32)
+
+
 def normalize_input(image: jax.Array) -> jax.Array:
     """Map an NHWC image (uint8/uint16 full range, or float 0..1) to the network's input
     scale, float32.
@@ -156,9 +166,7 @@ def normalize_input(image: jax.Array) -> jax.Array:
     so a grey image through a 1-channel stem (3-channel kernel summed over colours) gives exactly
     what the 3-channel network gives on that image replicated to RGB.
     """
-    x = image.astype(jnp.float32)
-    if jnp.issubdtype(image.dtype, jnp.integer):  # uint8 / uint16 canvases: full range -> 0..1
-        x = x / float(jnp.iinfo(image.dtype).max)
+    x = to_unit_float(image)
     if image.shape[-1] == 3:
         mean, std = jnp.asarray(IMAGENET_MEAN), jnp.asarray(IMAGENET_STD)
     else:
@@ -400,13 +408,33 @@ class EfficientNet(nnx.Module):
 
     def features(self, x: jax.Array) -> jax.Array:
         """Last-stage feature map [B, h, w, num_features] (after head conv + BN + swish)."""
+        return self.taps(x)[HEAD]
+
+    def taps(self, x: jax.Array, names: tuple[str, ...] = (),
+             deltas: dict[str, jax.Array] | None = None) -> dict[str, jax.Array]:
+        """``{name: feature map}`` for stage outputs ``"stage0"``..``"stage6"`` in ``names``
+        and always ``"head"`` (after head conv + BN + swish). ``deltas[name]`` is added to
+        that output: differentiating with respect to it gives the layer's gradient."""
         if x.ndim != 4 or x.shape[-1] != self.in_channels:
             raise ValueError(f"expected NHWC input with {self.in_channels} channel(s), got shape {x.shape}")
+        deltas = deltas or {}
+        out: dict[str, jax.Array] = {}
+
+        def keep(name: str, h: jax.Array) -> jax.Array:
+            if name in deltas:
+                h = h + deltas[name].astype(h.dtype)
+            if name in names or name == HEAD:
+                out[name] = h
+            return h
+
         x = self.stem_bn(self.stem_conv(x.astype(self.dtype)))
         apply = nnx.remat(_apply_block) if self.remat else _apply_block
-        for block in self.blocks():
-            x = apply(block, x)
-        return self.head_bn(self.head_conv(x))
+        for i, stage in enumerate(self.stages):
+            for block in stage:
+                x = apply(block, x)
+            x = keep(f"stage{i}", x)
+        keep(HEAD, self.head_bn(self.head_conv(x)))
+        return out
 
     def head(self, features: jax.Array) -> jax.Array:
         """Global average pool (float32), then dropout + classifier when the model has one."""

@@ -14,13 +14,10 @@ import re
 
 import numpy as np
 
-from vertex_jax.models.efficientnet import EfficientNet
-from vertex_jax.models.weights import (
-    LAYER_TENSORS, ImportReport, TensorMap, WeightImportError, apply_weights, expect_ndim, iter_layers,
-    layer_kind,
-)
+from vertex_jax.models.efficientnet import BlockSpec, EfficientNet
+from vertex_jax.models.weight_maps import ImportReport, TensorMap, WeightFormat, WeightImportError, expect_ndim
 
-__all__ = ["read_keras_h5", "keras_layer_name", "keras_tensor_maps", "load_keras"]
+__all__ = ["KERAS", "read_keras_h5", "keras_tensor_maps", "load_keras"]
 
 _TOP_LEVEL = {"stem_conv": "stem_conv", "stem_bn": "stem_bn", "head_conv": "top_conv",
               "head_bn": "top_bn", "classifier": "predictions"}
@@ -72,39 +69,29 @@ def read_keras_h5(path: str) -> dict[str, np.ndarray]:
     return out
 
 
-def keras_layer_name(path: tuple) -> str:
-    """Keras layer name for one of our layer paths (see `iter_layers`)."""
-    if len(path) == 1:
-        return _TOP_LEVEL[path[0]]
-    _, s, j, role = path
-    return f"block{s + 1}{chr(ord('a') + j)}_{_BLOCK_LAYERS[role]}"
+def _block_layer(spec: BlockSpec, role: str) -> str:
+    return f"block{spec.stage + 1}{chr(ord('a') + spec.index)}_{_BLOCK_LAYERS[role]}"
 
 
-def _convert(kind: str, tensor: str):
-    if kind == "dwconv":  # [k, k, C, 1] -> [k, k, 1, C]
-        return lambda a: expect_ndim(a, 4).transpose(0, 1, 3, 2)
-    if kind == "linear" and tensor == "kernel":  # SE 1x1 conv [1, 1, I, O] or Dense [I, O] -> [I, O]
-        return lambda a: expect_ndim(a, 2, 4).reshape(a.shape[-2:])
-    if kind == "conv":
-        return lambda a: expect_ndim(a, 4)
-    return lambda a: expect_ndim(a, 1)
+# Keras layout -> ours for the tensors that are not vectors.
+_LAYOUTS = {
+    ("conv", "kernel"): lambda a: expect_ndim(a, 4),
+    ("dwconv", "kernel"): lambda a: expect_ndim(a, 4).transpose(0, 1, 3, 2),  # [k, k, C, 1] -> [k, k, 1, C]
+    # SE 1x1 conv [1, 1, I, O] or Dense [I, O] -> [I, O]
+    ("linear", "kernel"): lambda a: expect_ndim(a, 2, 4).reshape(a.shape[-2:]),
+}
+
+KERAS = WeightFormat("keras", top_level=_TOP_LEVEL, block_layer=_block_layer,
+                     tensor_key=lambda kind, tensor: f"/{_WEIGHT_INDEX[kind][tensor]}", layouts=_LAYOUTS,
+                     ignored=lambda k: _INPUT_NORMALIZATION.match(k) is not None,
+                     is_head_key=lambda k: k.startswith("predictions/"))
 
 
 def keras_tensor_maps(model: EfficientNet) -> list[TensorMap]:
     """Where each model tensor lives in a Keras EfficientNet weight file."""
-    maps = []
-    for path, layer, _ in iter_layers(model):
-        kind, name = layer_kind(layer), keras_layer_name(path)
-        for tensor in LAYER_TENSORS[kind]:
-            maps.append(TensorMap(
-                target=".".join(map(str, path + (tensor,))), variable=getattr(layer, tensor),
-                source=f"{name}/{_WEIGHT_INDEX[kind][tensor]}", convert=_convert(kind, tensor),
-                head=path == ("classifier",), stem=path == ("stem_conv",)))
-    return maps
+    return KERAS.tensor_maps(model)
 
 
 def load_keras(model: EfficientNet, path: str, *, load_head: bool | None = None) -> ImportReport:
-    """Load a Keras EfficientNet `.h5` / `.weights.h5` file into `model` (see `weights`)."""
-    return apply_weights(model, keras_tensor_maps(model), read_keras_h5(path), path=path, fmt="keras",
-                         ignored=lambda k: _INPUT_NORMALIZATION.match(k) is not None,
-                         is_head_key=lambda k: k.startswith("predictions/"), load_head=load_head)
+    """Load a Keras EfficientNet `.h5` / `.weights.h5` file into `model` (see `vertex_jax.models.weights`)."""
+    return KERAS.load(model, read_keras_h5(path), path=path, load_head=load_head)

@@ -14,13 +14,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from vertex_jax.models.efficientnet import EfficientNet
-from vertex_jax.models.weights import (
-    LAYER_TENSORS, ImportReport, TensorMap, WeightImportError, apply_weights, expect_ndim, iter_layers,
-    layer_kind,
-)
+from vertex_jax.models.efficientnet import BlockSpec, EfficientNet
+from vertex_jax.models.weight_maps import ImportReport, TensorMap, WeightFormat, WeightImportError, expect_ndim
 
-__all__ = ["read_state_dict", "timm_layer_name", "timm_tensor_maps", "load_timm"]
+__all__ = ["TIMM", "read_state_dict", "timm_tensor_maps", "load_timm"]
 
 _TOP_LEVEL = {"stem_conv": "conv_stem", "stem_bn": "bn1", "head_conv": "conv_head",
               "head_bn": "bn2", "classifier": "classifier"}
@@ -65,38 +62,29 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     return _from_torch(torch.load(path, map_location="cpu", weights_only=True), path)
 
 
-def timm_layer_name(path: tuple, expand: int | None) -> str:
-    """timm module name for one of our layer paths (see `iter_layers`)."""
-    if len(path) == 1:
-        return _TOP_LEVEL[path[0]]
-    _, s, j, role = path
-    return f"blocks.{s}.{j}.{(_DS_BLOCK if expand == 1 else _IR_BLOCK)[role]}"
+def _block_layer(spec: BlockSpec, role: str) -> str:
+    return f"blocks.{spec.stage}.{spec.index}.{(_DS_BLOCK if spec.expand == 1 else _IR_BLOCK)[role]}"
 
 
-def _convert(kind: str, tensor: str):
-    if kind in ("conv", "dwconv"):  # [O, I, kh, kw] -> [kh, kw, I, O]
-        return lambda a: expect_ndim(a, 4).transpose(2, 3, 1, 0)
-    if kind == "linear" and tensor == "kernel":  # SE 1x1 conv [O, I, 1, 1] or Linear [O, I] -> [I, O]
-        return lambda a: expect_ndim(a, 2, 4).reshape(a.shape[:2]).T
-    return lambda a: expect_ndim(a, 1)
+# PyTorch layout -> ours for the tensors that are not vectors.
+_LAYOUTS = {
+    ("conv", "kernel"): lambda a: expect_ndim(a, 4).transpose(2, 3, 1, 0),  # [O, I, kh, kw] -> [kh, kw, I, O]
+    ("dwconv", "kernel"): lambda a: expect_ndim(a, 4).transpose(2, 3, 1, 0),
+    # SE 1x1 conv [O, I, 1, 1] or Linear [O, I] -> [I, O]
+    ("linear", "kernel"): lambda a: expect_ndim(a, 2, 4).reshape(a.shape[:2]).T,
+}
+
+TIMM = WeightFormat("timm", top_level=_TOP_LEVEL, block_layer=_block_layer,
+                    tensor_key=lambda kind, tensor: f".{_TENSOR[tensor]}", layouts=_LAYOUTS,
+                    ignored=lambda k: k.endswith(".num_batches_tracked"),
+                    is_head_key=lambda k: k.startswith("classifier."))
 
 
 def timm_tensor_maps(model: EfficientNet) -> list[TensorMap]:
     """Where each model tensor lives in a timm `tf_efficientnet` state dict."""
-    maps = []
-    for path, layer, spec in iter_layers(model):
-        kind = layer_kind(layer)
-        name = timm_layer_name(path, spec.expand if spec is not None else None)
-        for tensor in LAYER_TENSORS[kind]:
-            maps.append(TensorMap(
-                target=".".join(map(str, path + (tensor,))), variable=getattr(layer, tensor),
-                source=f"{name}.{_TENSOR[tensor]}", convert=_convert(kind, tensor),
-                head=path == ("classifier",), stem=path == ("stem_conv",)))
-    return maps
+    return TIMM.tensor_maps(model)
 
 
 def load_timm(model: EfficientNet, path: str, *, load_head: bool | None = None) -> ImportReport:
-    """Load a timm `tf_efficientnet_b*` state dict into `model` (see `weights`)."""
-    return apply_weights(model, timm_tensor_maps(model), read_state_dict(path), path=path, fmt="timm",
-                         ignored=lambda k: k.endswith(".num_batches_tracked"),
-                         is_head_key=lambda k: k.startswith("classifier."), load_head=load_head)
+    """Load a timm `tf_efficientnet_b*` state dict into `model` (see `vertex_jax.models.weights`)."""
+    return TIMM.load(model, read_state_dict(path), path=path, load_head=load_head)

@@ -19,11 +19,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vertex_jax.models.efficientnet import VARIANTS, EfficientNet, normalize_input
+from vertex_jax.models.efficientnet import HEAD, VARIANTS, EfficientNet, normalize_input
+from vertex_jax.models.evidence import (POOLINGS, EvidenceHead, check_taps, pool_evidence,
+                                        tap_channels)
+from vertex_jax.tasks import TASKS
 
-__all__ = ["TASKS", "ClinicalBranch", "VertexNet"]
+__all__ = ["HEADS", "ClinicalBranch", "VertexNet"]
 
-TASKS = ("pvf", "osteo")
+HEADS = ("gap", "evidence")  # global average pool + fusion MLP (the paper's); evidence map
 
 
 class ClinicalBranch(nnx.Module):
@@ -57,6 +60,8 @@ class VertexNet(nnx.Module):
                  num_clinical: int = 3, clinical_hidden: tuple[int, int] = (64, 32),
                  image_projection: int = 100, fusion_hidden: int = 100, in_channels: int = 1,
                  dtype: Any = jnp.float32, remat: bool = False, depthwise: str = "auto",
+                 head: str = "gap", evidence_taps: Sequence[str] = (HEAD, "stage4"),
+                 evidence_width: int = 64, pooling: str = "lse", lse_r: float = 1.0,
                  rngs: nnx.Rngs):
         tasks = tuple(tasks)
         unknown = [t for t in tasks if t not in TASKS]
@@ -69,20 +74,40 @@ class VertexNet(nnx.Module):
         self.num_clinical = num_clinical
         self.backbone = EfficientNet(variant, in_channels=in_channels, num_classes=None, dtype=dtype,
                                      remat=remat, depthwise=depthwise, rngs=rngs)
-        self.image_dropout = nnx.Dropout(VARIANTS[variant].dropout, rngs=rngs)
-        self.image_projection = nnx.Linear(self.backbone.num_features, image_projection, rngs=rngs)
-        fused = image_projection
-        if use_clinical:
-            self.clinical = ClinicalBranch(num_clinical, clinical_hidden, rngs=rngs)
-            fused += clinical_hidden[-1]
+        if head not in HEADS:
+            raise ValueError(f"model head must be one of {HEADS}, got {head!r}")
+        self.head = head
+        self.pooling, self.lse_r = pooling, float(lse_r)
+        if head == "gap":  # (creation order fixes the random initialisation: keep it)
+            self.head_taps: tuple[str, ...] = ()
+            self.image_dropout = nnx.Dropout(VARIANTS[variant].dropout, rngs=rngs)
+            self.image_projection = nnx.Linear(self.backbone.num_features, image_projection, rngs=rngs)
+            self.clinical = ClinicalBranch(num_clinical, clinical_hidden, rngs=rngs) if use_clinical else None
+            fused = image_projection + (clinical_hidden[-1] if use_clinical else 0)
+            self.fusion = nnx.Linear(fused, fusion_hidden, rngs=rngs)
+            self.output = nnx.Linear(fusion_hidden, len(tasks), rngs=rngs)
         else:
-            self.clinical = None
-        self.fusion = nnx.Linear(fused, fusion_hidden, rngs=rngs)
-        self.output = nnx.Linear(fusion_hidden, len(tasks), rngs=rngs)
+            self.clinical = ClinicalBranch(num_clinical, clinical_hidden, rngs=rngs) if use_clinical else None
+            self.head_taps = check_taps(variant, evidence_taps)
+            if pooling not in POOLINGS:
+                raise ValueError(f"evidence pooling must be one of {POOLINGS}, got {pooling!r}")
+            self.evidence = EvidenceHead(tap_channels(variant, self.backbone.num_features),
+                                         self.head_taps, len(tasks), width=evidence_width,
+                                         dropout=VARIANTS[variant].dropout, dtype=dtype, rngs=rngs)
+            # Clinical values add one logit per task to every position alike: they shift the
+            # image's score, never where its evidence lies.
+            self.clinical_logits = (nnx.Linear(clinical_hidden[-1], len(tasks), rngs=rngs)
+                                    if use_clinical else None)
 
     def image_features(self, image: jax.Array) -> jax.Array:
         """Scale the raw image and return the backbone's last-stage feature map."""
         return self.backbone.features(normalize_input(image))
+
+    def image_taps(self, image: jax.Array, taps: Sequence[str] = (),
+                   deltas: dict[str, jax.Array] | None = None) -> dict[str, jax.Array]:
+        """Scale the raw image; the feature maps ``taps`` and those the head needs (with
+        ``deltas`` added, see :meth:`EfficientNet.taps`)."""
+        return self.backbone.taps(normalize_input(image), (*taps, *self.head_taps), deltas)
 
     def _check_clinical(self, batch: int, clinical: jax.Array | None, clinical_mask: jax.Array | None) -> None:
         if self.clinical is None:
@@ -95,18 +120,32 @@ class VertexNet(nnx.Module):
 
     def classify(self, features: jax.Array, clinical: jax.Array | None,
                  clinical_mask: jax.Array | None) -> jax.Array:
-        """Logits from a feature map (split out so Grad-CAM can differentiate w.r.t. `features`)."""
-        self._check_clinical(features.shape[0], clinical, clinical_mask)
-        h = self.image_projection(self.image_dropout(self.backbone.head(features)))
+        """Logits of the ``gap`` head from the last feature map (split out so saliency can
+        differentiate w.r.t. ``features``)."""
+        return self.classify_taps({HEAD: features}, clinical, clinical_mask)[0]
+
+    def classify_taps(self, taps: dict[str, jax.Array], clinical: jax.Array | None,
+                      clinical_mask: jax.Array | None) -> tuple[jax.Array, jax.Array | None]:
+        """(logits [B, T], evidence map [B, h, w, T] of the ``evidence`` head, else None)."""
+        self._check_clinical(taps[HEAD].shape[0], clinical, clinical_mask)
+        c = None
         if self.clinical is not None:
             c = self.clinical(clinical.astype(jnp.float32), clinical_mask.astype(jnp.float32))
-            h = jnp.concatenate([h, c], axis=-1)
-        return self.output(self.fusion(h))
+        if self.head == "gap":
+            h = self.image_projection(self.image_dropout(self.backbone.head(taps[HEAD])))
+            if c is not None:
+                h = jnp.concatenate([h, c], axis=-1)
+            return self.output(self.fusion(h)), None
+        evidence = self.evidence(taps)
+        logits = pool_evidence(evidence, self.pooling, self.lse_r)
+        if c is not None:
+            logits = logits + self.clinical_logits(c)
+        return logits, evidence
 
     def __call__(self, image: jax.Array, clinical: jax.Array | None, clinical_mask: jax.Array | None, *,
                  return_features: bool = False):
         """Logits [B, T]; with `return_features`, (logits, last-stage feature map)."""
         self._check_clinical(image.shape[0], clinical, clinical_mask)
-        feats = self.image_features(image)
-        logits = self.classify(feats, clinical, clinical_mask)
-        return (logits, feats) if return_features else logits
+        taps = self.image_taps(image)
+        logits, _ = self.classify_taps(taps, clinical, clinical_mask)
+        return (logits, taps[HEAD]) if return_features else logits

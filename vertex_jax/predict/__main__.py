@@ -2,8 +2,12 @@
 
 ``--backend onnx --model model.onnx`` serves an exported model without importing JAX.
 Unreadable files are listed with the reason in ``<out>_unreadable.csv``; the run goes on.
-``--gradcam DIR`` writes heat-map overlays (JAX backend); with ``--annotations`` (boxes of
-fractured vertebrae) it also reports the pointing-game accuracy.
+``--explain DIR`` writes one overlay per image and task, the map's peak, region and level
+into the scores, a ``review.html`` of the cases sorted by score and, with ``--annotations``
+(vertebra boxes), ``localization.json`` (pointing game, energy, level accuracy, chance
+baselines, randomisation check). ``--method`` picks the map (default: the evidence head's own
+map for a model that has one, else HiResCAM); ``--gradcam DIR`` is ``--explain DIR --method
+gradcam``.
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ import json
 import sys
 from pathlib import Path
 
+import pandas as pd
+
+from vertex_jax.explain import METHODS
 from vertex_jax.predict.inputs import load_inputs
 from vertex_jax.predict.run import score_table
 
@@ -26,21 +33,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--input", required=True, help="folder of images, or a CSV with a 'path' column")
     p.add_argument("--out", required=True, help="scores CSV to write")
     p.add_argument("--split", help="score only CSV rows of this split")
+    p.add_argument("--splits", help="a run's splits.csv (image_id, split): the split of each row "
+                   "for --split, instead of the CSV's own column")
     p.add_argument("--domain", help="domain of folder inputs (default: the model's)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--workers", type=int, default=4, help="threads reading and preprocessing")
-    p.add_argument("--gradcam", help="folder for Grad-CAM overlays (jax backend)")
-    p.add_argument("--annotations", help="annotations.json with vertebra boxes: pointing game")
+    p.add_argument("--explain", metavar="DIR", help="folder for overlays, review.html and "
+                   "localization.json (jax backend)")
+    p.add_argument("--method", choices=METHODS, help="saliency map (default: evidence for a model "
+                   "with model.head=evidence, else hirescam)")
+    p.add_argument("--layers", help="comma-separated feature taps for the map, e.g. stage4,head")
+    p.add_argument("--gradcam", metavar="DIR", help="the same as --explain DIR --method gradcam")
+    p.add_argument("--annotations", help="vertebra boxes (annotations.json or a CSV image_id, level, "
+                   "x0, y0, x1, y1, fractured): localisation metrics")
+    p.add_argument("--thresholds", help="thresholds.json of an evaluation report: the operating "
+                   "point shown in review.html (youden)")
+    p.add_argument("--no-overlays", action="store_true", help="with --explain: findings and metrics only")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.backend == "jax" and not args.checkpoint:
         p.error("--backend jax needs --checkpoint")
     if args.backend == "onnx" and not args.model:
         p.error("--backend onnx needs --model")
-    if args.backend == "onnx" and (args.gradcam or args.annotations):
-        p.error("--gradcam/--annotations need gradients: use --backend jax")
-    if args.annotations and not args.gradcam:
-        p.error("--annotations needs --gradcam DIR")
+    if args.gradcam:
+        if args.explain or (args.method and args.method != "gradcam"):
+            p.error("--gradcam DIR is --explain DIR --method gradcam: give one of them")
+        args.explain, args.method = args.gradcam, "gradcam"
+    if args.backend == "onnx" and (args.explain or args.annotations):
+        p.error("--explain/--annotations need the model itself: use --backend jax")
+    if (args.annotations or args.method or args.layers or args.thresholds) and not args.explain:
+        p.error("--annotations, --method, --layers and --thresholds need --explain DIR")
     if args.batch < 1:
         p.error("--batch must be >= 1")
     return args
@@ -59,17 +81,18 @@ def main(argv: list[str] | None = None) -> int:
     backend = _backend(args)
     domain = args.domain or getattr(backend, "domain", None) or "xray"
     df = load_inputs(args.input, domain)
+    if args.splits:
+        saved = pd.read_csv(args.splits, dtype=str, keep_default_na=False)[["image_id", "split"]]
+        df = df.drop(columns="split").merge(saved, on="image_id", how="left").fillna({"split": ""})
     if args.split:
         df = df[df["split"] == args.split].reset_index(drop=True)
         if df.empty:
             raise SystemExit(f"no rows of split {args.split!r} in {args.input}")
-    writer = None
-    if args.gradcam:
-        from vertex_jax.predict.gradcam_writer import GradCamWriter
-        writer = GradCamWriter(backend.trained.model, backend.tasks, list(df["image_id"]),
-                               args.gradcam, args.annotations)
+    writer = _explain_writer(args, backend, df) if args.explain else None
     scores, unreadable = score_table(df, backend, batch=args.batch, workers=args.workers,
                                      on_batch=writer, progress=not args.no_progress)
+    if writer is not None:
+        scores = scores.merge(writer.findings_frame(), on="image_id", how="left")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     scores.to_csv(out, index=False)
@@ -85,12 +108,62 @@ def main(argv: list[str] | None = None) -> int:
         for r in unreadable.head(5).itertuples():
             print(f"  {r.path}: {r.reason}")
     if writer is not None:
-        summary = writer.summary()
-        (Path(args.gradcam) / "pointing_game.json").write_text(json.dumps(summary, indent=2))
-        if summary["pointing_game_images"]:
-            print(f"pointing game (pVF heat-map peak inside a fractured vertebra): "
-                  f"{summary['pointing_game_accuracy']:.1%} of {summary['pointing_game_images']} images")
+        _write_explanations(args, backend, writer, scores)
     return 0 if len(scores) else 1
+
+
+def _explain_writer(args: argparse.Namespace, backend, df):
+    from vertex_jax.explain.localization import load_boxes
+    from vertex_jax.explain.saliency import default_method
+    from vertex_jax.models.build import build_model
+    from vertex_jax.predict.explain_writer import ExplainWriter
+
+    model = backend.trained.model
+    args.method = args.method or default_method(model)
+    layers = tuple(x.strip() for x in args.layers.split(",") if x.strip()) if args.layers else None
+    random_model = None
+    if args.annotations:  # model-randomisation check: the same architecture, fresh weights
+        random_model = build_model(backend.trained.config, seed=12345)
+        random_model.eval()
+    return ExplainWriter(model, backend.tasks, list(df["image_id"]), args.explain,
+                         method=args.method, layers=layers,
+                         boxes=load_boxes(args.annotations) if args.annotations else None,
+                         overlays=not args.no_overlays, random_model=random_model)
+
+
+def _write_explanations(args: argparse.Namespace, backend, writer, scores) -> None:
+    """review.html always; localization.json and its summary lines with boxes."""
+    from vertex_jax.explain.review import render_review, thumbnail
+    from vertex_jax.predict.explain_writer import overlay_name
+
+    folder = Path(args.explain)
+    folder.mkdir(parents=True, exist_ok=True)
+    thresholds = {}
+    if args.thresholds:
+        table = json.loads(Path(args.thresholds).read_text())
+        thresholds = {t: float(table[t]["youden"]) for t in backend.tasks if t in table}
+    pictures = {} if args.no_overlays else {
+        (i, t): uri for i in scores["image_id"] for t in backend.tasks
+        if (uri := thumbnail(folder / overlay_name(i, t)))}
+    (folder / "review.html").write_text(render_review(scores, backend.tasks, pictures, thresholds,
+                                                      title=f"{backend.name} ({args.method})"))
+    print(f"review: {folder / 'review.html'}")
+    if not args.annotations:
+        return
+    summary = writer.summary()
+    (folder / "localization.json").write_text(json.dumps(summary, indent=2))
+    for task, m in summary["tasks"].items():
+        if not m["images"]:
+            continue
+        chance = m["chance"]
+        print(f"localisation of {task} ({args.method}, {m['images']} images with a fractured vertebra): "
+              f"strict pointing {m['strict']['rate']:.1%} (chance {chance['image']:.1%} of the image, "
+              f"{chance['spine']:.1%} of the spine), tolerant {m['tolerant']['rate']:.1%}, "
+              f"level {m['level']['rate']:.1%} (chance {chance['level']:.1%}), energy "
+              f"{m['energy']['mean']:.3f}")
+    for task, r in summary.get("randomization", {}).items():
+        print(f"randomisation check ({task}): Spearman {r['spearman_mean']:.3f} between the "
+              f"model's maps and a re-initialised model's over {r['images']} images")
 
 
 if __name__ == "__main__":

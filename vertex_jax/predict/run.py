@@ -20,8 +20,9 @@ from tqdm import tqdm
 
 from vertex_jax.data.clinical import ClinicalStats
 from vertex_jax.data.io import ImageReadError, read_image
-from vertex_jax.data.manifest import CLINICAL, TASKS
+from vertex_jax.data.manifest import CLINICAL
 from vertex_jax.data.preprocess import Geometry, PreprocessConfig, preprocess
+from vertex_jax.tasks import TASKS
 
 PREPROCESS_VERSION = "verte-x-1"  # bump when preprocessing changes what the model sees
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from lifelines.utils import concordance_index
 
+from vertex_jax.evaluate.roc import weighted_auroc
 from vertex_jax.prognosis.horizon import HorizonOutcome
 
 
@@ -28,11 +29,4 @@ def cumulative_dynamic_auc(outcome: HorizonOutcome, risk: np.ndarray) -> float:
     risks count 1/2. NaN without cases or controls.
     """
     risk = np.asarray(risk, np.float64)
-    controls = np.sort(risk[outcome.control])
-    weight = outcome.case_weight[outcome.case]
-    if not len(controls) or not len(weight):
-        return float("nan")
-    case_risk = risk[outcome.case]
-    below = np.searchsorted(controls, case_risk, side="left")
-    tied = np.searchsorted(controls, case_risk, side="right") - below
-    return float(np.sum(weight * (below + 0.5 * tied)) / (weight.sum() * len(controls)))
+    return weighted_auroc(risk[outcome.case], risk[outcome.control], outcome.case_weight[outcome.case])

@@ -1,7 +1,8 @@
 """Cut-offs that make each score DL-positive / DL-negative.
 
 Sources, in order of precedence: ``--threshold column=value``; then ``thresholds.json``
-from the evaluation report (``{"pvf": {"youden": 0.41, ...}, ...}``, read under the task
+from the evaluation report (``{"pvf": {"youden": 0.41, ...}, ...}``, read and checked by
+:func:`vertex_jax.evaluate.thresholds.read_thresholds`, taken under the task
 of the column: ``pvf_prob`` and ``pvf_logit`` -> ``pvf``; probability cut-offs become
 logits for ``*_logit`` columns); then 0.5 for ``*_prob`` columns (0 for ``*_logit``),
 with a warning. Other columns need an explicit value. A patient is positive when the
@@ -11,11 +12,12 @@ score is >= the cut-off.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
 
+from vertex_jax.evaluate.thresholds import read_thresholds
+from vertex_jax.problems import ProblemsError
 from vertex_jax.prognosis.data import CohortDataError
 
 
@@ -48,17 +50,12 @@ def parse_overrides(items: Sequence[str]) -> dict[str, float]:
     return out
 
 
-def _read_json(path: str | os.PathLike) -> dict:
+def _read_table(path: str | os.PathLike) -> dict[str, dict[str, dict]]:
+    """``thresholds.json`` as the evaluation report reads it (one reader, one set of checks)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError as e:
-        raise CohortDataError(str(path), ["file not found"]) from e
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CohortDataError(str(path), [f"cannot read JSON: {e}"]) from e
-    if not isinstance(data, dict):
-        raise CohortDataError(str(path), ["expected an object {task: {rule: cut-off}}"])
-    return data
+        return read_thresholds(path)
+    except ProblemsError as e:
+        raise CohortDataError(e.source, e.problems) from None
 
 
 def _check(value: float, column: str, where: str) -> float:
@@ -77,7 +74,7 @@ def resolve_thresholds(columns: Sequence[str], *, path: str | os.PathLike | None
     overrides = dict(overrides or {})
     if unknown := sorted(set(overrides) - set(columns)):
         raise CohortDataError("--threshold", [f"column(s) {unknown} are not analysed scores {list(columns)}"])
-    table = _read_json(path) if path is not None else {}
+    table = _read_table(path) if path is not None else {}
     out: dict[str, Threshold] = {}
     notes: list[str] = []
     for col in columns:
@@ -86,10 +83,11 @@ def resolve_thresholds(columns: Sequence[str], *, path: str | os.PathLike | None
             out[col] = Threshold(_check(overrides[col], col, "--threshold"), "--threshold")
         elif path is not None and task in table:
             rules = table[task]
-            if not isinstance(rules, dict) or key not in rules:
-                found = sorted(rules) if isinstance(rules, dict) else rules
-                raise CohortDataError(str(path), [f"no '{key}' cut-off under '{task}' (found {found})"])
-            prob = _check(rules[key], f"{task}_prob", str(path))
+            if key not in rules:
+                raise CohortDataError(str(path), [f"no '{key}' cut-off under '{task}' (found {sorted(rules)})"])
+            prob = rules[key]["threshold"]
+            if prob is None:
+                raise CohortDataError(str(path), [f"'{task}.{key}' is null (no cut-off was chosen)"])
             if col.endswith("_logit"):
                 if not 0.0 < prob < 1.0:
                     raise CohortDataError(str(path), [f"'{task}.{key}' = {prob} has no logit"])

@@ -1,1 +1,1 @@
-"""Training: device mesh, jitted steps, Orbax checkpoints, the epoch loop."""
+"""Training: on-device augmentation, optimizer state, jitted steps, Orbax checkpoints, the epoch loop."""

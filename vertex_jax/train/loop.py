@@ -21,11 +21,14 @@ import numpy as np
 from tqdm import tqdm
 
 import vertex_jax
+from vertex_jax import mesh as meshlib
+from vertex_jax import runs
 from vertex_jax.data.prepare import PreparedData, prepare
-from vertex_jax.train import mesh as meshlib
-from vertex_jax.train.checkpoint import METRIC, Checkpoints, load_params
+from vertex_jax.models.build import build_model, tasks_of
+from vertex_jax.models.weights import load_pretrained
+from vertex_jax.train.checkpoint import Checkpoints
 from vertex_jax.train.metrics import MetricWriter, auroc_per_task
-from vertex_jax.train.state import TrainState, build_model, build_optimizer, tasks_of
+from vertex_jax.train.state import TrainState, build_optimizer
 from vertex_jax.train.step import make_eval_step, make_train_step
 
 
@@ -75,10 +78,14 @@ def evaluate(state, eval_step, dataset, mesh, tasks: tuple[str, ...]) -> dict[st
     return out
 
 
-def _initial_state(config: Any, data: PreparedData, steps_per_epoch: int) -> TrainState:
+def _initial_state(config: Any, steps_per_epoch: int) -> TrainState:
+    """A fresh model (with ``model.init_weights`` in its backbone, then ``init_from``'s
+    parameters over it) and its optimizer."""
     model = build_model(config, seed=config.seed)
+    if config.model.init_weights:
+        load_pretrained(model.backbone, config.model.init_weights)
     if config.init_from:
-        report = load_params(config.init_from, model)
+        report = runs.load_params(config.init_from, model)
         logging.warning("init_from %s: loaded %d parameter arrays", config.init_from, len(report["loaded"]))
         for kind in ("missing", "unexpected", "mismatched"):
             if report[kind]:
@@ -105,7 +112,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     meshlib.check_batch(config.batch_size, mesh)
     meshlib.check_batch(config.eval_batch_size, mesh)
     if leader:
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+        runs.config_path(workdir).write_text(config.to_json_best_effort(indent=2))
     data = prepare(config.data, workdir, tasks=tasks, is_leader=leader or not config.data.shared_fs,
                    barrier=meshlib.barrier if config.data.shared_fs else (lambda name: None))
     train_rows = len(data.split(config.data.train_split))
@@ -117,8 +124,8 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     train_iter = iter(data.train(global_batch=config.batch_size, seed=config.seed,
                                  split=config.data.train_split, workers=config.data.workers, **proc))
 
-    ts = _initial_state(config, data, steps_per_epoch)
-    ckpt = Checkpoints(workdir / "checkpoints", keep_latest=config.checkpoint.keep_latest,
+    ts = _initial_state(config, steps_per_epoch)
+    ckpt = Checkpoints(runs.checkpoints_dir(workdir), keep_latest=config.checkpoint.keep_latest,
                        keep_best=config.checkpoint.keep_best)
     progress = Progress()
     # Global, replicated arrays (also across processes); restores land in the same sharding.
@@ -132,14 +139,14 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
         step, state, saved = restored
         progress = Progress(**saved)
         if leader:
-            print(f"resumed from {source} at step {step} (best {METRIC} {progress.best_auroc:.4f})",
+            print(f"resumed from {source} at step {step} (best {runs.METRIC} {progress.best_auroc:.4f})",
                   flush=True)
     train_step = make_train_step(ts.graphdef, config, mesh)
     eval_step = make_eval_step(ts.graphdef, mesh)
     writer = MetricWriter(workdir, enabled=leader)
     card = model_card(config, data)
     if leader:
-        (workdir / "model_card.json").write_text(json.dumps(card, indent=2))
+        runs.card_path(workdir).write_text(json.dumps(card, indent=2))
 
     def save(metrics: dict[str, float] | None = None) -> None:
         ckpt.save(progress.step, state, train_iter, dataclasses.asdict(progress),
@@ -183,7 +190,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
                 config.data.val_split, global_batch=config.eval_batch_size, **proc), mesh, tasks)
             auroc = result["auroc"]
             mean_auroc = float(np.nanmean(list(auroc.values())))
-            improved = mean_auroc > progress.best_auroc
+            improved = runs.improves(mean_auroc, progress.best_auroc)
             if improved:
                 progress.best_auroc, progress.best_step = mean_auroc, progress.step
                 progress.epochs_without_improvement = 0
@@ -195,7 +202,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
                 print(f"epoch {epoch + 1}: validation AUROC " +
                       ", ".join(f"{t} {v:.4f}" for t, v in auroc.items()) + (" *" if improved else ""),
                       flush=True)
-            save({METRIC: mean_auroc})
+            save({runs.METRIC: mean_auroc})
             if progress.epochs_without_improvement >= config.early_stop_patience:
                 stopped = f"early stop after {config.early_stop_patience} epochs without improvement"
                 break
@@ -211,7 +218,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
                "history": progress.history}
     ckpt.close()
     if leader:
-        (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+        runs.summary_path(workdir).write_text(json.dumps(summary, indent=2))
         if stopped == "preempted":
             print(f"saved step {progress.step} to {ckpt.directory}; resume with the same command "
                   f"(same --workdir)", flush=True)

@@ -1,4 +1,7 @@
-"""The model, optimizer and their state as one pytree (what is stepped and checkpointed)."""
+"""The optimizer, and the model with it as one pytree (what is stepped and checkpointed).
+
+The model itself is built by :func:`vertex_jax.models.build.build_model`.
+"""
 
 from __future__ import annotations
 
@@ -6,33 +9,10 @@ import dataclasses
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from vertex_jax.models.efficientnet import BN_MOMENTUM, set_bn_momentum
 from vertex_jax.models.vertex import VertexNet
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-
-def tasks_of(config: Any) -> tuple[str, ...]:
-    tasks = config.tasks.split(",") if isinstance(config.tasks, str) else config.tasks
-    return tuple(t.strip() for t in tasks if t.strip())
-
-
-def build_model(config: Any, seed: int) -> VertexNet:
-    m = config.model
-    if m.dtype not in DTYPES:
-        raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {m.dtype!r}")
-    model = VertexNet(variant=m.variant, tasks=tasks_of(config), use_clinical=m.use_clinical,
-                      dtype=DTYPES[m.dtype], remat=m.remat, depthwise=m.get("depthwise", "auto"),
-                      rngs=nnx.Rngs(seed))
-    set_bn_momentum(model.backbone, m.get("bn_momentum", BN_MOMENTUM))
-    if m.init_weights:
-        from vertex_jax.models.weights import load_pretrained
-        load_pretrained(model.backbone, m.init_weights)
-    return model
 
 
 def build_optimizer(config: Any, steps_per_epoch: int) -> optax.GradientTransformation:
@@ -80,6 +60,3 @@ class TrainState:
         optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
         graphdef, state = nnx.split((model, optimizer))
         return cls(graphdef, state)
-
-    def merge(self, state: nnx.State | None = None) -> tuple[VertexNet, nnx.Optimizer]:
-        return nnx.merge(self.graphdef, self.state if state is None else state)

@@ -10,8 +10,9 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from vertex_jax.data.augment import AugmentConfig, augment_batch, example_keys, to_unit_float
-from vertex_jax.train.mesh import batch_sharded, replicated
+from vertex_jax.mesh import batch_sharded, replicated
+from vertex_jax.models.efficientnet import to_unit_float
+from vertex_jax.train.augment import AugmentConfig, augment_batch, example_keys, hide_clinical
 
 Batch = dict[str, jax.Array]
 
@@ -27,16 +28,6 @@ def masked_bce(logits: jax.Array, labels: jax.Array, mask: jax.Array,
     w = jnp.asarray(pos_weight, jnp.float32) if len(pos_weight) else 1.0
     per = -(w * labels * log_p + (1.0 - labels) * log_not_p)
     return jnp.sum(per * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-
-
-def hide_clinical(mask: jax.Array, keys: jax.Array, rate: float) -> jax.Array:
-    """Modality dropout: with probability ``rate`` an example's clinical values are all
-    presented as missing (the model's missing-value path), keyed like the augmentation.
-    Keeps the image branch from leaning on age/sex/BMI alone."""
-    if rate <= 0.0:
-        return mask
-    hide = jax.vmap(lambda k: jax.random.bernoulli(jax.random.fold_in(k, 7), rate))(keys)
-    return mask * (1.0 - hide.astype(mask.dtype))[:, None]
 
 
 def make_train_step(graphdef: nnx.GraphDef, config: Any, mesh: Mesh

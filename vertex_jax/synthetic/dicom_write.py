@@ -9,15 +9,13 @@ Pixels are given "bone bright" (MONOCHROME2 sense). Encoders, all lossless:
 - ``"jpeg-lossless"``: JPEG Lossless Process 14 SV1 (first-order prediction); pydicom has no
   encoder for it, so libjpeg-turbo's lossless mode is used through ``imagecodecs``.
 
-Files are written atomically: to a hidden temporary name in the target folder, then
-``os.replace``d onto the final name, so a reader never sees a half-written file.
+Files are written atomically (:func:`vertex_jax.files.atomic_open`), so a reader never
+sees a half-written file.
 """
 
 from __future__ import annotations
 
 import os
-import uuid
-from pathlib import Path
 
 import imagecodecs
 import numpy as np
@@ -35,6 +33,8 @@ from pydicom.uid import (
     generate_uid,
 )
 from pydicom.valuerep import format_number_as_ds
+
+from vertex_jax.files import atomic_open
 
 COMPRESSIONS = ("none", "rle", "jpegls", "jpeg2000", "jpeg-lossless")
 
@@ -101,7 +101,8 @@ def write_dicom(
     if window is not None:
         ds.WindowCenter, ds.WindowWidth = (_ds_value(v) for v in window)
     _encode(ds, stored, bits_stored, compression)
-    _save_atomically(ds, Path(path))
+    with atomic_open(path, "wb") as f:
+        ds.save_as(f, enforce_file_format=True)
 
 
 def _stored_pixels(pixels: np.ndarray, bits_stored: int, photometric: str) -> np.ndarray:
@@ -183,16 +184,3 @@ def _encode(ds: Dataset, stored: np.ndarray, bits_stored: int, compression: str)
         return
     syntax, plugin = _PYDICOM_ENCODERS[compression]
     compress(ds, syntax, stored, encoding_plugin=plugin, generate_instance_uid=False)
-
-
-def _save_atomically(ds: Dataset, path: Path) -> None:
-    """Save to a temporary file beside ``path``, then rename it onto ``path``."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        # os.open honours the umask (mkstemp would force mode 0600 onto the final file).
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
-            ds.save_as(f, enforce_file_format=True)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -1,6 +1,7 @@
 """Input-side throughput: raw file → canvas, → cache, cache → training batch, augmentation.
 
-``python -m vertex_jax.data.bench [--images 64] [--repeats 3] [--json out.json]``
+``python -m vertex_jax.bench.input [--images 64] [--repeats 3] [--json out.json]``
+(also ``python -m vertex_jax.bench --what=input``)
 
 Writes its own uncompressed 16-bit DICOMs at radiograph size (2800×2000 by default),
 then reports the median images/s of repeated runs for each stage.
@@ -23,12 +24,12 @@ import numpy as np
 import pandas as pd
 
 from vertex_jax.data.cache import build_cache
-from vertex_jax.data.dicom_write import write_dicom
 from vertex_jax.data.io import read_image
 from vertex_jax.data.manifest import validate
 from vertex_jax.data.clinical import ClinicalStats
 from vertex_jax.data.pipeline import train_dataset
 from vertex_jax.data.preprocess import PreprocessConfig, preprocess
+from vertex_jax.synthetic.dicom_write import write_dicom
 
 
 def _radiograph(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:

@@ -1,12 +1,14 @@
-"""Training augmentation on the accelerator: rotation, scaling, Gaussian noise, mirroring.
+"""Training augmentation on the accelerator: rotation, scaling, Gaussian noise, mirroring,
+and the clinical-variable dropout.
 
 The paper augments with *"Gaussian noise addition, rotation, and scaling"* (the authors'
 sibling code: rotation up to 30°, scale ±15%). It runs inside the jitted training step,
 after the uint8 canvas reaches the device: on the CPU the warp of one 1024×512 canvas
-costs more than the whole cache-to-batch path (``python -m vertex_jax.data.bench``
+costs more than the whole cache-to-batch path (``python -m vertex_jax.bench.input``
 measures both), while on a GPU it is a negligible gather. Each example's draw depends
 only on (seed, epoch, index), so a resumed run, a different device count or a different
-process count sees identical augmentations.
+process count sees identical augmentations. Each random choice draws from its own named
+stream of the example's key (:data:`STREAMS`, :func:`stream`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,19 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from vertex_jax.models.efficientnet import to_unit_float
+
+# The random streams of one example's key: ``stream(key, name)`` is ``fold_in(key, salt)``.
+# The rotation angle, scale and noise sigma come from ``split(key, 3)`` of the key itself
+# (``draw_params``). The salts are fixed: a change would change every augmentation drawn,
+# so recorded results and resumed runs would no longer match.
+STREAMS = {"noise": 3, "flip": 4, "clinical_dropout": 7}
+
+
+def stream(key: jax.Array, name: str) -> jax.Array:
+    """The key of stream ``name`` (see :data:`STREAMS`) of an example's ``key``."""
+    return jax.random.fold_in(key, STREAMS[name])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,10 +85,10 @@ def augment_one(image: jax.Array, key: jax.Array, config: AugmentConfig) -> jax.
     """[H, W, C] float in [0, 1] → augmented float in [0, 1]."""
     angle, scale, sigma = draw_params(key, config)
     if config.flip_prob > 0.0:
-        flip = jax.random.bernoulli(jax.random.fold_in(key, 4), config.flip_prob)
+        flip = jax.random.bernoulli(stream(key, "flip"), config.flip_prob)
         image = jnp.where(flip, image[:, ::-1], image)
     warped = jax.vmap(lambda c: warp(c, angle, scale), in_axes=-1, out_axes=-1)(image)
-    noise = jax.random.normal(jax.random.fold_in(key, 3), warped.shape, warped.dtype)
+    noise = jax.random.normal(stream(key, "noise"), warped.shape, warped.dtype)
     return jnp.clip(warped + sigma * noise, 0.0, 1.0)
 
 
@@ -85,8 +99,11 @@ def augment_batch(images: jax.Array, keys: jax.Array, config: AugmentConfig = Au
     return jax.vmap(lambda im, k: augment_one(im, k, config))(x, keys)
 
 
-def to_unit_float(images: jax.Array) -> jax.Array:
-    """Scale integer canvases to float32 [0, 1] (floats pass through)."""
-    if jnp.issubdtype(images.dtype, jnp.integer):
-        return images.astype(jnp.float32) / float(np.iinfo(images.dtype).max)
-    return images.astype(jnp.float32)
+def hide_clinical(mask: jax.Array, keys: jax.Array, rate: float) -> jax.Array:
+    """Modality dropout: with probability ``rate`` an example's clinical values are all
+    presented as missing (the model's missing-value path), drawn from the example's
+    ``clinical_dropout`` stream. Keeps the image branch from leaning on age/sex/BMI alone."""
+    if rate <= 0.0:
+        return mask
+    hide = jax.vmap(lambda k: jax.random.bernoulli(stream(k, "clinical_dropout"), rate))(keys)
+    return mask * (1.0 - hide.astype(mask.dtype))[:, None]

@@ -1,6 +1,6 @@
 """CPU inference throughput: the exported ONNX model on onnxruntime against JAX.
 
-    python -m vertex_jax.export.bench [--config configs/xray.py] [--batch 1,2] [--repeats 5]
+    python -m vertex_jax.bench.export [--config configs/xray.py] [--batch 1,2] [--repeats 5]
         [--threads 0] [--json FILE]
 
 The model is the config's (default: EfficientNet-B4 on the 1024x512 canvas) with random
@@ -14,7 +14,6 @@ reported, with the max |difference| of the two runtimes' probabilities.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -27,21 +26,11 @@ from typing import Any, Callable, Sequence
 import jax
 import ml_collections
 
+from vertex_jax.config_files import load_config
 from vertex_jax.export.graph import Signature, export_model
 from vertex_jax.export.onnx_format import export_onnx, onnx_session
 from vertex_jax.export.verify import jax_runner, max_differences, onnx_runner
-from vertex_jax.train.state import build_model, tasks_of
-
-
-def load_config(spec: str) -> ml_collections.ConfigDict:
-    """``path/to/config.py[:variant]`` -> its ``get_config(variant)``."""
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("bench_config", path)
-    if module_spec is None or not Path(path).is_file():
-        raise FileNotFoundError(f"config file {path} not found")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg)
+from vertex_jax.models.build import build_model, tasks_of
 
 
 def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
@@ -83,8 +72,20 @@ def environment(threads: int) -> dict[str, Any]:
             "onnxruntime": onnxruntime.__version__}
 
 
+def format_results(results: list[dict[str, Any]], env: dict[str, Any]) -> str:
+    """One line per batch size."""
+    lines = []
+    for r in results:
+        h, w = r["canvas"]
+        lines.append(f"{r['variant']} {h}x{w} batch {r['batch']}: onnxruntime "
+                     f"{r['onnxruntime_images_per_s']:.2f} img/s, JAX {r['jax_images_per_s']:.2f} img/s "
+                     f"(median of {r['repeats']}; CPU, {env['cpu_count']} cores; max |diff| "
+                     f"probabilities {r['max_abs_diff_probabilities']:.1e})")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m vertex_jax.export.bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m vertex_jax.bench.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/xray.py", help="config file[:variant] (default %(default)s)")
     p.add_argument("--batch", default="1,2", help="comma-separated batch sizes (default %(default)s)")
@@ -98,11 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(args.config)
     results = run_bench(config, batches, args.repeats, args.threads)
     env = environment(args.threads)
-    for r in results:
-        h, w = r["canvas"]
-        print(f"{r['variant']} {h}x{w} batch {r['batch']}: onnxruntime {r['onnxruntime_images_per_s']:.2f} "
-              f"img/s, JAX {r['jax_images_per_s']:.2f} img/s (median of {r['repeats']}; CPU, "
-              f"{env['cpu_count']} cores; max |diff| probabilities {r['max_abs_diff_probabilities']:.1e})")
+    print(format_results(results, env))
     if args.json:
         Path(args.json).write_text(json.dumps({"environment": env, "results": results}, indent=2) + "\n")
     return 0

@@ -1,0 +1,6 @@
+"""Where a score comes from: saliency maps (``saliency``), localisation metrics and per-image
+findings (``localization``), overlays (``overlay``) and the review page (``review``).
+
+Importing this package loads no JAX (``predict --backend onnx`` names the methods)."""
+
+METHODS = ("gradcam", "hirescam", "layercam", "evidence")

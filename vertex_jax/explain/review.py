@@ -1,0 +1,87 @@
+"""review.html: a prediction run's cases sorted by score, each with its overlay, for a reader.
+
+One self-contained page (thumbnails embedded as base64 JPEG): per task a table from the
+highest score down, with the overlay thumbnail, the probability (calibrated where the scores
+carry ``<task>_prob_raw`` beside ``<task>_prob``), the call at the operating point when a
+threshold is known, the label when known, the map's peak and the level it names.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from html import escape
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+MAX_CASES = 400  # per task: the top and bottom halves of the list beyond this
+_CSS = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ccc;padding:3px 8px;vertical-align:middle}
+th{background:#f2f2f2;position:sticky;top:0}td.n{text-align:right}img{height:160px;display:block}
+.pos{color:#b00;font-weight:600}.neg{color:#333}.small{color:#666;font-size:12px}"""
+
+
+def thumbnail(path: str | Path, height: int = 160) -> str | None:
+    """A data URI (JPEG) of the picture at ``path`` scaled to ``height`` pixels; None if
+    it cannot be read."""
+    picture = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if picture is None:
+        return None
+    scale = height / picture.shape[0]
+    small = cv2.resize(picture, (max(1, round(picture.shape[1] * scale)), height),
+                       interpolation=cv2.INTER_AREA)
+    ok, data = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    return "data:image/jpeg;base64," + base64.b64encode(data.tobytes()).decode() if ok else None
+
+
+def _cases(scores: pd.DataFrame, task: str) -> tuple[pd.DataFrame, int]:
+    ordered = scores.sort_values(f"{task}_prob", ascending=False, kind="stable")
+    if len(ordered) <= MAX_CASES:
+        return ordered, 0
+    half = MAX_CASES // 2
+    return pd.concat([ordered.head(half), ordered.tail(half)]), len(ordered) - MAX_CASES
+
+
+def _task_section(scores: pd.DataFrame, task: str, pictures: Mapping[tuple[str, str], str],
+                  threshold: float | None) -> str:
+    calibrated = f"{task}_prob_raw" in scores
+    cases, left_out = _cases(scores, task)
+    head = ["#", "overlay", "image", "probability" + (" (calibrated)" if calibrated else ""),
+            "call", "label", "peak (x, y)", "level"]
+    rows = []
+    for rank, (_, r) in enumerate(cases.iterrows(), start=1):
+        p = float(r[f"{task}_prob"])
+        call = "&ndash;" if threshold is None else (
+            '<span class="pos">positive</span>' if p >= threshold else '<span class="neg">negative</span>')
+        label = r.get(task, "")
+        label = "" if label is None or (isinstance(label, float) and np.isnan(label)) else str(label)
+        uri = pictures.get((str(r["image_id"]), task))
+        img = f'<img loading="lazy" src="{uri}" alt="overlay">' if uri else "&ndash;"
+        peak = (f"{r[f'{task}_peak_x']:.0f}, {r[f'{task}_peak_y']:.0f}"
+                if f"{task}_peak_x" in r and pd.notna(r[f"{task}_peak_x"]) else "&ndash;")
+        level = escape(str(r.get(f"{task}_level", "") or "")) or "&ndash;"
+        rows.append(f"<tr><td class=n>{rank}</td><td>{img}</td><td>{escape(str(r['image_id']))}"
+                    f"<div class=small>{escape(str(r['path']))}</div></td><td class=n>{p:.3f}</td>"
+                    f"<td>{call}</td><td>{escape(label)}</td><td>{peak}</td><td>{level}</td></tr>")
+    note = (f"<p class=small>{left_out} cases in the middle of the list are left out; all are in "
+            f"scores.csv.</p>" if left_out else "")
+    rule = ("operating point: positive when p &ge; " + f"{threshold:.3f}" if threshold is not None
+            else "no operating point given (--thresholds thresholds.json)")
+    return (f"<h2>{escape(task)}</h2><p class=small>{len(scores)} cases, highest score first; "
+            f"{rule}. White box: the map's region around its peak; green: fractured vertebrae "
+            f"where boxes are known.</p>{note}<table><tr>"
+            + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(rows) + "</table>")
+
+
+def render_review(scores: pd.DataFrame, tasks: tuple[str, ...],
+                  pictures: Mapping[tuple[str, str], str],
+                  thresholds: Mapping[str, float] | None = None, title: str = "") -> str:
+    """The page; ``pictures[(image_id, task)]`` is a data URI, ``thresholds[task]`` a cut-off
+    on the probability."""
+    thresholds = thresholds or {}
+    body = "".join(_task_section(scores, t, pictures, thresholds.get(t)) for t in tasks)
+    return (f"<!doctype html><html><head><meta charset=utf-8><title>Review {escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body><h1>Review: {escape(title)}</h1>{body}</body></html>")

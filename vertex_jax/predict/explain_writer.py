@@ -1,0 +1,101 @@
+"""Explanations during prediction: overlays, per-image findings, localisation metrics.
+
+``ExplainWriter`` is ``score_table``'s ``on_batch`` callback. For every image and task it maps
+the saliency map onto the original pixels and records the peak, the region around it and,
+when vertebra boxes are known, the level the peak names (columns for ``scores.csv``); it
+writes one overlay PNG per image and task; for images with a fractured vertebra it scores the
+pVF map (:mod:`vertex_jax.explain.localization`). With a re-initialised model it also runs
+the model-randomisation check on the first images.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from vertex_jax.explain import localization as loc
+from vertex_jax.explain.overlay import overlay, save_png
+from vertex_jax.explain.saliency import make_saliency
+from vertex_jax.predict.run import Prepared
+
+LOCALISED_TASKS = ("pvf",)  # tasks whose evidence has a place: the fractured vertebrae
+RANDOMISATION_IMAGES = 32
+
+
+def overlay_name(image_id: str, task: str) -> str:
+    return f"{image_id.replace('/', '__')}_{task}.png"
+
+
+class ExplainWriter:
+    """Maps, findings and metrics of one prediction run (``out_dir``: overlays and
+    ``localization.json``)."""
+
+    def __init__(self, model, tasks: tuple[str, ...], image_ids: list[str], out_dir: str | Path,
+                 *, method: str, layers: tuple[str, ...] | None = None,
+                 boxes: dict[str, list[loc.Vertebra]] | None = None, overlays: bool = True,
+                 random_model=None):
+        self.out_dir = Path(out_dir)
+        self.tasks = tuple(tasks)
+        self.method, self.layers = method, layers
+        self.saliency = make_saliency(model, self.tasks, method, layers)
+        self.random = make_saliency(random_model, self.tasks, method, layers) if random_model else None
+        self.image_ids = image_ids
+        self.boxes = boxes or {}
+        self.overlays = overlays
+        self.findings: dict[str, dict[str, Any]] = {}
+        self.scored: dict[str, list[dict[str, Any]]] = {t: [] for t in self.tasks if t in LOCALISED_TASKS}
+        self.correlations: dict[str, list[float]] = {t: [] for t in self.tasks}
+
+    def __call__(self, items: list[Prepared], image: np.ndarray, clinical: np.ndarray,
+                 mask: np.ndarray) -> None:
+        maps, _ = self.saliency(image, clinical, mask)
+        if self.random is not None and len(self.correlations[self.tasks[0]]) < RANDOMISATION_IMAGES:
+            random_maps, _ = self.random(image, clinical, mask)
+            for t, task in enumerate(self.tasks):
+                self.correlations[task] += [loc.rank_correlation(a, b)
+                                            for a, b in zip(maps[:, t], random_maps[:, t])]
+        for item, per_task in zip(items, maps):
+            self._one(item, per_task)
+
+    def _one(self, item: Prepared, per_task: np.ndarray) -> None:
+        image_id = self.image_ids[item.row]
+        vertebrae = self.boxes.get(image_id, [])
+        fractured = [v.box for v in vertebrae if v.fractured]
+        tolerance = loc.TOLERANCE_CANVAS_PX / float(np.mean(item.geometry.scale))
+        row: dict[str, Any] = {}
+        for task, canvas_map in zip(self.tasks, per_task):
+            heat = item.geometry.heatmap_to_original(canvas_map)
+            peak = loc.peak(heat)
+            box = loc.region(heat, peak)
+            row.update({f"{task}_peak_x": round(peak[0], 1), f"{task}_peak_y": round(peak[1], 1),
+                        **{f"{task}_region_{k}": v for k, v in zip(("x0", "y0", "x1", "y1"), box)}})
+            if vertebrae:
+                row[f"{task}_level"] = loc.nearest_level(peak, vertebrae).level
+            if task in self.scored and fractured:
+                self.scored[task].append({"image_id": image_id,
+                                          **loc.score_image(heat, vertebrae, tolerance)})
+            if self.overlays:
+                save_png(self.out_dir / overlay_name(image_id, task),
+                         overlay(item.original, heat, region=box, truth=fractured))
+        self.findings[image_id] = row
+
+    def findings_frame(self) -> pd.DataFrame:
+        """One row per explained image (``image_id`` + the findings columns)."""
+        return pd.DataFrame([{"image_id": k, **v} for k, v in self.findings.items()])
+
+    def summary(self) -> dict[str, Any]:
+        """What ``localization.json`` holds."""
+        out: dict[str, Any] = {
+            "method": self.method, "layers": list(self.layers or ()),
+            "tolerance": f"{loc.TOLERANCE_CANVAS_PX:g} canvas pixels, mapped to original pixels per image",
+            "tasks": {task: {**loc.summarise(rows), "per_image": rows}
+                      for task, rows in self.scored.items()}}
+        if self.random is not None:
+            out["randomization"] = {
+                task: {"images": len(c), "spearman_mean": float(np.mean(c)) if c else None,
+                       "spearman_median": float(np.median(c)) if c else None}
+                for task, c in self.correlations.items()}
+        return out
