@@ -4,6 +4,7 @@ Each run is a subprocess of ``python -m vertex_jax.main`` on the tiny config; a 
 synthetic cohort and a persistent compilation cache keep the module fast.
 """
 
+import json
 import os
 import signal
 import socket
@@ -187,6 +188,8 @@ def test_init_from_with_a_different_head(shared, baseline, tmp_path):
     out = run_main(shared, tmp_path, f"--config.init_from={reference}", "--config.tasks=pvf,osteo",
                    "--config.max_steps=1", "--config.optim.lr=1e-12")
     assert "mismatched" in out and "output/kernel" in out
-    src, dst = model_arrays(reference), model_arrays(tmp_path, 1)
+    # init_from of a workdir takes the run's best checkpoint, the one its summary names.
+    best = json.loads((reference / "summary.json").read_text())["best_step"]
+    src, dst = model_arrays(reference, best), model_arrays(tmp_path, 1)
     stem = next(k for k in src if "stem" in k and "kernel" in k)
     np.testing.assert_allclose(src[stem], dst[stem], atol=1e-6)

@@ -29,14 +29,17 @@ from flax import nnx
 
 from vertex_jax.explain import METHODS
 from vertex_jax.models.evidence import HEAD, check_taps, evidence_map
-DEFAULT_LAYERS = {"gradcam": (HEAD,), "hirescam": (HEAD,), "layercam": ("stage4", HEAD),
-                  "evidence": ()}
+# Grad-CAM keeps its classic layer; HiResCAM and LayerCAM default to the layers that pointed
+# best on the demo (README, "Localisation": HiResCAM at stage 1, stride 4, best of all).
+DEFAULT_LAYERS = {"gradcam": (HEAD,), "hirescam": ("stage1",),
+                  "layercam": ("stage1", "stage2", "stage4", HEAD), "evidence": ()}
 
 Saliency = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def default_method(model) -> str:
-    """The evidence map for a model that has one, else HiResCAM (README, "Localisation")."""
+    """The evidence map for a model that has one, else HiResCAM at stage 1 (README,
+    "Localisation")."""
     return "evidence" if model.head == "evidence" else "hirescam"
 
 

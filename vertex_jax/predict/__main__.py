@@ -6,8 +6,8 @@ Unreadable files are listed with the reason in ``<out>_unreadable.csv``; the run
 into the scores, a ``review.html`` of the cases sorted by score and, with ``--annotations``
 (vertebra boxes), ``localization.json`` (pointing game, energy, level accuracy, chance
 baselines, randomisation check). ``--method`` picks the map (default: the evidence head's own
-map for a model that has one, else HiResCAM); ``--gradcam DIR`` is ``--explain DIR --method
-gradcam``.
+map for a model that has one, else HiResCAM at stage 1, stride 4); ``--gradcam DIR`` is
+``--explain DIR --method gradcam``.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--explain", metavar="DIR", help="folder for overlays, review.html and "
                    "localization.json (jax backend)")
     p.add_argument("--method", choices=METHODS, help="saliency map (default: evidence for a model "
-                   "with model.head=evidence, else hirescam)")
+                   "with model.head=evidence, else hirescam at stage1)")
     p.add_argument("--layers", help="comma-separated feature taps for the map, e.g. stage4,head")
     p.add_argument("--gradcam", metavar="DIR", help="the same as --explain DIR --method gradcam")
     p.add_argument("--annotations", help="vertebra boxes (annotations.json or a CSV image_id, level, "
