@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     df = load_inputs(args.input, domain)
     if args.splits:
         saved = pd.read_csv(args.splits, dtype=str, keep_default_na=False)[["image_id", "split"]]
-        df = df.drop(columns="split").merge(saved, on="image_id", how="left").fillna({"split": ""})
+        df = df.drop(columns="split", errors="ignore").merge(saved, on="image_id", how="left")
+        df["split"] = df["split"].fillna("")
     if args.split:
         df = df[df["split"] == args.split].reset_index(drop=True)
         if df.empty:

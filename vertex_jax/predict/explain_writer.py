@@ -84,7 +84,8 @@ class ExplainWriter:
 
     def findings_frame(self) -> pd.DataFrame:
         """One row per explained image (``image_id`` + the findings columns)."""
-        return pd.DataFrame([{"image_id": k, **v} for k, v in self.findings.items()])
+        rows = [{"image_id": k, **v} for k, v in self.findings.items()]
+        return pd.DataFrame(rows) if rows else pd.DataFrame({"image_id": pd.Series(dtype=str)})
 
     def summary(self) -> dict[str, Any]:
         """What ``localization.json`` holds."""
