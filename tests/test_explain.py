@@ -154,7 +154,7 @@ def test_gap_model_maps_equal_the_class_activation_map():
          @ np.asarray(model.output.kernel[...], np.float64))[:, 0]
     cam = _normalised(np.maximum(feats @ w, 0)[:, None])
     for method in ("gradcam", "hirescam"):
-        maps, _ = make_saliency(model, "pvf", method)(image, None, None)
+        maps, _ = make_saliency(model, "pvf", method, ("head",))(image, None, None)
         np.testing.assert_allclose(maps, cam, atol=1e-4)
 
 
