@@ -118,7 +118,7 @@ def test_evidence_model_trains_end_to_end_and_clinical_values_do_not_move_the_ma
     def loss(m):
         return jnp.mean(m(image, clinical, mask) ** 2)
 
-    grads = nnx.grad(loss)(model)
+    grads = nnx.jit(nnx.grad(loss))(model)
     assert float(jnp.abs(grads.evidence.logits.kernel[...]).sum()) > 0
     assert float(jnp.abs(grads.backbone.stages[4][0].project_conv.kernel[...]).sum()) > 0
     model.eval()
