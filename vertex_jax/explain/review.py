@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping
 from html import escape
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -24,12 +23,9 @@ th{background:#f2f2f2;position:sticky;top:0}td.n{text-align:right}img{height:160
 .pos{color:#b00;font-weight:600}.neg{color:#333}.small{color:#666;font-size:12px}"""
 
 
-def thumbnail(path: str | Path, height: int = 160) -> str | None:
-    """A data URI (JPEG) of the picture at ``path`` scaled to ``height`` pixels; None if
-    it cannot be read."""
-    picture = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if picture is None:
-        return None
+def thumbnail(picture: np.ndarray, height: int = 160) -> str | None:
+    """A data URI (JPEG) of a BGR ``picture`` scaled to ``height`` pixels; None if it cannot
+    be encoded."""
     scale = height / picture.shape[0]
     small = cv2.resize(picture, (max(1, round(picture.shape[1] * scale)), height),
                        interpolation=cv2.INTER_AREA)

@@ -28,7 +28,7 @@ POOLINGS = ("lse", "mean")
 
 
 def tap_names(variant: str) -> tuple[str, ...]:
-    """Every layer ``backbone_taps`` can return, finest first."""
+    """Every layer :meth:`EfficientNet.taps` can return, finest first."""
     return (*(f"stage{i}" for i in range(len(block_specs(variant)))), HEAD)
 
 

@@ -134,19 +134,15 @@ def _explain_writer(args: argparse.Namespace, backend, df):
 
 def _write_explanations(args: argparse.Namespace, backend, writer, scores) -> None:
     """review.html always; localization.json and its summary lines with boxes."""
-    from vertex_jax.explain.review import render_review, thumbnail
-    from vertex_jax.predict.explain_writer import overlay_name
+    from vertex_jax.evaluate.thresholds import read_thresholds
+    from vertex_jax.explain.review import render_review
 
     folder = Path(args.explain)
     folder.mkdir(parents=True, exist_ok=True)
-    thresholds = {}
-    if args.thresholds:
-        table = json.loads(Path(args.thresholds).read_text())
-        thresholds = {t: float(table[t]["youden"]) for t in backend.tasks if t in table}
-    pictures = {} if args.no_overlays else {
-        (i, t): uri for i in scores["image_id"] for t in backend.tasks
-        if (uri := thumbnail(folder / overlay_name(i, t)))}
-    (folder / "review.html").write_text(render_review(scores, backend.tasks, pictures, thresholds,
+    table = read_thresholds(args.thresholds) if args.thresholds else {}
+    thresholds = {t: table[t]["youden"]["threshold"] for t in backend.tasks
+                  if table.get(t, {}).get("youden", {}).get("threshold") is not None}
+    (folder / "review.html").write_text(render_review(scores, backend.tasks, writer.pictures, thresholds,
                                                       title=f"{backend.name} ({args.method})"))
     print(f"review: {folder / 'review.html'}")
     if not args.annotations:

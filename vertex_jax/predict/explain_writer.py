@@ -18,6 +18,7 @@ import pandas as pd
 
 from vertex_jax.explain import localization as loc
 from vertex_jax.explain.overlay import overlay, save_png
+from vertex_jax.explain.review import thumbnail
 from vertex_jax.explain.saliency import make_saliency
 from vertex_jax.predict.run import Prepared
 
@@ -30,8 +31,8 @@ def overlay_name(image_id: str, task: str) -> str:
 
 
 class ExplainWriter:
-    """Maps, findings and metrics of one prediction run (``out_dir``: overlays and
-    ``localization.json``)."""
+    """Maps, findings, overlay thumbnails and metrics of one prediction run (``out_dir``:
+    overlays and ``localization.json``)."""
 
     def __init__(self, model, tasks: tuple[str, ...], image_ids: list[str], out_dir: str | Path,
                  *, method: str, layers: tuple[str, ...] | None = None,
@@ -46,6 +47,7 @@ class ExplainWriter:
         self.boxes = boxes or {}
         self.overlays = overlays
         self.findings: dict[str, dict[str, Any]] = {}
+        self.pictures: dict[tuple[str, str], str] = {}  # review.html thumbnails (data URIs)
         self.scored: dict[str, list[dict[str, Any]]] = {t: [] for t in self.tasks if t in LOCALISED_TASKS}
         self.correlations: dict[str, list[float]] = {t: [] for t in self.tasks}
 
@@ -78,8 +80,10 @@ class ExplainWriter:
                 self.scored[task].append({"image_id": image_id,
                                           **loc.score_image(heat, vertebrae, tolerance)})
             if self.overlays:
-                save_png(self.out_dir / overlay_name(image_id, task),
-                         overlay(item.original, heat, region=box, truth=fractured))
+                picture = overlay(item.original, heat, region=box, truth=fractured)
+                save_png(self.out_dir / overlay_name(image_id, task), picture)
+                if uri := thumbnail(picture):
+                    self.pictures[(image_id, task)] = uri
         self.findings[image_id] = row
 
     def findings_frame(self) -> pd.DataFrame:
