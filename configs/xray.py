@@ -32,6 +32,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         val_split="val",
         workers=0,  # 0: thread prefetch (fastest for the raw-canvas cache); N: processes
         skip_unreadable=False,
+        clinical_from_dicom=False,  # blank manifest age/sex/bmi from DICOM headers (the CSV wins)
         shared_fs=True,  # multi-host: one process writes cohort/cache, the rest wait
         synthetic=dict(num_patients=2000, scale=0.5, seed=0),
     )
@@ -58,6 +59,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.init_from = ""  # checkpoint dir: parameters only, matched by name (fine-tuning)
     c.resume = ""  # checkpoint dir to resume from when the workdir has none
     c.nan_policy = "stop"  # or "skip": drop a step whose loss is not finite
+    # Fitted on the best checkpoint's validation outputs when training ends (vertex_jax.calibrate):
+    # platt | temperature | isotonic | none. Platt by default: temperature only rescales the
+    # logits and cannot move risks that are off by a constant (README, "Calibration").
+    c.calibration = "platt"
     c.max_steps = 0  # >0 caps the run (smoke tests, benchmarks)
 
     if arg == "demo":
@@ -88,6 +93,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         c.eval_batch_size = 8
         c.num_epochs = 2
         c.optim.lr = 1e-3
+        c.calibration = "temperature"  # a handful of validation cases: one parameter
     elif arg:
         raise ValueError(f"unknown config variant {arg!r}; expected 'demo' or 'tiny'")
     return c

@@ -51,3 +51,19 @@ def test_the_earliest_of_tied_best_steps_is_the_best(tmp_path):
     assert resolve_step_dir(tmp_path) == (tmp_path / "checkpoints" / "2").absolute()
     assert runs.earliest_best([(3, 0.9), (1, float("nan")), (2, 0.9)]) == 2
     assert runs.earliest_best([(1, float("nan"))]) is None
+
+
+def test_retention_keeps_the_earliest_of_tied_best_steps(tmp_path):
+    """Orbax's BestN keeps the latest of a tie; the step training reports as best must survive."""
+    model = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
+    state = nnx.state(model)
+    iterator = iter(grain.MapDataset.range(10).to_iter_dataset())
+    ckpt = Checkpoints(tmp_path / "checkpoints", keep_latest=1, keep_best=1)
+    for step, auroc in ((1, 0.9), (2, 0.9), (3, 0.9), (4, 0.5)):
+        ckpt.save(step, state, iterator, {"step": step}, {"seed": 0}, {"tasks": ["pvf"]},
+                  {"val_auroc": auroc})
+    ckpt.wait()
+    assert ckpt.best_step() == 1
+    ckpt.close()
+    kept = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert kept == [1, 4]

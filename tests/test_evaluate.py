@@ -242,6 +242,20 @@ def test_calibration_matches_sklearn_and_scipy():
     assert fit["recalibration_intercept"] == pytest.approx(ref.intercept_[0], abs=1e-5)
     nll = lambda c: -np.sum(y * (c + logit(p)) - np.logaddexp(0, c + logit(p)))  # noqa: E731
     assert fit["intercept"] == pytest.approx(optimize.minimize_scalar(nll).x, abs=1e-5)
+    # Wald intervals: 1.96 standard errors from the curvature of the log-likelihood, here by
+    # central differences (independent of the Newton solver's Fisher information)
+    h = 1e-4
+    curvature = (nll(fit["intercept"] + h) - 2 * nll(fit["intercept"]) + nll(fit["intercept"] - h)) / h**2
+    lo, hi = fit["intercept_ci"]
+    assert (hi - lo) / 2 == pytest.approx(1.959964 / np.sqrt(curvature), rel=1e-4)
+    nll2 = lambda a, b: -np.sum(y * (a + b * logit(p)) - np.logaddexp(0, a + b * logit(p)))  # noqa: E731
+    a0, b0 = fit["recalibration_intercept"], fit["slope"]
+    hess = np.array([[nll2(a0 + h, b0) - 2 * nll2(a0, b0) + nll2(a0 - h, b0),
+                      (nll2(a0 + h, b0 + h) - nll2(a0 + h, b0 - h) - nll2(a0 - h, b0 + h) + nll2(a0 - h, b0 - h)) / 4],
+                     [0.0, nll2(a0, b0 + h) - 2 * nll2(a0, b0) + nll2(a0, b0 - h)]]) / h**2
+    hess[1, 0] = hess[0, 1]
+    lo, hi = fit["slope_ci"]
+    assert (hi - lo) / 2 == pytest.approx(1.959964 * np.sqrt(np.linalg.inv(hess)[1, 1]), rel=1e-3)
     bins = reliability_bins(y, p, n_bins=10)
     obs, pred = calibration_curve(y, p, n_bins=10, strategy="uniform")
     np.testing.assert_allclose([b["observed"] for b in bins], obs)

@@ -110,6 +110,35 @@ def test_lse_pooling_gradient_is_the_evidence_map_and_spans_mean_to_max():
     np.testing.assert_allclose(pool_evidence(s, "mean"), s.mean(axis=(1, 2)), rtol=1e-6)
 
 
+def test_max_pooling_teaches_only_the_strongest_cell_and_poolings_go_per_task():
+    s = jax.random.normal(jax.random.key(1), (2, 6, 5, 2))
+    z = pool_evidence(s, "max,mean")
+    np.testing.assert_allclose(z[:, 0], s[..., 0].max(axis=(1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(z[:, 1], s[..., 1].mean(axis=(1, 2)), rtol=1e-6)
+    grad = np.asarray(jax.grad(lambda x: pool_evidence(x, "max,mean")[:, 0].sum())(s))[..., 0]
+    for b in range(2):  # one-hot at the argmax: the multiple-instance rule
+        top = np.unravel_index(np.asarray(s[b, ..., 0]).argmax(), (6, 5))
+        assert grad[b][top] == 1.0 and np.count_nonzero(grad[b]) == 1
+    maps = np.asarray(evidence_map(s, "max,mean"))
+    np.testing.assert_allclose(maps[..., 0].sum(axis=(1, 2)), 1.0, rtol=1e-5)  # softmax share
+    np.testing.assert_allclose(maps[..., 1], np.maximum(np.asarray(s[..., 1]), 0))  # ReLU, as CAM
+    with pytest.raises(ValueError, match="one per task"):
+        pool_evidence(s, "max,mean,lse")
+
+
+def test_local_evidence_pyramid_without_the_head_features():
+    """Taps stage3 -> stage2 (stride 8): the map's cells see a few vertebrae; taps must go coarse to fine."""
+    model = VertexNet(variant="tiny", tasks=("pvf", "osteo"), head="evidence",
+                      evidence_taps=("stage3", "stage2"), pooling="max,mean", rngs=nnx.Rngs(0))
+    model.eval()
+    image = jax.random.uniform(jax.random.key(2), (2, 64, 32, 1))
+    maps, logits = make_saliency(model, model.tasks, "evidence")(image, jnp.ones((2, 3)), jnp.ones((2, 3)))
+    assert maps.shape == (2, 2, 8, 4) and logits.shape == (2, 2)
+    with pytest.raises(ValueError, match="coarse to fine"):
+        VertexNet(variant="tiny", tasks=("pvf",), head="evidence", evidence_taps=("stage2", "stage3"),
+                  rngs=nnx.Rngs(0))
+
+
 def test_evidence_model_trains_end_to_end_and_clinical_values_do_not_move_the_map():
     model = VertexNet(variant="tiny", tasks=("pvf", "osteo"), head="evidence", rngs=nnx.Rngs(0))
     image = jax.random.uniform(jax.random.key(1), (4, 64, 32, 1))
@@ -238,36 +267,28 @@ def test_randomised_model_gives_other_maps():
     assert loc.rank_correlation(np.arange(6.0), -np.arange(6.0)) == pytest.approx(-1.0)
 
 
-def test_evidence_head_trains_predicts_and_explains_itself(tmp_path):
-    """model.head=evidence through the entry point; predict --explain then uses its own map."""
+def test_evidence_head_model_predicts_and_explains_itself(tmp_path, capsys):
+    """A model.head=evidence checkpoint (the training code's own writer) through predict
+    --explain on synthetic radiographs with vertebra boxes: it uses its own map."""
     import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
 
     import pandas as pd
 
-    repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "2"}
+    from checkpoints import write_checkpoint
+    from vertex_jax.predict.__main__ import main as predict_main
+    from vertex_jax.synthetic.cohort import generate_cohort
 
-    def run(*args):
-        proc = subprocess.run([sys.executable, "-m", *map(str, args)], cwd=repo, env=env,
-                              capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        return proc
-
-    run("vertex_jax.main", "--config=configs/xray.py:tiny", f"--workdir={tmp_path / 'run'}",
-        "--config.model.head=evidence", "--config.max_steps=2")
-    (cohort,) = (tmp_path / "run" / "data").glob("synthetic-xray-*")
-    manifest = pd.read_csv(cohort / "manifest.csv", dtype=str, keep_default_na=False)
-    fractured = manifest[manifest["pvf"] == "1"].head(4)
+    run = write_checkpoint(tmp_path / "run", head="evidence")
+    manifest = pd.read_csv(generate_cohort(tmp_path / "cohort", num_patients=12, scale=0.1, seed=3,
+                                           workers=1, formats="png"), dtype=str, keep_default_na=False)
+    fractured = manifest[manifest["pvf"] == "1"].head(3)
     assert len(fractured) >= 1
-    fractured.to_csv(cohort / "fractured.csv", index=False)
-    proc = run("vertex_jax.predict", "--checkpoint", tmp_path / "run", "--input",
-               cohort / "fractured.csv", "--out", tmp_path / "s.csv", "--explain",
-               tmp_path / "ex", "--annotations", cohort / "annotations.json", "--no-progress")
+    fractured.to_csv(tmp_path / "cohort" / "fractured.csv", index=False)
+    assert predict_main(["--checkpoint", str(run), "--input", str(tmp_path / "cohort" / "fractured.csv"),
+                         "--out", str(tmp_path / "s.csv"), "--explain", str(tmp_path / "ex"),
+                         "--annotations", str(tmp_path / "cohort" / "annotations.json"),
+                         "--no-progress"]) == 0
     summary = json.loads((tmp_path / "ex" / "localization.json").read_text())
     assert summary["method"] == "evidence" and summary["tasks"]["pvf"]["images"] == len(fractured)
-    assert "localisation of pvf (evidence" in proc.stdout
+    assert "localisation of pvf (evidence" in capsys.readouterr().out
     assert (tmp_path / "ex" / "review.html").exists()

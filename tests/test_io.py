@@ -15,14 +15,16 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, compress, set_pixel_data
 from pydicom.uid import (
     JPEG2000,
+    BasicTextSRStorage,
     ExplicitVRLittleEndian,
+    GrayscaleSoftcopyPresentationStateStorage,
     ImplicitVRLittleEndian,
     JPEGLSNearLossless,
     SecondaryCaptureImageStorage,
     generate_uid,
 )
 
-from vertex_jax.data.io import ImageReadError, LoadedImage, read_image
+from vertex_jax.data.io import ImageReadError, LoadedImage, NotAnImageError, is_dicom, read_image
 from vertex_jax.synthetic.dicom_write import COMPRESSIONS, write_dicom
 
 PYDICOM_FILES = Path(pydicom.data.__file__).parent / "test_files"  # shipped, never downloaded
@@ -327,19 +329,93 @@ def test_dispatch_uses_content_not_extension(tmp_path):
     assert read_image(PYDICOM_FILES / "MR_small.dcm").meta["format"] == "DICOM"  # its preamble is a TIFF header
 
 
-def test_dicom_without_preamble_needs_dcm_extension(tmp_path):
+def _without_preamble(path: Path, out: Path, *, implicit: bool) -> Path:
+    """``path`` saved again with no preamble and no file meta (ACR-NEMA-style, PACS/CD exports)."""
+    ds = pydicom.dcmread(path)
+    ds.preamble = None
+    del ds.file_meta
+    ds.save_as(out, implicit_vr=implicit, little_endian=True)
+    return out
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+@pytest.mark.parametrize("name", ["raw.dcm", "IM0001", "raw.bin", "1.2.840.113619.2.55.3.320"])
+def test_dicom_without_preamble_is_recognised_by_content(tmp_path, implicit, name):
+    pixels = _image(12)
+    write_dicom(tmp_path / "full.dcm", pixels, bits_stored=12)
+    raw = _without_preamble(tmp_path / "full.dcm", tmp_path / name, implicit=implicit)
+    assert raw.read_bytes()[:2] == b"\x08\x00"  # no preamble, no file meta: group 0008 first
+    assert is_dicom(raw)
+    image = read_image(raw)
+    assert np.array_equal(image.pixels, pixels)
+    assert image.meta["transfer_syntax"] == (ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian)
+
+
+def test_content_sniff_refuses_what_is_not_dicom(tmp_path):
+    cases = {"text": b"patient 7, lateral spine\n" * 4, "zeros": bytes(300),
+             "odd_length": b"\x08\x00\x05\x00CS\x03\x00ISO",  # DICOM lengths are even
+             "too_long": b"\x08\x00\x05\x00\x00\x10\x00\x00" + bytes(20)}  # longer than the file
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        assert not is_dicom(tmp_path / name), name
+        _assert_read_error(tmp_path / name, "unrecognised content")
+    png = tmp_path / "x.png"
+    cv2.imwrite(str(png), _image(8))
+    assert not is_dicom(png) and not is_dicom(tmp_path / "absent")
+    write_dicom(tmp_path / "with_preamble", _image(8), bits_stored=8)
+    assert is_dicom(tmp_path / "with_preamble")
+
+
+@pytest.mark.parametrize("name", ["DICOMDIR", "DICOMDIR-implicit", "DICOMDIR-bigEnd"])
+def test_dicomdir_is_not_an_image(name):
+    path = PYDICOM_FILES / "dicomdirtests" / name
+    error = _assert_read_error(path, "DICOMDIR")
+    assert isinstance(error, NotAnImageError)
+
+
+def test_objects_without_pixel_data_are_not_images_with_their_sop_class(tmp_path):
+    error = _assert_read_error(PYDICOM_FILES / "test-SR.dcm", "Comprehensive SR Storage")
+    assert isinstance(error, NotAnImageError) and error.reason.startswith("not an image")
+    for sop, name in [(GrayscaleSoftcopyPresentationStateStorage, "Grayscale Softcopy Presentation State"),
+                      (BasicTextSRStorage, "Basic Text SR Storage")]:
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.Modality = "PR"
+        path = _save_dataset(tmp_path / f"{name}.dcm", ds)
+        assert isinstance(_assert_read_error(path, name), NotAnImageError)
+    # An image SOP class without pixel data is a broken image, not "not an image".
+    write_dicom(tmp_path / "full.dcm", _image(12), bits_stored=12)
+    data = (tmp_path / "full.dcm").read_bytes()
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(data[:data.find(b"\xe0\x7f\x10\x00")])
+    error = _assert_read_error(cut, "no pixel data: the file ends before the Pixel Data element")
+    assert not isinstance(error, NotAnImageError)
+
+
+def test_short_pixel_data_is_explained_in_the_header_s_terms(tmp_path):
+    write_dicom(tmp_path / "full.dcm", _image(16, shape=(512, 512)), bits_stored=16)
+    ds = pydicom.dcmread(tmp_path / "full.dcm")
+    ds.PixelData = b""
+    empty = _save_dataset(tmp_path / "empty.dcm", ds)
+    _assert_read_error(empty, r": pixel data is 0 bytes, the header declares 512×512×16 bits \(524288 bytes\)$")
+    data = (tmp_path / "full.dcm").read_bytes()
+    (tmp_path / "cut.dcm").write_bytes(data[:-1000])
+    _assert_read_error(tmp_path / "cut.dcm", r"pixel data is 523288 bytes \(the file ends 1000 bytes early\)")
+
+
+def test_contradicted_uncompressed_transfer_syntax_is_inferred(tmp_path):
     pixels = _image(12)
     write_dicom(tmp_path / "full.dcm", pixels, bits_stored=12)
     ds = pydicom.dcmread(tmp_path / "full.dcm")
-    ds.preamble = None
-    del ds.file_meta
-    raw = tmp_path / "raw.dcm"
-    ds.save_as(raw, implicit_vr=True, little_endian=True)
-    assert raw.read_bytes()[:2] == b"\x08\x00"  # no preamble, no file meta
-    image = read_image(raw)
-    assert np.array_equal(image.pixels, pixels) and image.meta["transfer_syntax"] == ImplicitVRLittleEndian
-    renamed = raw.rename(tmp_path / "raw.bin")
-    _assert_read_error(renamed, "unrecognised content")
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian  # the data stay explicit VR
+    path = tmp_path / "swapped.dcm"
+    pydicom.dcmwrite(path, ds, implicit_vr=False, little_endian=True, force_encoding=True)
+    with pytest.warns(UserWarning, match="Expected implicit VR, but found explicit VR"):
+        image = read_image(path)
+    assert np.array_equal(image.pixels, pixels)
 
 
 # ---------------------------------------------------------------------- PNG/JPEG/TIFF

@@ -3,6 +3,7 @@ and its mapping, the run's evaluation report, and VFA fine-tuning from an X-ray 
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,17 +12,21 @@ import cv2
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+import pydicom
+import pydicom.data
 import pytest
 
 from vertex_jax.explain import localization as loc
 from vertex_jax.explain.overlay import overlay
 from vertex_jax.explain.saliency import make_saliency
+from vertex_jax.data.clinical import ClinicalStats
 from vertex_jax.data.io import read_image
 from vertex_jax.data.preprocess import Geometry, PreprocessConfig, preprocess
 from vertex_jax.inference import load_trained
 from vertex_jax.synthetic.dicom_write import write_dicom
 
 REPO = Path(__file__).resolve().parents[1]
+PYDICOM_FILES = Path(pydicom.data.__file__).parent / "test_files"  # shipped, never downloaded
 
 
 def run_module(module, *args, env=None):
@@ -89,23 +94,38 @@ def test_predict_folder_of_dicom_and_png_lists_bad_files(xray_run, tmp_path):
     cv2.imwrite(str(folder / "a.png"), image)
     write_dicom(folder / "sub" / "b.dcm", image, bits_stored=12, compression="jpegls")
     write_dicom(folder / "sub" / "noext", image, bits_stored=12, photometric="MONOCHROME1")
+    write_dicom(tmp_path / "plain.dcm", image, bits_stored=12)
+    _without_preamble(tmp_path / "plain.dcm", folder / "IM0001")  # no preamble, no suffix
+    write_dicom(folder / "a.dcm", image, bits_stored=12, patient_sex="F", patient_age_years=71)  # stem of a.png
     (folder / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"garbage" * 10)
     (folder / "fake.png").write_text("not an image")
     (folder / "notes.txt").write_text("ignored: not an image suffix")
+    shutil.copy(PYDICOM_FILES / "test-SR.dcm", folder / "report")  # DICOM by content, no image
+    shutil.copy(PYDICOM_FILES / "dicomdirtests" / "DICOMDIR", folder / "DICOMDIR")
     out = tmp_path / "scores.csv"
     proc = run_module("vertex_jax.predict", "--checkpoint", xray_run, "--input", folder,
-                      "--out", out, "--no-progress")
+                      "--out", out, "--no-progress", "--clinical-from-dicom")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    scores = pd.read_csv(out, keep_default_na=False)
-    assert sorted(scores["image_id"]) == ["a", "sub/b", "sub/noext"]
-    assert set(scores["clinical_missing"]) == {"age;sex;bmi"}
-    assert "3 image(s) lacked some clinical value" in proc.stdout
+    assert "WARNING" not in proc.stderr, proc.stderr  # no Orbax notices about read-only managers
+    scores = pd.read_csv(out, keep_default_na=False).set_index("image_id")
+    assert sorted(scores.index) == ["IM0001", "a.dcm", "a.png", "sub/b", "sub/noext"]
+    assert scores.loc["a.dcm", "clinical_source"] == "age=dicom;sex=dicom;bmi=missing"
+    assert (float(scores.loc["a.dcm", "age"]), scores.loc["a.dcm", "sex"]) == (71.0, "F")
+    assert scores.loc["a.dcm", "clinical_missing"] == "bmi"
+    assert "5 image(s) lacked some clinical value" in proc.stdout, proc.stdout
     bad = pd.read_csv(tmp_path / "scores_unreadable.csv")
-    assert sorted(bad["image_id"]) == ["broken", "fake"]
+    assert sorted(bad["image_id"]) == ["broken", "fake", "report"]
+    assert bad.set_index("image_id").loc["report", "kind"] == "not an image"
     assert bad["reason"].str.len().min() > 5
-    assert "2 unreadable file(s)" in proc.stdout
-    # The same image as PNG, as JPEG-LS DICOM and as MONOCHROME1 DICOM gives one score.
-    np.testing.assert_allclose(scores["pvf_prob"], scores["pvf_prob"].iloc[0], rtol=1e-5)
+    skipped = pd.read_csv(tmp_path / "scores_skipped.csv")
+    assert sorted(Path(p).name for p in skipped["path"]) == ["DICOMDIR", "notes.txt"]
+    assert ("10 file(s) looked at: 5 scored, 2 unreadable, 1 not an image, 2 skipped by extension"
+            in proc.stdout)
+    assert "2 unreadable file(s)" in proc.stdout and "Comprehensive SR Storage" in proc.stdout
+    # The same image as PNG, as JPEG-LS DICOM (with and without preamble) and as MONOCHROME1
+    # DICOM gives one score.
+    same = scores.loc[["a.png", "sub/b", "sub/noext", "IM0001"], "pvf_prob"]
+    np.testing.assert_allclose(same, same.iloc[0], rtol=1e-5)
 
 
 def test_predict_refuses_bad_arguments(xray_run, tmp_path):
@@ -220,6 +240,10 @@ def test_vfa_fine_tunes_from_the_xray_run(xray_run, tmp_path):
     card = json.loads((tmp_path / "model_card.json").read_text())
     assert card["domain"] == "vfa"
     xray, vfa = load_trained(xray_run), load_trained(tmp_path)
+    # calibrated on its own validation split (or not at all), never the X-ray calibration
+    assert xray.calibration is not None and xray.calibration.fitted_on["domain"] == "xray"
+    assert vfa.calibration is None or vfa.calibration.fitted_on["domain"] == "vfa"
+    assert "calibration: " in proc.stdout
     # The frozen stem kept the X-ray weights; a trained head moved away from them.
     np.testing.assert_array_equal(vfa.model.backbone.stem_conv.kernel[...],
                                   xray.model.backbone.stem_conv.kernel[...])
@@ -237,3 +261,89 @@ def test_synthetic_cohort_path_survives_the_config_json_round_trip():
     again = ConfigDict(json.loads(data.to_json()))
     assert synthetic_manifest_path(data, Path("d")) == synthetic_manifest_path(again, Path("d"))
     assert "grade_probs0.0_0.35_0.65" in str(synthetic_manifest_path(data, Path("d")))
+
+
+# ------------------------------------------------- every file accounted for (no model needed)
+
+
+def _without_preamble(path: Path, out: Path) -> Path:
+    """``path`` without the 128-byte preamble and file meta (as many PACS/CD exports are)."""
+    ds = pydicom.dcmread(path)
+    ds.preamble = None
+    del ds.file_meta
+    ds.save_as(out, implicit_vr=True, little_endian=True)
+    return out
+
+
+class _Constant:
+    """A backend that scores every image 0.5: enough to exercise reading and accounting."""
+
+    tasks, name, step, calibration = ("pvf",), "constant", 0, None
+    preprocess = PreprocessConfig(canvas=(32, 16))
+    stats = ClinicalStats((70.0, 0.5, 25.0), (10.0, 0.5, 4.0))
+
+    def score(self, image, clinical, mask):
+        return np.full((len(image), 1), 0.5, np.float32), np.zeros((len(image), 1), np.float32)
+
+
+def _hostile_folder(folder: Path) -> None:
+    (folder / "sub").mkdir(parents=True)
+    image = np.random.default_rng(1).integers(0, 4096, (60, 40), dtype=np.uint16)
+    cv2.imwrite(str(folder / "x.png"), image)
+    write_dicom(folder / "x.dcm", image, bits_stored=12, patient_sex="M", patient_age_years=64)
+    _without_preamble(folder / "x.dcm", folder / "sub" / "IM0001")
+    write_dicom(folder / "sub" / "1.2.840.113619.2.55.3.320", image, bits_stored=12)  # a UID as name
+    shutil.copy(PYDICOM_FILES / "test-SR.dcm", folder / "sub" / "SR0001")
+    shutil.copy(PYDICOM_FILES / "dicomdirtests" / "DICOMDIR", folder / "DICOMDIR")
+    for i in range(7):
+        (folder / f"cut{i}.png").write_bytes(cv2.imencode(".png", image)[1].tobytes()[:100 + i])
+    (folder / "README.txt").write_text("exported from PACS")
+    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+
+
+def test_folder_inputs_are_unique_and_dicom_by_content(tmp_path):
+    from vertex_jax.predict.inputs import collect_inputs, find_images
+
+    _hostile_folder(tmp_path / "in")
+    inputs = collect_inputs(tmp_path / "in", "xray")  # x.png and x.dcm no longer abort the run
+    ids = inputs.table["image_id"].tolist()
+    assert len(set(ids)) == len(ids) and {"x.png", "x.dcm", "sub/IM0001", "sub/1.2.840.113619.2.55.3",
+                                          "sub/SR0001", "cut0"} <= set(ids)
+    assert sorted(Path(p).name for p in inputs.skipped["path"]) == [".DS_Store", "DICOMDIR", "README.txt"]
+    assert "DICOMDIR" in inputs.skipped.set_index(inputs.skipped["path"].map(lambda p: Path(p).name)
+                                                  ).loc["DICOMDIR", "reason"]
+    assert len(find_images(tmp_path / "in")) == len(ids) == 12
+
+
+def test_summary_counts_add_up_and_lists_end_with_how_many_more(tmp_path, capfd):
+    from vertex_jax.predict.inputs import collect_inputs
+    from vertex_jax.predict.run import account, score_table
+
+    _hostile_folder(tmp_path / "in")
+    inputs = collect_inputs(tmp_path / "in", "xray", clinical_from_dicom=True)
+    scores, failures = score_table(inputs.table, _Constant(), batch=2, workers=2, progress=False)
+    assert capfd.readouterr().err == ""  # libpng's complaints went into the reasons
+    lines = account(tmp_path / "out.csv", len(scores), failures, inputs.skipped)
+    assert lines[0] == "15 file(s) looked at: 4 scored, 7 unreadable, 1 not an image, 3 skipped by extension"
+    text = "\n".join(lines)
+    assert "  … and 2 more (see " + str(tmp_path / "out_unreadable.csv") + ")" in text
+    assert "SR0001: not an image: a DICOM Comprehensive SR Storage object" in text
+    assert "PNG input buffer is incomplete" in text  # the decoder's own words, captured
+    listed = pd.read_csv(tmp_path / "out_unreadable.csv")
+    assert listed["kind"].value_counts().to_dict() == {"unreadable": 7, "not an image": 1}
+    assert len(pd.read_csv(tmp_path / "out_skipped.csv")) == 3
+    table = inputs.table.set_index("image_id")
+    assert table.loc["sub/IM0001", "clinical_source"] == "age=dicom;sex=dicom;bmi=missing"
+    assert (table.loc["sub/IM0001", "age"], table.loc["sub/IM0001", "sex"]) == (64.0, 0.0)  # M = 0.0
+    assert table.loc["x.png", "clinical_source"] == "age=missing;sex=missing;bmi=missing"
+
+
+def test_csv_values_win_over_the_header(tmp_path):
+    from vertex_jax.predict.inputs import load_inputs
+
+    write_dicom(tmp_path / "a.dcm", np.zeros((16, 16), np.uint8), bits_stored=8, patient_sex="F",
+                patient_age_years=70)
+    pd.DataFrame({"path": ["a.dcm"], "age": ["55"], "sex": [""]}).to_csv(tmp_path / "in.csv", index=False)
+    row = load_inputs(tmp_path / "in.csv", "xray", clinical_from_dicom=True).iloc[0]
+    assert (row["age"], row["sex"], row["clinical_source"]) == (55.0, 1.0, "age=csv;sex=dicom;bmi=missing")
+    assert np.isnan(load_inputs(tmp_path / "in.csv", "xray").iloc[0]["sex"])  # only on request

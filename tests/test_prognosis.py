@@ -467,3 +467,16 @@ def test_load_cohort_complete_case(tmp_path):
     assert cohort.counts["missing_pvf_prob"] == 2
     assert any(n.startswith("complete-case analysis") for n in cohort.notes)
     assert not cohort.frame[list(cohort.covariates) + list(cohort.scores)].isna().any().any()
+
+
+def test_cohort_says_whether_the_probabilities_are_calibrated(tmp_path):
+    scores, followup = _synthetic(60, seed=3)
+    followup.to_csv(tmp_path / "f.csv", index=False)
+    for column, expected in [(None, "calibration of the scores unknown"),
+                             ("none", "warning: the scores come from an uncalibrated model"),
+                             ("temperature", "probabilities calibrated on the model's validation split "
+                                             "(temperature)")]:
+        table = scores if column is None else scores.assign(calibration=column)
+        table.to_csv(tmp_path / "s.csv", index=False)
+        notes = load_cohort([tmp_path / "s.csv"], tmp_path / "f.csv").notes
+        assert any(n.startswith(expected) for n in notes), notes

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vertex_jax.runs import restore_arrays
+from vertex_jax.runs import read_json_item, restore_arrays
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,6 +100,12 @@ def test_run_trains_logs_and_summarises(baseline):
         assert (workdir / name).exists(), name
     assert list((workdir / "tensorboard").iterdir())
     assert steps(workdir)[-1] == 6
+    # calibrated on the best checkpoint's validation outputs, stored in that step's card
+    summary = json.loads((workdir / "summary.json").read_text())
+    fitted = summary["calibration"]["fitted_on"]
+    assert fitted == {"method": "temperature", "split": "val", "domain": "xray", "step": summary["best_step"]}
+    card = read_json_item(workdir / "checkpoints" / str(summary["best_step"]), "card")
+    assert card["calibration"] == summary["calibration"] and "calibration: pvf: temperature" in out
 
 
 def test_interrupted_and_resumed_run_is_bit_identical(shared, baseline, tmp_path):

@@ -3,7 +3,8 @@
 ``load_trained(path)`` accepts a run's workdir, its ``checkpoints`` directory or one step
 directory (a workdir or checkpoints directory gives the best step, else the latest). The
 step's ``card`` item carries everything inference needs besides the arrays, so a copied
-step directory is enough.
+step directory is enough; it also holds the calibration fitted on the validation split
+(:mod:`vertex_jax.calibrate`), which the scorer applies.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ml_collections import ConfigDict
 
 from vertex_jax import mesh as meshlib
 from vertex_jax import runs
+from vertex_jax.calibrate import Calibration
 from vertex_jax.data.clinical import ClinicalStats
 from vertex_jax.data.preprocess import PreprocessConfig
 from vertex_jax.models.build import build_model
@@ -43,10 +45,16 @@ class TrainedModel:
     def name(self) -> str:
         return str(self.checkpoint)
 
+    @property
+    def calibration(self) -> Calibration | None:
+        """The calibration stored in the card, or None (probabilities are then the sigmoid)."""
+        return Calibration.from_card(self.card)
+
     def scorer(self, mesh: jax.sharding.Mesh | None = None
                ) -> Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
         """Batched scoring on every device of ``mesh`` (default: all): host arrays in,
-        (probabilities, logits) [n, tasks] out; pads to whole device batches itself."""
+        (probabilities, logits) [n, tasks] out, the probabilities calibrated when the model
+        has a calibration; pads to whole device batches itself."""
         mesh = mesh or meshlib.make_mesh()
         graphdef, state = nnx.split(self.model)
         state = jax.device_put(state, meshlib.replicated(mesh))
@@ -54,6 +62,7 @@ class TrainedModel:
                        in_shardings=(meshlib.replicated(mesh),) + (meshlib.batch_sharded(mesh),) * 3,
                        out_shardings=meshlib.replicated(mesh))
         devices = mesh.size
+        calibration = self.calibration
 
         def score(image: np.ndarray, clinical: np.ndarray, mask: np.ndarray):
             n = len(image)
@@ -61,6 +70,8 @@ class TrainedModel:
             arrays = [np.concatenate([a, np.zeros((pad, *a.shape[1:]), a.dtype)]) if pad else a
                       for a in (image, clinical, mask)]
             logits = np.asarray(step(state, *arrays))[:n]
+            if calibration is not None:
+                return calibration.probabilities(logits, self.tasks).astype(np.float32), logits
             return 1.0 / (1.0 + np.exp(-logits)), logits
 
         return score

@@ -9,6 +9,7 @@ or nothing on SLURM/Kubernetes (auto-detected).
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from vertex_jax.cli import user_errors
 from vertex_jax.train.loop import train_and_evaluate
 from vertex_jax.mesh import initialize_distributed
 
@@ -28,4 +29,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(user_errors(main))

@@ -17,16 +17,36 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 DATA = "data"
 
 
+HEARTBEAT_ENV = "VERTEX_HEARTBEAT_TIMEOUT_S"
+SHUTDOWN_ENV = "VERTEX_SHUTDOWN_TIMEOUT_S"
+
+
+def peer_timeouts() -> dict[str, int]:
+    """``jax.distributed.initialize`` timeouts for a lost process, from the environment.
+
+    ``VERTEX_HEARTBEAT_TIMEOUT_S`` (default 100, JAX's): a process silent that long is
+    declared dead by the coordinator (process 0), and JAX then terminates every other
+    process (abort, exit status -6, "the JAX distributed service detected fatal errors").
+    A collective with the dead peer usually fails sooner (connection reset), but process 0
+    still waits for the dead one at exit, so it stops within about this timeout either way.
+    ``VERTEX_SHUTDOWN_TIMEOUT_S`` (default 300, JAX's): how long an exiting process waits
+    for the others to exit too. Checkpoints already saved are intact; re-run to resume.
+    """
+    return {"heartbeat_timeout_seconds": int(os.environ.get(HEARTBEAT_ENV, 100)),
+            "shutdown_timeout_seconds": int(os.environ.get(SHUTDOWN_ENV, 300))}
+
+
 def initialize_distributed(coordinator: str = "", num_processes: int = 0, process_id: int = -1) -> None:
     """Join a multi-process run: explicit flags, else auto-detection (SLURM, Kubernetes...).
 
-    A single process with nothing configured does nothing.
+    A single process with nothing configured does nothing. See :func:`peer_timeouts` for
+    how soon the others stop when one process dies.
     """
     if coordinator:
-        jax.distributed.initialize(coordinator, num_processes, process_id)
+        jax.distributed.initialize(coordinator, num_processes, process_id, **peer_timeouts())
     elif any(k in os.environ for k in ("SLURM_JOB_ID", "JAX_COORDINATOR_ADDRESS")) and int(
             os.environ.get("SLURM_NTASKS", os.environ.get("JAX_NUM_PROCESSES", "1"))) > 1:
-        jax.distributed.initialize()  # cluster auto-detection
+        jax.distributed.initialize(**peer_timeouts())  # cluster auto-detection
     else:
         return
     logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),

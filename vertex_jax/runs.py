@@ -3,7 +3,7 @@
     <workdir>/
       config.json           the run's configuration, written when training starts
       splits.csv            the patient-level splits it drew (or reused)
-      model_card.json       tasks, clinical statistics, preprocessing (also in every step)
+      model_card.json       tasks, clinical statistics, preprocessing, calibration (also in every step)
       summary.json          how the run ended and its best checkpoint
       checkpoints/<step>/   one Orbax step directory per save, with the items
                               state     model + optimizer arrays
@@ -21,8 +21,11 @@ both take the **earliest** step with the highest validation metric.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -45,6 +48,7 @@ CHECKPOINTS = "checkpoints"
 EVALUATION = "evaluation"
 STATE = "state"          # the arrays item of a step directory
 METRIC = "val_auroc"     # the validation metric saved with each step and ranked
+JSON_ITEM_FILE = "metadata"  # the file name JsonCheckpointHandler gives a JSON item
 
 
 def checkpoints_dir(workdir: str | Path) -> Path:
@@ -128,6 +132,26 @@ def best_step(manager: ocp.CheckpointManager) -> int | None:
     return manager.latest_step() if best is None else best
 
 
+# Orbax's notices when a finished run is opened read-only: how it is opened, not a problem.
+_READ_NOTICES = re.compile(r"read_only=True|read only|Metadata file does not exist")
+
+
+def _no_read_notices(record: logging.LogRecord) -> bool:
+    return not (record.levelno == logging.WARNING and _READ_NOTICES.search(record.getMessage()))
+
+
+@contextlib.contextmanager
+def _quiet_read():
+    """Drop Orbax's read-only notices (absl WARNING lines) while a run is read."""
+    logger = logging.getLogger("absl")
+    logger.addFilter(_no_read_notices)
+    try:
+        yield
+    finally:
+        logger.removeFilter(_no_read_notices)
+
+
+@_quiet_read()
 def resolve_step_dir(path: str | Path) -> Path:
     """Step directory from a step dir, a checkpoints dir or a workdir (best, else latest)."""
     path = Path(path)
@@ -144,6 +168,7 @@ def resolve_step_dir(path: str | Path) -> Path:
     return path.absolute() / str(step)
 
 
+@_quiet_read()
 def read_json_item(step_dir: str | Path, item: str) -> dict:
     """A JSON item (``config``, ``card``, ``progress``) of a checkpoint step."""
     step_dir = Path(step_dir)
@@ -152,6 +177,18 @@ def read_json_item(step_dir: str | Path, item: str) -> dict:
     return ocp.JsonCheckpointHandler().restore(step_dir / item)
 
 
+def write_json_item(step_dir: str | Path, item: str, value: dict) -> None:
+    """Replace a JSON item of a finished step atomically (the arrays are not touched): the
+    file Orbax's ``JsonCheckpointHandler`` wrote, ``<step>/<item>/metadata``."""
+    from vertex_jax.files import write_text
+
+    path = Path(step_dir) / item / JSON_ITEM_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; is {step_dir} a finished vertex_jax checkpoint?")
+    write_text(path, json.dumps(value))
+
+
+@_quiet_read()
 def restore_arrays(item_dir: str | Path) -> Any:
     """A saved pytree item as host arrays, whatever devices it was saved from."""
     checkpointer = ocp.StandardCheckpointer()

@@ -37,7 +37,7 @@ DOMAINS = ("xray", "vfa")
 SPLITS = ("train", "val", "test", "finetune")
 _SEX = {"f": 1.0, "female": 1.0, "1": 1.0, "m": 0.0, "male": 0.0, "0": 0.0}
 _LABEL = {"1": 1.0, "0": 0.0, "1.0": 1.0, "0.0": 0.0, "true": 1.0, "false": 0.0}
-_RANGES = {"age": (0.0, 120.0), "bmi": (8.0, 80.0)}
+RANGES = {"age": (0.0, 120.0), "bmi": (8.0, 80.0)}  # plausible values; outside = a problem
 
 
 class ManifestError(ProblemsError):
@@ -67,7 +67,7 @@ def _numeric(col: pd.Series, name: str, problems: list[str]) -> pd.Series:
     values = pd.to_numeric(text.where(~blank), errors="coerce")
     if (bad := ~blank & values.isna()).any():
         problems.append(f"column '{name}': not a number at line(s) {_rows(bad)}")
-    lo, hi = _RANGES[name]
+    lo, hi = RANGES[name]
     if (out := values.notna() & ((values < lo) | (values > hi))).any():
         problems.append(f"column '{name}': outside [{lo:g}, {hi:g}] at line(s) {_rows(out)}")
         values = values.where(~out)
@@ -78,43 +78,49 @@ def validate(df: pd.DataFrame, root: str | os.PathLike, source: str = "manifest"
              check_files: bool = True) -> pd.DataFrame:
     """Check and normalise a manifest table; raise :class:`ManifestError` listing all problems.
 
+    Every check that can run does, also when columns are missing (those are listed first).
     Returns a copy with labels and clinical values as float (NaN = missing), ``sex`` as
     1.0 female / 0.0 male, and ``path`` made absolute.
     """
-    problems: list[str] = []
     missing = [c for c in REQUIRED if c not in df.columns]
-    if missing:
-        raise ManifestError(source, [f"missing column(s): {', '.join(missing)}"])
+    problems = [f"missing column(s): {', '.join(missing)}"] if missing else []
     out = df.copy()
+    has = set(out.columns)
     for key in ("image_id", "patient_id", "path"):
+        if key not in has:
+            continue
         text = out[key].astype("string").str.strip()
         if (empty := text.isna() | (text == "")).any():
             problems.append(f"column '{key}': empty at line(s) {_rows(empty)}")
         out[key] = text
-    if (dup := out["image_id"].duplicated(keep=False) & out["image_id"].notna()).any():
+    if "image_id" in has and (dup := out["image_id"].duplicated(keep=False) & out["image_id"].notna()).any():
         problems.append(f"duplicate image_id {sorted(set(out['image_id'][dup]))[:5]} "
                         f"at line(s) {_rows(dup)}")
-    domain = out["domain"].astype("string").str.strip().str.lower()
-    if (bad := ~domain.isin(DOMAINS)).any():
-        problems.append(f"column 'domain': expected one of {DOMAINS} at line(s) {_rows(bad)}")
-    out["domain"] = domain
-    for task in TASKS:
+    if "domain" in has:
+        domain = out["domain"].astype("string").str.strip().str.lower()
+        if (bad := ~domain.isin(DOMAINS)).any():
+            problems.append(f"column 'domain': expected one of {DOMAINS} at line(s) {_rows(bad)}")
+        out["domain"] = domain
+    for task in (t for t in TASKS if t in has):
         out[task] = _parse(out[task], _LABEL, task, problems)
-    out["sex"] = _parse(out["sex"], _SEX, "sex", problems)
-    for name in ("age", "bmi"):
+    if "sex" in has:
+        out["sex"] = _parse(out["sex"], _SEX, "sex", problems)
+    for name in (n for n in ("age", "bmi") if n in has):
         out[name] = _numeric(out[name], name, problems)
-    if "split" in out.columns:
+    if "split" in has:
         split = out["split"].astype("string").str.strip().str.lower()
         if (bad := split.notna() & (split != "") & ~split.isin(SPLITS)).any():
             problems.append(f"column 'split': expected one of {SPLITS} at line(s) {_rows(bad)}")
         out["split"] = split
-        mixed = out.groupby("patient_id")["split"].nunique(dropna=True) > 1
+        mixed = (out.groupby("patient_id")["split"].nunique(dropna=True) > 1 if "patient_id" in has
+                 else pd.Series(dtype=bool))
         if mixed.any():
             problems.append(f"patient(s) {list(mixed[mixed].index[:5])} appear in more than one split")
     root = Path(root)
-    out["path"] = [str(p if Path(p).is_absolute() else root / p) if isinstance(p, str) else p
-                   for p in out["path"]]
-    if check_files:
+    if "path" in has:
+        out["path"] = [str(p if Path(p).is_absolute() else root / p) if isinstance(p, str) else p
+                       for p in out["path"]]
+    if check_files and "path" in has:
         absent = out["path"].map(lambda p: isinstance(p, str) and not os.path.isfile(p))
         if absent.any():
             names = [Path(p).name for p in out["path"][absent][:5]]
@@ -124,11 +130,25 @@ def validate(df: pd.DataFrame, root: str | os.PathLike, source: str = "manifest"
     return out.reset_index(drop=True)
 
 
-def load_manifest(path: str | os.PathLike, check_files: bool = True) -> pd.DataFrame:
-    """Read and validate a manifest CSV (relative image paths resolve against its folder)."""
-    path = Path(path)
+def read_csv(path: str | os.PathLike) -> pd.DataFrame:
+    """A CSV as text (blank = ""); :class:`ManifestError` when it cannot be read."""
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise ManifestError(str(path), [f"cannot read CSV: {e}"]) from e
+
+
+def load_manifest(path: str | os.PathLike, check_files: bool = True,
+                  clinical_from_dicom: bool = False) -> pd.DataFrame:
+    """Read and validate a manifest CSV (relative image paths resolve against its folder).
+
+    With ``clinical_from_dicom`` blank age/sex/bmi are first filled from the DICOM headers
+    (:func:`vertex_jax.data.dicom_clinical.fill_from_headers`; the CSV wins).
+    """
+    path = Path(path)
+    df = read_csv(path)
+    if clinical_from_dicom and "path" in df.columns:
+        from vertex_jax.data.dicom_clinical import fill_from_headers  # it imports this module
+
+        df = fill_from_headers(df, path.parent)
     return validate(df, path.parent, source=str(path), check_files=check_files)

@@ -30,7 +30,7 @@ from absl import flags
 import numpy as np
 import pandas as pd
 
-from vertex_jax.data.cache import Cache
+from vertex_jax.data.cache import Cache, CacheDamagedError
 from vertex_jax.data.clinical import ClinicalStats
 
 
@@ -42,9 +42,26 @@ class CacheSource(grain.sources.RandomAccessDataSource):
 
     def __init__(self, cache: Cache, records: np.ndarray, tables: dict[str, np.ndarray]):
         self._shape, self._dtype = cache.shape, np.dtype(cache.config.out_dtype)
-        self._source = grain.sources.ArrayRecordDataSource(cache.shard_paths)
+        self._cache = cache
+        try:
+            self._source = grain.sources.ArrayRecordDataSource(cache.shard_paths)
+        except Exception:  # noqa: BLE001 - a shard whose footer cannot be read: say which
+            for path in cache.shard_paths:
+                try:
+                    grain.sources.ArrayRecordDataSource([path])
+                except Exception as e:  # noqa: BLE001
+                    raise CacheDamagedError(path, f"{type(e).__name__}: {e}") from e
+            raise
         self._records = records
         self._tables = tables
+
+    def _read(self, record: int) -> bytes:
+        """One record; a read error names the damaged shard (:class:`CacheDamagedError`)."""
+        try:
+            return self._source[record]
+        except Exception as e:  # noqa: BLE001 - Riegeli reports damage as RuntimeError
+            raise CacheDamagedError(self._cache.shard_of(record),
+                                    f"record {record}: {type(e).__name__}: {e}") from e
 
     def __len__(self) -> int:
         return len(self._records)
@@ -53,7 +70,7 @@ class CacheSource(grain.sources.RandomAccessDataSource):
         record = int(self._records[i])
         valid = record >= 0
         if valid:
-            image = np.frombuffer(self._source[record], self._dtype).reshape(*self._shape, 1)
+            image = np.frombuffer(self._read(record), self._dtype).reshape(*self._shape, 1)
         else:
             image = np.zeros((*self._shape, 1), self._dtype)
         example = {k: v[i] for k, v in self._tables.items()}

@@ -96,7 +96,7 @@ def prepare(data: Any, workdir: str | Path, *, tasks: tuple[str, ...],
         ensure_synthetic(data, data_dir)
     barrier("data:manifest")
     manifest = Path(data.manifest) if data.manifest else synthetic_manifest_path(data, data_dir)
-    frame = load_manifest(manifest)
+    frame = load_manifest(manifest, clinical_from_dicom=data.get("clinical_from_dicom", False))
     frame = frame[frame["domain"] == data.domain].reset_index(drop=True)
     if frame.empty:
         raise ValueError(f"{manifest}: no rows with domain {data.domain!r}")

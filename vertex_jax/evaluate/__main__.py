@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from vertex_jax.cli import user_errors
 from vertex_jax.evaluate.report import build_report, format_summary
 from vertex_jax.evaluate.table import ScoresError, read_scores
 
@@ -101,4 +102,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(user_errors(main)())

@@ -1,4 +1,4 @@
-"""Calibration: Brier score, logistic recalibration, reliability bins.
+"""Calibration: Brier score, logistic recalibration, expected calibration error, reliability bins.
 
 Definitions (x = logit(p), p clipped to [1e-6, 1 - 1e-6]):
 
@@ -9,6 +9,10 @@ Definitions (x = logit(p), p clipped to [1e-6, 1 - 1e-6]):
 
 Both are unpenalised maximum-likelihood fits (Newton-Raphson). They do not exist when the
 data has one class (intercepts) or when the predictions separate the classes (slope).
+
+Expected calibration error: sum over the equal-width bins of the reliability diagram of
+(n_b / N) * |mean predicted_b - observed_b|, with a percentile bootstrap interval (cases
+resampled with replacement; the bins stay fixed).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit, logit
 
-from vertex_jax.evaluate.intervals import LEVEL, wilson
+from vertex_jax.evaluate.intervals import LEVEL, percentile_interval, resample_counts, wilson, z_value
 
 EPS = 1e-6
 
@@ -26,9 +30,10 @@ def brier(y: np.ndarray, p: np.ndarray) -> float:
     return float(np.mean((np.asarray(p, float) - np.asarray(y, float)) ** 2))
 
 
-def _fit_logistic(X: np.ndarray, y: np.ndarray, offset: np.ndarray,
-                  max_iter: int = 100, tol: float = 1e-10) -> np.ndarray | None:
-    """Unpenalised logistic regression coefficients by Newton-Raphson; None if no convergence."""
+def _fit_logistic(X: np.ndarray, y: np.ndarray, offset: np.ndarray, max_iter: int = 100,
+                  tol: float = 1e-10) -> tuple[np.ndarray, np.ndarray] | None:
+    """Unpenalised logistic regression by Newton-Raphson: (coefficients, their covariance,
+    the inverse Fisher information); None if it does not converge."""
     beta = np.zeros(X.shape[1])
     for _ in range(max_iter):
         mu = expit(X @ beta + offset)
@@ -39,12 +44,19 @@ def _fit_logistic(X: np.ndarray, y: np.ndarray, offset: np.ndarray,
             return None
         beta += step
         if np.max(np.abs(step)) < tol * (1 + np.max(np.abs(beta))):
-            return beta
+            mu = expit(X @ beta + offset)
+            return beta, np.linalg.inv(X.T @ (X * (mu * (1 - mu))[:, None]))
     return None
 
 
-def recalibration(y: np.ndarray, p: np.ndarray) -> dict:
-    """Calibration slope, recalibration intercept and calibration intercept (see module doc)."""
+def _wald(value: float, variance: float, level: float) -> list[float]:
+    half = z_value(level) * float(np.sqrt(variance))
+    return [value - half, value + half]
+
+
+def recalibration(y: np.ndarray, p: np.ndarray, level: float = LEVEL) -> dict:
+    """Calibration slope, recalibration intercept and calibration intercept (see module doc),
+    the slope and the calibration intercept with Wald confidence intervals."""
     y = np.asarray(y, float)
     x = logit(np.clip(np.asarray(p, float), EPS, 1 - EPS))
     if y.min() == y.max():
@@ -52,7 +64,9 @@ def recalibration(y: np.ndarray, p: np.ndarray) -> dict:
                 "reason": "only one class: undefined"}
     ones = np.ones((y.size, 1))
     citl = _fit_logistic(ones, y, x)
-    out: dict = {"intercept": None if citl is None else float(citl[0])}
+    out: dict = {"intercept": None if citl is None else float(citl[0][0])}
+    if citl is not None:
+        out["intercept_ci"] = _wald(out["intercept"], citl[1][0, 0], level)
     pos, neg = x[y == 1], x[y == 0]
     if pos.min() >= neg.max() or neg.min() >= pos.max():
         out.update(slope=None, recalibration_intercept=None,
@@ -62,7 +76,9 @@ def recalibration(y: np.ndarray, p: np.ndarray) -> dict:
     if fit is None:
         out.update(slope=None, recalibration_intercept=None, reason="logistic fit did not converge")
     else:
-        out.update(slope=float(fit[1]), recalibration_intercept=float(fit[0]))
+        beta, cov = fit
+        out.update(slope=float(beta[1]), slope_ci=_wald(float(beta[1]), cov[1, 1], level),
+                   recalibration_intercept=float(beta[0]))
     return out
 
 
@@ -71,7 +87,7 @@ def reliability_bins(y: np.ndarray, p: np.ndarray, n_bins: int = 10, level: floa
     as ``sklearn.calibration.calibration_curve(strategy="uniform")``; empty bins are left out."""
     y, p = np.asarray(y, float), np.asarray(p, float)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    ids = np.searchsorted(edges[1:-1], p)
+    ids = _bin_ids(p, n_bins)
     bins = []
     for i in range(n_bins):
         m = ids == i
@@ -84,7 +100,30 @@ def reliability_bins(y: np.ndarray, p: np.ndarray, n_bins: int = 10, level: floa
     return bins
 
 
-def calibration_summary(y: np.ndarray, p: np.ndarray, n_bins: int = 10, level: float = LEVEL) -> dict:
-    """Brier score, mean predicted vs observed risk, recalibration fit and reliability bins."""
+def _bin_ids(p: np.ndarray, n_bins: int) -> np.ndarray:
+    return np.searchsorted(np.linspace(0.0, 1.0, n_bins + 1)[1:-1], p)
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, n_bins: int = 10, *, n_boot: int = 0,
+                               rng: np.random.Generator | None = None, level: float = LEVEL) -> dict:
+    """ECE over ``n_bins`` equal-width bins, with a bootstrap interval when ``n_boot`` > 0."""
+    y, p = np.asarray(y, float), np.asarray(p, float)
+    onehot = np.eye(n_bins)[_bin_ids(p, n_bins)]  # [n, bins]
+    gap = onehot * (p - y)[:, None]  # a case's contribution to its bin's sum of p - y
+    value = float(np.abs(gap.sum(axis=0)).sum() / y.size)
+    out: dict = {"value": value, "bins": n_bins}
+    if n_boot and y.size:
+        rng = rng or np.random.default_rng(0)
+        reps = [np.abs(w @ gap).sum(axis=1) / y.size
+                for w in (resample_counts(y.size, min(256, n_boot - s), rng) for s in range(0, n_boot, 256))]
+        out["ci"] = percentile_interval(np.concatenate(reps), level)
+    return out
+
+
+def calibration_summary(y: np.ndarray, p: np.ndarray, n_bins: int = 10, level: float = LEVEL, *,
+                        n_boot: int = 0, rng: np.random.Generator | None = None) -> dict:
+    """Brier score, mean predicted vs observed risk, recalibration fit, ECE and reliability bins."""
     return {"brier": brier(y, p), "mean_predicted": float(np.mean(p)), "observed": float(np.mean(y)),
-            **recalibration(y, p), "bins": reliability_bins(y, p, n_bins, level)}
+            **recalibration(y, p, level), "ece": expected_calibration_error(y, p, n_bins, n_boot=n_boot, rng=rng,
+                                                                      level=level),
+            "bins": reliability_bins(y, p, n_bins, level)}

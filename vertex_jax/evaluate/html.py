@@ -23,7 +23,10 @@ sensitivity &ge; 0.90; specificity_90: lowest threshold with specificity &ge; 0.
 to the evaluated split. Sensitivity, specificity, PPV, NPV: Wilson score 95% CI; F1: bootstrap 95% CI.
 Calibration: Brier score; slope b from logit P(y=1) = a + b&middot;logit(p); calibration intercept
 (calibration-in-the-large) c from logit P(y=1) = c + logit(p) (slope fixed at 1; ideal 0, &gt; 0 means
-risks are underestimated). Comparison: difference of AUROCs (A - B) on the same cases, paired DeLong test
+risks are underestimated), both with Wald 95% CIs; expected calibration error (ECE): sum over the reliability bins of
+(n_b/N)&middot;|mean p_b - observed_b|, bootstrap 95% CI. For a calibrated model (vertex_jax.calibrate, fitted
+on the validation split) the probabilities and thresholds are the calibrated ones, and the raw scores are
+shown beside them. Comparison: difference of AUROCs (A - B) on the same cases, paired DeLong test
 and paired bootstrap (same resamples for both models; p from the bootstrap standard error).</p>"""
 
 
@@ -33,6 +36,13 @@ def _f(x, digits: int = 3) -> str:
 
 def _ci(ci, digits: int = 3) -> str:
     return "&ndash;" if not ci else f"{ci[0]:.{digits}f}&ndash;{ci[1]:.{digits}f}"
+
+
+def _with_ci(cal: Mapping, key: str) -> str:
+    if cal.get(key) is None:
+        return "&ndash;"
+    ci = cal.get(f"{key}_ci")
+    return f"{cal[key]:.2f}" + (f" ({ci[0]:.2f} to {ci[1]:.2f})" if ci else "")
 
 
 def _value_ci(d: Mapping | None) -> str:
@@ -61,16 +71,22 @@ def _summary_row(label: str, g: Mapping) -> list[str]:
     a, cal = g.get("auroc") or {}, g.get("calibration") or {}
     return [escape(label), str(g["n"]), str(g["positives"]), _f(a.get("value")),
             _ci((a.get("delong") or {}).get("ci")), _ci((a.get("bootstrap") or {}).get("ci")),
-            _f(cal.get("brier")), _f(cal.get("slope"), 2), _f(cal.get("intercept"), 2),
-            _f(cal.get("mean_predicted")), _f(cal.get("observed")), _why(g)]
+            _f(cal.get("brier")), _with_ci(cal, "slope"), _with_ci(cal, "intercept"),
+            _value_ci(cal.get("ece")), _f(cal.get("mean_predicted")), _f(cal.get("observed")), _why(g)]
 
 
 def _task_section(task: str, report: Mapping, images: Mapping[str, bytes]) -> str:
     models = {label: m["tasks"][task] for label, m in report["models"].items() if task in m["tasks"]}
     parts = [f"<h2>{escape(task)}</h2>"]
     head = ["model", "n", "positive", "AUROC", "DeLong 95% CI", "bootstrap 95% CI", "Brier", "slope",
-            "intercept", "mean p", "observed", "notes"]
-    parts.append(_table(head, [_summary_row(label, r["overall"]) for label, r in models.items()]))
+            "intercept", "ECE (95% CI)", "mean p", "observed", "notes"]
+    rows = []
+    for label, r in models.items():
+        rows.append(_summary_row(label, r["overall"]))
+        if r.get("raw"):  # the same model before calibration
+            rows.append(_summary_row(f"{label}, raw (uncalibrated)", {**r["overall"], "notes": [],
+                                                                     **{k: r["raw"][k] for k in ("auroc", "calibration")}}))
+    parts.append(_table(head, rows))
     thr_rows = []
     for label, r in models.items():
         for name in OPERATING_POINTS:

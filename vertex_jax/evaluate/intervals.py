@@ -44,10 +44,10 @@ def stratified_weights(n_pos: int, n_neg: int, n_boot: int, rng: np.random.Gener
     """Yield (w_pos (b, n_pos), w_neg (b, n_neg)) resampling counts, b <= chunk, n_boot rows in all."""
     for start in range(0, n_boot, chunk):
         b = min(chunk, n_boot - start)
-        yield _counts(n_pos, b, rng), _counts(n_neg, b, rng)
+        yield resample_counts(n_pos, b, rng), resample_counts(n_neg, b, rng)
 
 
-def _counts(n: int, b: int, rng: np.random.Generator) -> np.ndarray:
+def resample_counts(n: int, b: int, rng: np.random.Generator) -> np.ndarray:
     """How often each of n cases is drawn in b resamples of n draws with replacement -> (b, n)."""
     draws = rng.integers(0, n, size=(b, n)) + np.arange(b)[:, None] * n if n else np.zeros((b, 0), np.int64)
     return np.bincount(draws.ravel(), minlength=b * n).reshape(b, n)

@@ -40,7 +40,8 @@ def evaluate_group(y: np.ndarray, p: np.ndarray, thresholds: Mapping[str, dict],
             points[name] = operating_point(y, p, chosen["threshold"], n_boot=n_boot,
                                            rng=rng_for(seed, *key), level=level)
     out["operating_points"] = points
-    out["calibration"] = calibration_summary(y, p, n_bins, level)
+    out["calibration"] = calibration_summary(y, p, n_bins, level, n_boot=n_boot if curve else 0,
+                                             rng=rng_for(seed, *key, "ece"))
     if curve:
         fpr, tpr, thr = roc_curve(y, p)
         out["roc"] = {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "thresholds": thr.tolist()}

@@ -54,13 +54,18 @@ def roc_plot(results: Mapping[str, dict], title: str) -> bytes:
 
 
 def reliability_plot(results: Mapping[str, dict], title: str) -> bytes:
-    """Observed rate (Wilson CI) against mean predicted probability per bin, and bin counts."""
+    """Observed rate (Wilson CI) against mean predicted probability per bin, and bin counts;
+    a calibrated model's raw (uncalibrated) scores are drawn dashed on the same axes."""
     fig = Figure(figsize=(5.2, 6), layout="constrained")
     ax, hist = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
     ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
-    width = 0.8 / max(1, len(results))
+    series = []  # (label, calibration, line style): each model, and its raw scores when calibrated
     for i, (label, res) in enumerate(results.items()):
-        cal = res["overall"].get("calibration")
+        series.append((label, res["overall"].get("calibration"), "o-", f"C{i}"))
+        if res.get("raw"):
+            series.append((f"{label} raw", res["raw"]["calibration"], "s--", f"C{i + len(results)}"))
+    width = 0.8 / max(1, len(series))
+    for i, (label, cal, style, colour) in enumerate(series):
         if not cal or not cal["bins"]:
             continue
         bins = cal["bins"]
@@ -68,13 +73,14 @@ def reliability_plot(results: Mapping[str, dict], title: str) -> bytes:
         obs = np.array([b["observed"] for b in bins])
         ci = np.array([b["observed_ci"] for b in bins])
         slope = f", slope {cal['slope']:.2f}" if cal.get("slope") is not None else ""
+        ece = f", ECE {cal['ece']['value']:.3f}" if cal.get("ece") else ""
         yerr = np.clip([obs - ci[:, 0], ci[:, 1] - obs], 0, None)
-        ax.errorbar(x, obs, yerr=yerr, fmt="o-", c=f"C{i}", ms=4, capsize=2,
-                    label=f"{label}: Brier {cal['brier']:.3f}{slope}")
+        ax.errorbar(x, obs, yerr=yerr, fmt=style, c=colour, ms=4, capsize=2,
+                    label=f"{label}: Brier {cal['brier']:.3f}{slope}{ece}")
         lo = np.array([b["lo"] for b in bins])
         bin_w = bins[0]["hi"] - bins[0]["lo"]
         hist.bar(lo + bin_w * (0.1 + width * i), [b["n"] for b in bins], width=bin_w * width, align="edge",
-                 color=f"C{i}")
+                 color=colour)
     ax.set(ylabel="observed fraction positive", xlim=(0, 1), ylim=(-0.02, 1.02), title=title)
     ax.legend(loc="upper left", fontsize=7)
     hist.set(xlabel="predicted probability", ylabel="cases")

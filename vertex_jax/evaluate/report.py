@@ -17,7 +17,7 @@ from vertex_jax.evaluate.compare import compare_group
 from vertex_jax.evaluate.html import render_html
 from vertex_jax.evaluate.inputs import Inputs, PathLike, gather_inputs, load_fixed_thresholds
 from vertex_jax.evaluate.intervals import LEVEL, rng_for
-from vertex_jax.evaluate.metrics import evaluate_task
+from vertex_jax.evaluate.metrics import evaluate_group, evaluate_task
 from vertex_jax.evaluate.plots import FIGURES
 from vertex_jax.evaluate.subgroups import AGE_BANDS, define_subgroups
 from vertex_jax.evaluate.table import ScoresError, Table
@@ -76,6 +76,11 @@ def build_report(scores: pd.DataFrame | PathLike, out_dir: PathLike, *, tasks: S
     report: dict = {"title": title or "Evaluation report", "vertex_jax_version": __version__,
                     "settings": settings, "notes": list(inputs.notes), "models": {}}
     options = {"n_boot": bootstrap, "seed": seed, "n_bins": n_bins, "age_bands": age_bands}
+    for label, table in inputs.models:
+        if "calibration" in table.raw.columns and set(table.raw["calibration"].astype(str)) <= {"none"}:
+            report["notes"].append(f"{label}: the scores come from an uncalibrated model (calibration 'none'): "
+                                   "probabilities and thresholds are on the raw sigmoid scale; fit one with "
+                                   "python -m vertex_jax.calibrate --workdir RUN")
     cases = inputs.models[0][1].cases  # subgroup variables, aligned for every model
     for i, (label, table) in enumerate(inputs.models):
         report["models"][label] = _evaluate_model(table, cases, inputs, fixed, report["notes"] if i == 0 else None,
@@ -114,7 +119,26 @@ def _evaluate_model(table: Table, cases: pd.DataFrame, inputs: Inputs, fixed: di
         entry["tasks"][task] = {"probability_column": table.prob_columns[task],
                                 "unlabelled_excluded": int((ev & ~labelled).sum()),
                                 "thresholds": chosen, "threshold_cases": thr_cases, **result}
+        raw = _raw_calibration(table, task, y[ev_t] == 1, ev_t, options)
+        if raw is not None:
+            entry["tasks"][task]["raw"] = raw
     return entry
+
+
+def _raw_calibration(table: Table, task: str, y: np.ndarray, rows: np.ndarray, options: Mapping) -> dict | None:
+    """Calibration and AUROC of the uncalibrated ``<task>_prob_raw`` beside a calibrated
+    ``<task>_prob`` (scores of a calibrated model); None when there is no such column."""
+    column = f"{task}_prob_raw"
+    if table.prob_columns[task] != f"{task}_prob" or column not in table.raw.columns:
+        return None
+    p = pd.to_numeric(table.raw[column], errors="coerce").to_numpy(float)[rows]
+    if "calibration" in table.raw.columns and set(table.raw["calibration"].astype(str)) <= {"none"}:
+        return None  # an uncalibrated model: the raw column repeats the probability
+    if not np.all(np.isfinite(p)):
+        return None
+    raw = evaluate_group(y, p, {}, n_boot=options["n_boot"], seed=options["seed"], key=(task, "all"),
+                         n_bins=options["n_bins"], curve=True)
+    return {"probability_column": column, "auroc": raw["auroc"], "calibration": raw["calibration"]}
 
 
 def _comparison(inputs: Inputs, age_bands: Sequence[float], bootstrap: int, seed: int) -> dict:
@@ -170,8 +194,8 @@ def _fmt(x, digits: int = 3) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
-def _interval(ci) -> str:
-    return "n/a" if not ci else f"{ci[0]:.3f} to {ci[1]:.3f}"
+def _interval(ci, digits: int = 3) -> str:
+    return "n/a" if not ci else f"{ci[0]:.{digits}f} to {ci[1]:.{digits}f}"
 
 
 def format_summary(report: dict) -> str:
@@ -191,9 +215,14 @@ def format_summary(report: dict) -> str:
                 lines.append(f"  youden p>={y['threshold']:.3f}: sensitivity {_fmt(y['sensitivity']['value'])} "
                              f"specificity {_fmt(y['specificity']['value'])} PPV {_fmt(y['ppv']['value'])} "
                              f"NPV {_fmt(y['npv']['value'])}")
-            cal = o.get("calibration", {})
-            lines.append(f"  Brier {_fmt(cal.get('brier'))}, calibration slope {_fmt(cal.get('slope'), 2)}, "
-                         f"intercept {_fmt(cal.get('intercept'), 2)}")
+            raw = r.get("raw", {}).get("calibration")
+            for name, cal in (("", o.get("calibration", {})), ("raw (uncalibrated): ", raw)):
+                if cal:
+                    lines.append(f"  {name}Brier {_fmt(cal.get('brier'))}, calibration slope "
+                                 f"{_fmt(cal.get('slope'), 2)} ({_interval(cal.get('slope_ci'), 2)}), intercept "
+                                 f"{_fmt(cal.get('intercept'), 2)} ({_interval(cal.get('intercept_ci'), 2)}), "
+                                 f"ECE {_fmt((cal.get('ece') or {}).get('value'))} "
+                                 f"({_interval((cal.get('ece') or {}).get('ci'))})")
     for task, c in report.get("comparison", {}).items():
         d, b = c["overall"].get("delong", {}), c["overall"].get("bootstrap", {})
         lines.append(f"{task} {c['difference']}: AUROC difference {_fmt(d.get('diff'))} "

@@ -1,8 +1,8 @@
 """review.html: a prediction run's cases sorted by score, each with its overlay, for a reader.
 
 One self-contained page (thumbnails embedded as base64 JPEG): per task a table from the
-highest score down, with the overlay thumbnail, the probability (calibrated where the scores
-carry ``<task>_prob_raw`` beside ``<task>_prob``), the call at the operating point when a
+highest score down, with the overlay thumbnail, the probability (calibrated where the scores'
+``calibration`` column names a method, else the raw sigmoid, and the page says which), the call at the operating point when a
 threshold is known, the label when known, the map's peak and the level it names.
 """
 
@@ -43,9 +43,10 @@ def _cases(scores: pd.DataFrame, task: str) -> tuple[pd.DataFrame, int]:
 
 def _task_section(scores: pd.DataFrame, task: str, pictures: Mapping[tuple[str, str], str],
                   threshold: float | None) -> str:
-    calibrated = f"{task}_prob_raw" in scores
+    methods = set(scores.get("calibration", pd.Series(["none"])).astype(str)) - {"none", "nan", ""}
     cases, left_out = _cases(scores, task)
-    head = ["#", "overlay", "image", "probability" + (" (calibrated)" if calibrated else ""),
+    head = ["#", "overlay", "image", "probability" + (f" (calibrated, {', '.join(sorted(methods))})"
+                                                     if methods else " (uncalibrated)"),
             "call", "label", "peak (x, y)", "level"]
     rows = []
     for rank, (_, r) in enumerate(cases.iterrows(), start=1):

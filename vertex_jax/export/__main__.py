@@ -16,6 +16,7 @@ import sys
 
 from absl import logging as absl_logging
 
+from vertex_jax.cli import user_errors
 from vertex_jax.export.errors import ExportError
 from vertex_jax.export.onnx_format import DEFAULT_OPSET
 from vertex_jax.export.run import export
@@ -58,4 +59,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(user_errors(main)())

@@ -10,6 +10,9 @@ Inputs (batch ``B`` dynamic):
 
 Outputs: ``probabilities`` and ``logits`` [B, T] (column ``i`` is ``tasks[i]``), and the
 same columns one by one as ``<task>_prob`` and ``<task>_logit`` [B] (the scores.csv names).
+The probabilities are calibrated when the checkpoint's card carries a calibration
+(:mod:`vertex_jax.calibrate`: temperature and Platt as arithmetic on the logit, isotonic as
+a sum of clipped ramps), else ``sigmoid(logits)``.
 A model with the evidence head (``model.head=evidence``) also gives ``evidence`` [B, h, w, T]:
 each position's share of its task's logit (the explanation ``predict --explain`` shows), on
 the map's grid over the canvas.
@@ -29,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vertex_jax.calibrate import Calibration
 from vertex_jax.data.manifest import CLINICAL
 from vertex_jax.inference import TrainedModel
 from vertex_jax.models.build import build_model
@@ -48,6 +52,7 @@ class Signature:
     image_dtype: str
     tasks: tuple[str, ...]
     evidence_grid: tuple[int, int] | None = None  # (h, w) of the evidence map, if the model has one
+    calibration: Calibration | None = None  # applied to the probabilities, if the model has one
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -83,7 +88,7 @@ def signature_of(trained: TrainedModel) -> Signature:
     if trained.model.head == "evidence":
         stride = tap_strides(trained.model.backbone.variant)[trained.model.head_taps[-1]]
         grid = (-(-canvas[0] // stride), -(-canvas[1] // stride))
-    return Signature(canvas, trained.preprocess.out_dtype, trained.tasks, grid)
+    return Signature(canvas, trained.preprocess.out_dtype, trained.tasks, grid, trained.calibration)
 
 
 def rebuild(config: Any, model: VertexNet, **model_overrides: Any) -> VertexNet:
@@ -110,13 +115,18 @@ def reference_model(config: Any, model: VertexNet) -> VertexNet:
     return rebuild(config, model, dtype=EXPORT_DTYPE)
 
 
-def _outputs(logits: jax.Array) -> tuple[jax.Array, ...]:
-    probabilities = jax.nn.sigmoid(logits)
+def _outputs(logits: jax.Array, tasks: tuple[str, ...], calibration: Calibration | None
+             ) -> tuple[jax.Array, ...]:
+    if calibration is None:
+        probabilities = jax.nn.sigmoid(logits)
+    else:
+        probabilities = calibration.probabilities(logits, tasks, xp=jnp).astype(jnp.float32)
     return (probabilities, logits, *(probabilities[:, i] for i in range(logits.shape[1])),
             *(logits[:, i] for i in range(logits.shape[1])))
 
 
-def split_weights(model: VertexNet) -> tuple[nnx.State, Callable[..., tuple[jax.Array, ...]]]:
+def split_weights(model: VertexNet, calibration: Calibration | None = None
+                  ) -> tuple[nnx.State, Callable[..., tuple[jax.Array, ...]]]:
     """(weights, fn) with ``fn(weights, image, clinical, clinical_mask)`` -> every output in
     :attr:`Signature.outputs` order; weights are the parameters and BatchNorm statistics."""
     graphdef, weights, rest = nnx.split(model, (nnx.Param, nnx.BatchStat), ...)
@@ -126,7 +136,7 @@ def split_weights(model: VertexNet) -> tuple[nnx.State, Callable[..., tuple[jax.
         if not net.use_clinical:
             clinical = clinical_mask = None
         logits, evidence = net.classify_taps(net.image_taps(to_unit_float(image)), clinical, clinical_mask)
-        outputs = _outputs(logits.astype(jnp.float32))
+        outputs = _outputs(logits.astype(jnp.float32), tuple(net.tasks), calibration)
         if evidence is None:
             return outputs
         return (*outputs, evidence_map(evidence, net.pooling, net.lse_r))
@@ -134,7 +144,8 @@ def split_weights(model: VertexNet) -> tuple[nnx.State, Callable[..., tuple[jax.
     return weights, fn
 
 
-def closed_function(model: VertexNet) -> Callable[..., tuple[jax.Array, ...]]:
+def closed_function(model: VertexNet, calibration: Calibration | None = None
+                    ) -> Callable[..., tuple[jax.Array, ...]]:
     """``fn(image, clinical, clinical_mask)`` with the weights closed over (as constants)."""
-    weights, fn = split_weights(model)
+    weights, fn = split_weights(model, calibration)
     return lambda image, clinical, clinical_mask: fn(weights, image, clinical, clinical_mask)

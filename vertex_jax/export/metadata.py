@@ -72,8 +72,11 @@ def io_description(signature: Signature) -> tuple[list[dict], list[dict]]:
     inputs = [{"name": n, "dtype": dtypes[n], "shape": list(shapes[n]), "description": notes[n]}
               for n in INPUTS]
     tasks = list(signature.tasks)
+    cal = signature.calibration
+    described = ("sigmoid(logits): the model has no calibration" if cal is None else
+                 f"calibrated probabilities ({cal.describe()}; see 'calibration')")
     outputs = [{"name": "probabilities", "dtype": "float32", "shape": [None, len(tasks)], "columns": tasks,
-                "description": "sigmoid(logits)"},
+                "description": described},
                {"name": "logits", "dtype": "float32", "shape": [None, len(tasks)], "columns": tasks}]
     outputs += [{"name": f"{t}_{kind}", "dtype": "float32", "shape": [None]} for kind in ("prob", "logit")
                 for t in tasks]
@@ -134,6 +137,7 @@ def describe(trained: TrainedModel, signature: Signature, thresholds: dict | Non
             "inputs": inputs, "outputs": outputs, "preprocess": preprocess,
             "clinical_stats": clinical_description(trained.stats),
             "thresholds": thresholds, "thresholds_source": thresholds_source,
+            "calibration": None if signature.calibration is None else signature.calibration.to_dict(),
             "model": {"checkpoint": str(trained.checkpoint), "step": trained.step,
                       "variant": trained.config.model.variant,
                       "use_clinical": bool(trained.config.model.use_clinical),

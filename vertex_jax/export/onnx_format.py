@@ -26,7 +26,7 @@ def export_onnx(model: VertexNet, signature: Signature, path: Path, *, opset: in
     batch = jax.export.symbolic_shape("B")[0]
     logging.getLogger("jax2onnx").setLevel(logging.ERROR)  # plugin discovery is chatty
     try:
-        proto = jax2onnx.to_onnx(closed_function(model), signature.abstract_inputs(batch),
+        proto = jax2onnx.to_onnx(closed_function(model, signature.calibration), signature.abstract_inputs(batch),
                                  model_name="vertex_jax", opset=opset, input_names=list(INPUTS),
                                  output_names=list(signature.outputs))
     except Exception as e:  # noqa: BLE001 - the converter raises many kinds; name the stage

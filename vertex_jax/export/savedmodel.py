@@ -43,7 +43,7 @@ def export_savedmodel(model: VertexNet, signature: Signature, directory: Path, *
     tf = _tensorflow()
     from jax.experimental import jax2tf
 
-    weights, fn = split_weights(model)
+    weights, fn = split_weights(model, signature.calibration)
     flat, treedef = jax.tree_util.tree_flatten_with_path(weights)
     shapes, dtypes = signature.input_shapes("b"), signature.input_dtypes()
     poly = [None] + ["(" + ", ".join(map(str, shapes[n])) + ")" for n in INPUTS]

@@ -19,7 +19,7 @@ Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
 def jax_runner(model: VertexNet, signature: Signature) -> Runner:
-    weights, fn = split_weights(model)
+    weights, fn = split_weights(model, signature.calibration)
     jitted = jax.jit(fn)
 
     def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

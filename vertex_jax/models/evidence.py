@@ -4,13 +4,21 @@ Taps are the backbone's stage outputs (``"stage0"`` … ``"stage6"``) and its he
 (``"head"``), from :meth:`~vertex_jax.models.efficientnet.EfficientNet.taps`; this module
 names their strides and channels.
 
-``EvidenceHead`` turns a top-down feature pyramid (the head features at stride 32, upsampled
-and added to lateral projections of finer stages) into per-position logits, one map per task,
-and pools each map into the image logit by log-sum-exp:
-``z = log(mean_ij exp(r * s_ij)) / r``. Trained from image-level labels only, a positive image
-needs only a few high cells (a fracture is one vertebra), a negative one needs every cell low,
-so the map itself carries the evidence; its softmax ``exp(r s_ij) / sum exp(r s)`` is exactly
-how much each position contributes to the gradient of ``z`` and is the explanation shown.
+``EvidenceHead`` turns a top-down feature pyramid (the coarsest tap, upsampled and added to
+lateral projections of finer ones; e.g. the head features at stride 32 and stage 4 at 16, or
+stage 3 and stage 2 alone, whose cells see only a few vertebrae) into per-position logits, one
+map per task, and pools each map into the image logit:
+
+- ``lse``: log-sum-exp, ``z = log(mean_ij exp(r * s_ij)) / r`` (between the mean and the max);
+- ``max``: the multiple-instance rule, the image is positive if one position is
+  (``z = max_ij s_ij``): only the strongest cell learns, so a fracture must be found somewhere;
+- ``mean``: the class-activation map of a linear head.
+
+One name pools every task alike; a comma list gives one per task (``"max,mean"``: a fracture
+is one vertebra, osteoporosis is everywhere). Trained from image-level labels only, a
+positive image needs only a few high cells, a negative one needs every cell low, so the map
+itself carries the evidence; its softmax ``exp(r s_ij) / sum exp(r s)`` (r = 1 for ``max``)
+is how much each position weighs in the score, the explanation shown.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from flax import nnx
 
 from vertex_jax.models.efficientnet import HEAD, BatchNorm, block_specs
 
-POOLINGS = ("lse", "mean")
+POOLINGS = ("lse", "max", "mean")
 
 
 def tap_names(variant: str) -> tuple[str, ...]:
@@ -62,14 +70,23 @@ def _upsample_to(x: jax.Array, shape: tuple[int, int]) -> jax.Array:
     return x[:, :shape[0], :shape[1]]
 
 
+def task_poolings(pooling: str, num_tasks: int) -> tuple[str, ...]:
+    """``"lse"`` -> the same for every task; ``"max,mean"`` -> one per task, in task order."""
+    names = tuple(p.strip() for p in pooling.split(","))
+    if len(names) == 1:
+        names = names * num_tasks
+    if len(names) != num_tasks or (bad := [p for p in names if p not in POOLINGS]):
+        raise ValueError(f"evidence pooling must be one of {POOLINGS} or one per task ({num_tasks}), "
+                         f"got {pooling!r}")
+    return names
+
+
 class EvidenceHead(nnx.Module):
     """Top-down pyramid -> per-position logits [B, h, w, tasks] (float32) at the finest tap."""
 
     def __init__(self, channels: Mapping[str, int], taps: Sequence[str], num_tasks: int, *,
                  width: int = 64, dropout: float = 0.2, dtype: Any = jnp.float32, rngs: nnx.Rngs):
-        self.taps = tuple(taps)  # coarse to fine, starting with "head"
-        if self.taps[0] != HEAD:
-            raise ValueError(f"the evidence pyramid starts at {HEAD!r}, got {self.taps}")
+        self.taps = tuple(taps)  # coarse to fine
         self.laterals = nnx.List([
             nnx.Conv(channels[t], width, (1, 1), dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
             for t in self.taps])
@@ -89,15 +106,25 @@ class EvidenceHead(nnx.Module):
         return self.logits(self.dropout(h).astype(jnp.float32))
 
 
-def pool_evidence(evidence: jax.Array, pooling: str = "lse", r: float = 1.0) -> jax.Array:
-    """[B, h, w, T] per-position logits -> [B, T] image logits."""
-    flat = evidence.reshape(evidence.shape[0], -1, evidence.shape[-1]).astype(jnp.float32)
+def _pool(flat: jax.Array, pooling: str, r: float) -> jax.Array:
     if pooling == "mean":
         return jnp.mean(flat, axis=1)
-    if pooling == "lse":
-        n = flat.shape[1]
-        return (jax.nn.logsumexp(r * flat, axis=1) - jnp.log(float(n))) / r
-    raise ValueError(f"evidence pooling must be one of {POOLINGS}, got {pooling!r}")
+    if pooling == "max":
+        return jnp.max(flat, axis=1)
+    return (jax.nn.logsumexp(r * flat, axis=1) - jnp.log(float(flat.shape[1]))) / r
+
+
+def pool_evidence(evidence: jax.Array, pooling: str = "lse", r: float = 1.0) -> jax.Array:
+    """[B, h, w, T] per-position logits -> [B, T] image logits (``pooling``: see the module)."""
+    flat = evidence.reshape(evidence.shape[0], -1, evidence.shape[-1]).astype(jnp.float32)
+    names = task_poolings(pooling, flat.shape[-1])
+    return jnp.stack([_pool(flat[..., i], p, r) for i, p in enumerate(names)], axis=-1)
+
+
+def _weights(flat: jax.Array, pooling: str, r: float) -> jax.Array:
+    if pooling == "mean":
+        return jax.nn.relu(flat)
+    return jax.nn.softmax((r if pooling == "lse" else 1.0) * flat, axis=1)
 
 
 def evidence_map(evidence: jax.Array, pooling: str = "lse", r: float = 1.0) -> jax.Array:
@@ -105,12 +132,10 @@ def evidence_map(evidence: jax.Array, pooling: str = "lse", r: float = 1.0) -> j
 
     Log-sum-exp: each position's share of the image logit, ``softmax(r * s)`` over positions
     (it sums to 1 and is the weight of that position in the gradient of the pooled logit).
+    Max: ``softmax(s)``, the same share at r = 1 (the gradient itself is one cell).
     Mean pooling (the class-activation map of a linear head): ``ReLU(s)``.
     """
     b, h, w, t = evidence.shape
     flat = evidence.reshape(b, h * w, t).astype(jnp.float32)
-    if pooling == "mean":
-        return jax.nn.relu(flat).reshape(b, h, w, t)
-    if pooling != "lse":
-        raise ValueError(f"evidence pooling must be one of {POOLINGS}, got {pooling!r}")
-    return jax.nn.softmax(r * flat, axis=1).reshape(b, h, w, t)
+    names = task_poolings(pooling, t)
+    return jnp.stack([_weights(flat[..., i], p, r) for i, p in enumerate(names)], axis=-1).reshape(b, h, w, t)

@@ -20,8 +20,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vertex_jax.models.efficientnet import HEAD, VARIANTS, EfficientNet, normalize_input
-from vertex_jax.models.evidence import (POOLINGS, EvidenceHead, check_taps, pool_evidence,
-                                        tap_channels)
+from vertex_jax.models.evidence import (EvidenceHead, check_taps, pool_evidence, tap_channels,
+                                        tap_strides, task_poolings)
 from vertex_jax.tasks import TASKS
 
 __all__ = ["HEADS", "ClinicalBranch", "VertexNet"]
@@ -89,8 +89,10 @@ class VertexNet(nnx.Module):
         else:
             self.clinical = ClinicalBranch(num_clinical, clinical_hidden, rngs=rngs) if use_clinical else None
             self.head_taps = check_taps(variant, evidence_taps)
-            if pooling not in POOLINGS:
-                raise ValueError(f"evidence pooling must be one of {POOLINGS}, got {pooling!r}")
+            strides = [tap_strides(variant)[t] for t in self.head_taps]
+            if strides != sorted(strides, reverse=True):
+                raise ValueError(f"evidence_taps go from coarse to fine (strides {dict(zip(self.head_taps, strides))})")
+            task_poolings(pooling, len(tasks))  # a clear error now rather than at the first call
             self.evidence = EvidenceHead(tap_channels(variant, self.backbone.num_features),
                                          self.head_taps, len(tasks), width=evidence_width,
                                          dropout=VARIANTS[variant].dropout, dtype=dtype, rngs=rngs)

@@ -1,7 +1,11 @@
 """Batch prediction: ``python -m vertex_jax.predict --checkpoint RUN --input FOLDER_OR_CSV --out scores.csv``.
 
 ``--backend onnx --model model.onnx`` serves an exported model without importing JAX.
-Unreadable files are listed with the reason in ``<out>_unreadable.csv``; the run goes on.
+Every file is accounted for: the summary counts scored, unreadable, not an image (DICOMDIR,
+structured reports, ...) and skipped files; unreadable ones are listed with the reason in
+``<out>_unreadable.csv``, skipped ones in ``<out>_skipped.csv``; the run goes on.
+``--clinical-from-dicom`` fills blank age/sex/BMI from the DICOM headers (the CSV wins;
+column ``clinical_source``).
 ``--explain DIR`` writes one overlay per image and task, the map's peak, region and level
 into the scores, a ``review.html`` of the cases sorted by score and, with ``--annotations``
 (vertebra boxes), ``localization.json`` (pointing game, energy, level accuracy, chance
@@ -20,8 +24,10 @@ from pathlib import Path
 import pandas as pd
 
 from vertex_jax.explain import METHODS
-from vertex_jax.predict.inputs import load_inputs
-from vertex_jax.predict.run import score_table
+from vertex_jax.cli import user_errors
+from vertex_jax.data.dicom_clinical import source_summary
+from vertex_jax.predict.inputs import collect_inputs
+from vertex_jax.predict.run import account, score_table
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -36,6 +42,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--splits", help="a run's splits.csv (image_id, split): the split of each row "
                    "for --split, instead of the CSV's own column")
     p.add_argument("--domain", help="domain of folder inputs (default: the model's)")
+    p.add_argument("--clinical-from-dicom", action="store_true", help="age, sex and BMI from the "
+                   "DICOM headers where the CSV has none (PatientAge, PatientSex, PatientWeight/Size)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--workers", type=int, default=4, help="threads reading and preprocessing")
     p.add_argument("--explain", metavar="DIR", help="folder for overlays, review.html and "
@@ -80,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     backend = _backend(args)
     domain = args.domain or getattr(backend, "domain", None) or "xray"
-    df = load_inputs(args.input, domain)
+    inputs = collect_inputs(args.input, domain, clinical_from_dicom=args.clinical_from_dicom)
+    df = inputs.table
     if args.splits:
         saved = pd.read_csv(args.splits, dtype=str, keep_default_na=False)[["image_id", "split"]]
         df = df.drop(columns="split", errors="ignore").merge(saved, on="image_id", how="left")
@@ -96,18 +105,17 @@ def main(argv: list[str] | None = None) -> int:
         scores = scores.merge(writer.findings_frame(), on="image_id", how="left")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.clinical_from_dicom:
+        scores = scores.merge(df[["image_id", "clinical_source", "clinical_notes"]], on="image_id", how="left")
     scores.to_csv(out, index=False)
-    print(f"scored {len(scores)} of {len(df)} image(s) with {backend.name} -> {out}")
+    print(f"scored {len(scores)} image(s) with {backend.name} -> {out}")
     without = int((scores["clinical_missing"] != "").sum())
     if without:
         print(f"{without} image(s) lacked some clinical value; the model's missing-value input "
               f"was used (column clinical_missing)")
-    if len(unreadable):
-        listing = out.with_name(out.stem + "_unreadable.csv")
-        unreadable.to_csv(listing, index=False)
-        print(f"{len(unreadable)} unreadable file(s), listed with the reason in {listing}:")
-        for r in unreadable.head(5).itertuples():
-            print(f"  {r.path}: {r.reason}")
+    if args.clinical_from_dicom:
+        print(source_summary(scores["clinical_source"]))
+    print("\n".join(account(out, len(scores), unreadable, inputs.skipped)))
     if writer is not None:
         _write_explanations(args, backend, writer, scores)
     return 0 if len(scores) else 1
@@ -164,4 +172,4 @@ def _write_explanations(args: argparse.Namespace, backend, writer, scores) -> No
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(user_errors(main)())

@@ -19,6 +19,7 @@ class JaxBackend:
         self.stats = self.trained.stats
         self.name = self.trained.name
         self.step = self.trained.step
+        self.calibration = self.trained.calibration
         self._score = self.trained.scorer()
 
     def score(self, image: np.ndarray, clinical: np.ndarray, clinical_mask: np.ndarray

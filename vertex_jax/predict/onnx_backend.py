@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import onnxruntime as ort
 
+from vertex_jax.calibrate import Calibration
 from vertex_jax.data.clinical import ClinicalStats
 from vertex_jax.data.manifest import CLINICAL
 from vertex_jax.data.preprocess import PreprocessConfig
@@ -69,6 +70,7 @@ class OnnxBackend:
         self.step: int | None = None if step is None else int(step)
         self.domain: str | None = self.metadata.get("domain")
         self.thresholds: dict | None = self.metadata.get("thresholds")
+        self.calibration: Calibration | None = Calibration.from_card(self.metadata)  # applied in the graph
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         available = ort.get_available_providers()

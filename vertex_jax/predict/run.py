@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from vertex_jax.calibrate import Calibration
 from vertex_jax.data.clinical import ClinicalStats
-from vertex_jax.data.io import ImageReadError, read_image
+from vertex_jax.data.io import ImageReadError, NotAnImageError, read_image
 from vertex_jax.data.manifest import CLINICAL
 from vertex_jax.data.preprocess import Geometry, PreprocessConfig, preprocess
 from vertex_jax.tasks import TASKS
@@ -33,6 +34,7 @@ class Backend(Protocol):
     stats: ClinicalStats
     name: str
     step: int | None
+    calibration: Calibration | None  # what made the probabilities score() returns, if anything
 
     def score(self, image: np.ndarray, clinical: np.ndarray, clinical_mask: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray]: ...
@@ -48,20 +50,25 @@ class Prepared:
     original: np.ndarray | None
 
 
+UNREADABLE, NOT_AN_IMAGE = "unreadable", "not an image"  # the kinds of failure
+CONSOLE_LIMIT = 5  # problems listed on the console; the rest are in the listing file
+Failure = tuple[int, str, str]  # (row, reason, kind)
+
+
 def _prepare(path: str, row: int, config: PreprocessConfig, keep_original: bool
-             ) -> Prepared | tuple[int, str]:
+             ) -> Prepared | Failure:
     try:
         image = read_image(path)
         canvas, geometry = preprocess(image.pixels, config)
     except ImageReadError as e:
-        return row, e.reason
+        return row, e.reason, NOT_AN_IMAGE if isinstance(e, NotAnImageError) else UNREADABLE
     except (ValueError, OSError) as e:  # preprocessing refuses, e.g., a blank image
-        return row, f"{type(e).__name__}: {e}"
+        return row, f"{type(e).__name__}: {e}", UNREADABLE
     return Prepared(row, canvas, geometry, image.pixels if keep_original else None)
 
 
 def _in_order(df: pd.DataFrame, config: PreprocessConfig, window: int, workers: int,
-              keep_original: bool) -> Iterator[Prepared | tuple[int, str]]:
+              keep_original: bool) -> Iterator[Prepared | Failure]:
     """Each row's result in table order, with at most ``window`` rows in flight."""
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         in_flight: collections.deque = collections.deque()
@@ -74,9 +81,9 @@ def _in_order(df: pd.DataFrame, config: PreprocessConfig, window: int, workers: 
 
 
 def _prepared_batches(df: pd.DataFrame, config: PreprocessConfig, batch: int, workers: int,
-                      keep_original: bool, failures: list[tuple[int, str]]
+                      keep_original: bool, failures: list[Failure]
                       ) -> Iterator[list[Prepared]]:
-    """Batches of readable images in table order; failures are appended as (row, reason)."""
+    """Batches of readable images in table order; failures are appended as (row, reason, kind)."""
     pending: list[Prepared] = []
     for result in _in_order(df, config, 2 * batch, workers, keep_original):
         if isinstance(result, Prepared):
@@ -97,7 +104,7 @@ def score_table(df: pd.DataFrame, backend: Backend, *, batch: int = 16, workers:
     per unreadable file with the reason. ``on_batch(items, image, clinical, mask)`` is
     called after each batch (Grad-CAM overlays)."""
     clinical, mask = backend.stats.apply(df)
-    failures: list[tuple[int, str]] = []
+    failures: list[Failure] = []
     rows, probs, logits = [], [], []
     bar = tqdm(total=len(df), unit="img", desc="scoring", disable=not progress)
     reported = 0  # failures already counted on the bar
@@ -130,7 +137,10 @@ def _scores_frame(df: pd.DataFrame, backend: Backend, rows: list, probs: list, l
     lo = np.concatenate(logits) if logits else np.zeros((0, len(backend.tasks)))
     for t, task in enumerate(backend.tasks):
         out[f"{task}_prob"] = p[:, t]
+        out[f"{task}_prob_raw"] = 1.0 / (1.0 + np.exp(-lo[:, t].astype(np.float64)))
         out[f"{task}_logit"] = lo[:, t]
+    cal = backend.calibration
+    out["calibration"] = "none" if cal is None else cal.fitted_on.get("method", "calibrated")
     missing = mask[idx] == 0
     out["clinical_missing"] = [";".join(c for c, m in zip(CLINICAL, row) if m) for row in missing]
     out["model"], out["model_step"] = backend.name, backend.step
@@ -138,8 +148,39 @@ def _scores_frame(df: pd.DataFrame, backend: Backend, rows: list, probs: list, l
     return out.reset_index(drop=True)
 
 
-def _failures_frame(df: pd.DataFrame, failures: list[tuple[int, str]]) -> pd.DataFrame:
+def _failures_frame(df: pd.DataFrame, failures: list[Failure]) -> pd.DataFrame:
     rows = sorted(failures)
-    return pd.DataFrame({"image_id": [df["image_id"].iloc[i] for i, _ in rows],
-                         "path": [df["path"].iloc[i] for i, _ in rows],
-                         "reason": [r for _, r in rows]})
+    return pd.DataFrame({"image_id": [df["image_id"].iloc[i] for i, _, _ in rows],
+                         "path": [df["path"].iloc[i] for i, _, _ in rows],
+                         "kind": [k for _, _, k in rows],
+                         "reason": [r for _, r, _ in rows]})
+
+
+def _listed(lines: list[str], frame: pd.DataFrame, what: str, listing: Path) -> None:
+    """``what`` and the first :data:`CONSOLE_LIMIT` rows of ``frame``, then how many more."""
+    lines.append(f"{len(frame)} {what}, listed with the reason in {listing}:")
+    lines += [f"  {r.path}: {r.reason}" for r in frame.head(CONSOLE_LIMIT).itertuples()]
+    if len(frame) > CONSOLE_LIMIT:
+        lines.append(f"  … and {len(frame) - CONSOLE_LIMIT} more (see {listing})")
+
+
+def account(out: Path, scored: int, failures: pd.DataFrame, skipped: pd.DataFrame) -> list[str]:
+    """Write ``<out>_unreadable.csv`` / ``<out>_skipped.csv`` (when not empty) and return the
+    summary: counts that add up to every file looked at, then the files not scored."""
+    kinds = failures["kind"].value_counts()
+    unreadable, not_image = int(kinds.get(UNREADABLE, 0)), int(kinds.get(NOT_AN_IMAGE, 0))
+    total = scored + len(failures) + len(skipped)
+    lines = [f"{total} file(s) looked at: {scored} scored, {unreadable} unreadable, {not_image} not an "
+             f"image, {len(skipped)} skipped by extension"]
+    listings = {name: out.with_name(f"{out.stem}_{name}.csv") for name in ("unreadable", "skipped")}
+    for name, frame in (("unreadable", failures), ("skipped", skipped)):
+        listings[name].unlink(missing_ok=True)  # a previous run's list would mislead
+        if len(frame):
+            frame.to_csv(listings[name], index=False)
+    for kind, what in ((UNREADABLE, "unreadable file(s)"), (NOT_AN_IMAGE, "file(s) not an image")):
+        if len(rows := failures[failures["kind"] == kind]):
+            _listed(lines, rows, what, listings["unreadable"])
+    if len(skipped):
+        _listed(lines, skipped, "file(s) skipped (not an image by extension, name or content)",
+                listings["skipped"])
+    return lines

@@ -15,6 +15,7 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 
+from vertex_jax.cli import user_errors
 from vertex_jax.prognosis.analysis import Settings, analyse
 from vertex_jax.prognosis.data import CohortDataError, load_cohort
 from vertex_jax.prognosis.report import summary_text, write_outputs
@@ -91,4 +92,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(user_errors(main)())

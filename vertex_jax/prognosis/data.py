@@ -304,6 +304,23 @@ def resolve_score_columns(requested: Sequence[str] | None, available: Sequence[s
     return found
 
 
+def calibration_note(tables: Sequence[tuple[str, pd.DataFrame]], columns: Sequence[str]) -> str:
+    """What the probability columns are: calibrated (predict's ``calibration`` column names the
+    method), the raw sigmoid of an uncalibrated model, or unknown."""
+    if not any(c.endswith("_prob") for c in columns):
+        return "scores are logits or other scores, not probabilities"
+    methods = {str(m) for _, t in tables if "calibration" in t.columns for m in t["calibration"]} - {""}
+    if not methods:
+        return ("calibration of the scores unknown (no 'calibration' column): risk categories take the "
+                "probabilities as they are")
+    if methods == {"none"}:
+        return ("warning: the scores come from an uncalibrated model (calibration 'none'): the "
+                "probabilities are raw sigmoid outputs, so risk categories may misstate risks; fit one "
+                "with python -m vertex_jax.calibrate --workdir RUN and score again")
+    return (f"probabilities calibrated on the model's validation split ({', '.join(sorted(methods - {'none'}))})"
+            + ("; some rows uncalibrated" if "none" in methods else ""))
+
+
 def load_cohort(score_paths: Sequence[str | os.PathLike], followup_path: str | os.PathLike, *,
                 score_columns: Sequence[str] | None = None, covariates: Sequence[str] = ("age", "sex", "bmi"),
                 domain: str | None = None, split: str | None = None,
@@ -322,5 +339,5 @@ def load_cohort(score_paths: Sequence[str | os.PathLike], followup_path: str | o
                           allow_missing_followup=allow_missing_followup)
     baseline = ("baseline = each patient's row with the lowest 'exam' (blank exam last; first row "
                 "in file order on ties or without 'exam')")
-    return dataclasses.replace(cohort, notes=(baseline, *cohort.notes),
+    return dataclasses.replace(cohort, notes=(baseline, calibration_note(raw, columns), *cohort.notes),
                                counts={"score_rows": sum(len(t) for _, t in raw), **cohort.counts})

@@ -60,6 +60,7 @@ import cv2
 import numpy as np
 
 from vertex_jax.files import write_bytes
+from vertex_jax.processes import worker_initializer
 from vertex_jax.synthetic import phantom
 from vertex_jax.synthetic.dicom_write import write_dicom
 
@@ -360,7 +361,7 @@ def generate_cohort(out_dir: str | os.PathLike, *, num_patients: int, domain: st
     else:
         with concurrent.futures.ProcessPoolExecutor(
                 workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_worker_init) as pool:
+                initializer=worker_initializer(_worker_init)) as pool:
             chunk = max(1, len(jobs) // (8 * workers))
             results = list(pool.map(_write_exam, jobs, chunksize=chunk))
     rows = [r for r, _ in results]

@@ -3,7 +3,8 @@
 Restore order: the workdir's own checkpoint → ``config.resume`` → ``config.init_from``
 (parameters only) → scratch. SIGTERM/SIGINT finish the current step, save and return;
 a non-finite loss stops the run (or skips the step with ``nan_policy="skip"``) and
-leaves the last good checkpoint as it was.
+leaves the last good checkpoint as it was. A finished run fits ``config.calibration`` on
+its best checkpoint's validation outputs and stores it in that step's card.
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ from tqdm import tqdm
 import vertex_jax
 from vertex_jax import mesh as meshlib
 from vertex_jax import runs
+from vertex_jax.calibrate.run import calibrate_outputs
+from vertex_jax.calibrate.run import store as store_calibration
 from vertex_jax.data.prepare import PreparedData, prepare
 from vertex_jax.models.build import build_model, tasks_of
 from vertex_jax.models.weights import load_pretrained
 from vertex_jax.train.checkpoint import Checkpoints
 from vertex_jax.train.metrics import MetricWriter, auroc_per_task
+from vertex_jax.train.prefetch import DevicePrefetch
 from vertex_jax.train.state import TrainState, build_optimizer
 from vertex_jax.train.step import make_eval_step, make_train_step
 
@@ -152,8 +156,23 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
         ckpt.save(progress.step, state, train_iter, dataclasses.asdict(progress),
                   json.loads(config.to_json_best_effort()), card, metrics)
 
+    def check_finite(pending: tuple | None) -> None:
+        """Stop on a non-finite loss (unless ``nan_policy="skip"``, handled in the step itself),
+        naming the step and its batch; nothing has been saved since."""
+        if pending is None or config.nan_policy == "skip" or bool(pending[3]["finite"]):
+            return
+        step, epoch, rows, metrics = pending
+        feed.rewind()
+        raise NonFiniteLossError(
+            f"non-finite loss {float(metrics['loss'])} at step {step} (epoch {epoch}); batch rows "
+            f"{rows.tolist()} of split '{config.data.train_split}'. The last good checkpoint in "
+            f"{ckpt.directory} is untouched.")
+
+    feed = DevicePrefetch(train_iter, lambda b: meshlib.to_global(b, mesh), depth=2)
+    pending = None  # (step, epoch, batch rows, metrics) of the step whose finite flag is unread
     preemption = _Preemption()
     stopped = "completed"
+    best_outputs = None  # the best checkpoint's validation outputs, for its calibration
     try:
         while progress.step < total_steps:
             epoch = progress.step // steps_per_epoch
@@ -163,26 +182,28 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
                        dynamic_ncols=True)
             t0, seen = time.perf_counter(), 0
             while progress.step < epoch_end:
-                batch = next(train_iter)
-                state, metrics = train_step(state, meshlib.to_global(batch, mesh))
-                loss = float(metrics["loss"])
-                if not bool(metrics["finite"]) and config.nan_policy != "skip":
-                    raise NonFiniteLossError(
-                        f"non-finite loss {loss} at step {progress.step + 1} (epoch {epoch + 1}); "
-                        f"batch rows {batch['index'].tolist()} of split '{config.data.train_split}'. "
-                        f"The last good checkpoint in {ckpt.directory} is untouched.")
+                host_batch, batch = feed.next(epoch_end - progress.step)
+                state, metrics = train_step(state, batch)
+                # The previous step's flag: reading it waits for that step only, while this one
+                # is already queued behind it, so the devices never idle on the host.
+                check_finite(pending)
+                pending = (progress.step + 1, epoch + 1, host_batch["index"], metrics)
                 progress.step += 1
                 seen += config.batch_size
                 rate = seen / (time.perf_counter() - t0)
-                bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.1f}")
                 bar.update(1)
                 if progress.step % config.log_every_steps == 0:
+                    loss = float(metrics["loss"])
+                    bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.1f}")
                     writer.write(progress.step, {"train/loss": loss, "train/images_per_s": rate,
                                                  "train/grad_norm": float(metrics["grad_norm"])})
                 if preemption.requested:
                     break
+            check_finite(pending)
+            pending = None
             bar.close()
             if preemption.requested:
+                feed.rewind()
                 save()
                 stopped = "preempted"
                 break
@@ -194,6 +215,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
             if improved:
                 progress.best_auroc, progress.best_step = mean_auroc, progress.step
                 progress.epochs_without_improvement = 0
+                best_outputs = result
             else:
                 progress.epochs_without_improvement += 1
             progress.history.append({"epoch": epoch + 1, "step": progress.step, **auroc})
@@ -212,9 +234,22 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
         preemption.restore()
         ckpt.wait()
         writer.close()
+    calibration = None
+    if stopped != "preempted" and config.calibration != "none" and progress.best_step >= 0:
+        if best_outputs is None:  # the best epoch came before a restart: score its checkpoint again
+            best_outputs = evaluate(ckpt.restore_state(progress.best_step, state), eval_step, data.evaluate(
+                config.data.val_split, global_batch=config.eval_batch_size, **proc), mesh, tasks)
+        calibration = calibrate_outputs(
+            config.calibration, best_outputs["logits"], best_outputs["labels"], best_outputs["label_mask"],
+            tasks, split=config.data.val_split, domain=config.data.domain, step=progress.best_step)
+        if leader:
+            store_calibration(ckpt.path(progress.best_step), calibration)
+            print("calibration: " + (calibration.describe() if calibration else "none could be fitted"),
+                  flush=True)
     summary = {"status": stopped, "step": progress.step, "best_step": progress.best_step,
                "best_val_auroc": progress.best_auroc,
                "best_checkpoint": str(ckpt.path(progress.best_step)) if progress.best_step >= 0 else None,
+               "calibration": None if calibration is None else calibration.to_dict(),
                "history": progress.history}
     ckpt.close()
     if leader:

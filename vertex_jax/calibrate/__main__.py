@@ -1,0 +1,50 @@
+"""Refit a finished run's calibration on its validation split.
+
+    python -m vertex_jax.calibrate --workdir RUN [--method temperature|platt|isotonic] [--split val]
+        [--checkpoint STEP_DIR]
+
+The run's best checkpoint (or ``--checkpoint``) scores the split; the fitted maps replace
+the calibration in that step's card and in ``RUN/model_card.json`` (arrays untouched).
+``--method none`` removes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from vertex_jax.calibrate.maps import METHODS, CalibrationError
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m vertex_jax.calibrate", description=__doc__.splitlines()[0])
+    p.add_argument("--workdir", required=True, help="training run")
+    p.add_argument("--method", default="temperature", choices=(*METHODS, "none"))
+    p.add_argument("--split", default="val", help="split to fit on (default val; never test)")
+    p.add_argument("--checkpoint", help="step directory to calibrate (default: the run's best)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from vertex_jax import runs
+    from vertex_jax.calibrate.run import calibrate_run, store
+
+    try:
+        if args.method == "none":
+            step_dir = runs.resolve_step_dir(args.checkpoint or args.workdir)
+            store(step_dir, None)
+            print(f"removed the calibration of {step_dir}")
+        else:
+            calibrate_run(args.workdir, args.method, args.split, checkpoint=args.checkpoint,
+                          progress=not args.no_progress)
+    except (CalibrationError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Fit a run's calibration and store it in its model card.
+
+Training calls :func:`calibrate_outputs` on its best checkpoint's validation outputs when it
+finishes; ``python -m vertex_jax.calibrate`` calls :func:`calibrate_run` to refit a finished
+run (another method, another split). Either way the calibration goes into the step's
+``card`` item (so a copied step directory carries it) and the run's ``model_card.json``;
+the arrays are never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from vertex_jax import runs
+from vertex_jax.calibrate.maps import Calibration, CalibrationError, fit_calibration
+
+TEST_SPLIT = "test"
+
+
+def check_split(split: str, train_split: str = "train") -> None:
+    """Calibration is fitted on held-out validation cases: never on the test split."""
+    if split in (TEST_SPLIT, "all"):
+        raise CalibrationError(f"refusing to fit the calibration on split '{split}': it must stay untouched "
+                               "for evaluation; fit on the validation split (--split val)")
+    if split == train_split:
+        logging.warning("fitting the calibration on the training split: the model has seen these cases, so "
+                        "the calibrated probabilities will still be overconfident")
+
+
+def calibrate_outputs(method: str, logits: np.ndarray, labels: np.ndarray, label_mask: np.ndarray,
+                      tasks: Sequence[str], *, split: str, domain: str, step: int) -> Calibration | None:
+    """Fit ``method`` per task; None (with the reasons logged) when no task could be fitted."""
+    calibration, skipped = fit_calibration(method, logits, labels, label_mask, tasks,
+                                           {"split": split, "domain": domain, "step": int(step)})
+    for task, why in skipped.items():
+        logging.warning("calibration of %s not fitted (%s); its probabilities stay uncalibrated", task, why)
+    return calibration if calibration.maps else None
+
+
+def store(step_dir: str | Path, calibration: Calibration | None) -> None:
+    """Write ``calibration`` (None: remove it) into the step's card and the run's model card."""
+    step_dir = Path(step_dir)
+    card = runs.read_json_item(step_dir, "card")
+    card["calibration"] = None if calibration is None else calibration.to_dict()
+    runs.write_json_item(step_dir, "card", card)
+    run_card = runs.card_path(runs.workdir_of(step_dir))
+    if run_card.is_file():
+        from vertex_jax.files import write_text
+
+        write_text(run_card, json.dumps(card, indent=2))
+
+
+def calibrate_run(workdir: str | Path, method: str = "temperature", split: str = "val", *,
+                  checkpoint: str | Path | None = None, progress: bool = True,
+                  log: Callable[[str], None] = print) -> Calibration:
+    """Score ``split`` of the run with its best checkpoint (or ``checkpoint``), fit ``method``
+    per task on the logits, store it; returns the calibration."""
+    from vertex_jax.evaluate.run_scores import score_run
+
+    config = runs.read_config(workdir)
+    check_split(split, config.data.train_split)
+    step_dir = runs.resolve_step_dir(checkpoint or workdir)
+    card = runs.read_json_item(step_dir, "card")
+    tasks = tuple(card["tasks"])
+    scores = score_run(workdir, [split], checkpoint=step_dir, progress=progress)
+    labels = np.stack([scores[t].to_numpy(dtype=float, na_value=np.nan) for t in tasks], axis=1)
+    logits = np.stack([scores[f"{t}_logit"].to_numpy(float) for t in tasks], axis=1)
+    calibration = calibrate_outputs(method, logits, np.nan_to_num(labels), ~np.isnan(labels), tasks,
+                                    split=split, domain=card.get("domain", "xray"), step=int(step_dir.name))
+    if calibration is None:
+        raise CalibrationError(f"no task of {step_dir} could be calibrated on split '{split}' (see the warnings)")
+    store(step_dir, calibration)
+    log(f"calibrated {step_dir} on {len(scores)} '{split}' image(s): {calibration.describe()}")
+    return calibration
