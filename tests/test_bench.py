@@ -157,3 +157,72 @@ def test_peer_trains_the_same_network_side_by_side(tmp_path):
     assert torch_rec["images_per_s"] > 0 and torch_rec["xla_flops_per_step"] is None
     assert result["peer_environment"]["versions"]["torch"]
     assert "JAX/peer" in stdout and "torch eager 1 thr" in stdout
+
+
+# The one-shot GPU check (vertex_jax.bench.gpu_check), run here in its dry mode.
+
+DRY_POINTS = "jax-train-b2,jax-eval-b2,profile-train-b2,peer-eager-b2,loop-b2"
+
+
+def test_gpu_check_dry_mode_writes_one_complete_json(tmp_path):
+    """Tiny config, batch 2, one step, each point a time-boxed child process with the lent
+    machine's missing packages (grain, ml_collections, pydicom, ...) blocked."""
+    out = tmp_path / "gpu_check.json"
+    proc = subprocess.run([sys.executable, "-m", "vertex_jax.bench.gpu_check", "--dry",
+                           f"--points={DRY_POINTS}", f"--json={out}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600,
+                          env=os.environ | {"JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    errors = {p["name"]: p.get("error") for p in doc["points"] if p["status"] not in ("ok", "unavailable")}
+    assert not errors, errors
+    assert doc["mode"] == "dry" and "--dry" in doc["command"]
+    env = doc["environment"]
+    assert env["platform"] == "cpu" and env["versions"]["jax"] and env["config_loader"] == "plain"
+    assert "ml_collections" in env["blocked_imports"] and "grain" in env["blocked_imports"]
+    assert doc["config"]["variant"] == "tiny" and doc["config"]["dtype"] == "bfloat16"
+    status = {p["name"]: p["status"] for p in doc["points"]}
+    assert list(status) == DRY_POINTS.split(",")
+    assert {status[k] for k in ("jax-train-b2", "jax-eval-b2", "profile-train-b2")} == {"ok"}
+    assert status["peer-eager-b2"] in ("ok", "unavailable")  # torch is optional here
+    assert status["loop-b2"] == "unavailable" and doc["rerun"] is None
+    assert all(p["wall_s"] >= 0 for p in doc["points"])
+    jax_records = [r for r in doc["records"] if r["framework"] == "jax"]
+    assert [(r["what"], r["batch"], r["remat"]) for r in jax_records] == [("train", 2, False),
+                                                                          ("eval", 2, False)]
+    for r in doc["records"]:
+        assert tuple(r) == FIELDS
+        for key in ("images_per_s", "step_s", "compile_s", "model_flops_per_step"):
+            assert np.isfinite(r[key]) and r[key] > 0, key
+    for r in jax_records:
+        assert r["xla_memory_bytes_per_device"] > 0 and r["dtype"] == "bfloat16"
+    profile = doc["profile"]
+    assert profile["status"] == "ok", profile["errors"]
+    assert profile["source"].startswith("host") and profile["events"] > 0
+    assert np.isfinite(profile["images_per_s"]) and profile["images_per_s"] > 0
+    assert profile["top_ops"] and profile["top_kinds"]
+    for op in profile["top_ops"]:
+        assert op["count"] > 0 and np.isfinite(op["ms_per_step"]) and 0 < op["share"] <= 1
+    assert sum(op["share"] for op in profile["top_ops"]) <= 1 + 1e-9
+    assert "top ops (profile" in proc.stdout
+
+
+def test_gpu_check_config_matches_ml_collections():
+    """The lent machine has no ml_collections: its stand-in builds the same configs."""
+    from vertex_jax.bench.gpu_check import plain_config
+
+    for spec in ("configs/xray.py", "configs/xray.py:demo", "configs/xray.py:tiny"):
+        plain = plain_config(spec)
+        assert plain.to_dict() == load_config(spec).to_dict(), spec
+        copy = plain.copy_and_resolve_references()
+        copy.model.remat = not plain.model.remat
+        assert copy.model.remat != plain.model.remat and "depthwise" in copy.model
+
+
+def test_memory_fit_recovers_fixed_and_per_image_bytes():
+    from vertex_jax.bench.gpu_check import _largest_batch, fit_memory
+
+    fit = fit_memory([2, 4, 8], [1e9 + 2 * 3e9, 1e9 + 4 * 3e9, 1e9 + 8 * 3e9])
+    assert fit["per_image_bytes"] == pytest.approx(3e9) and fit["fixed_bytes"] == pytest.approx(1e9)
+    assert fit["max_relative_residual"] == pytest.approx(0, abs=1e-12)
+    assert _largest_batch(fit, 80e9) == 26  # (80 - 1) / 3

@@ -82,8 +82,12 @@ def test_predict_csv_matches_the_model_called_by_hand(xray_run, tmp_path):
                                           present.astype(np.float32)[None]))
         np.testing.assert_allclose(scores.loc[i, ["pvf_logit", "osteo_logit"]].to_numpy(float),
                                    logits[0], rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(scores.loc[i, "pvf_prob"], 1 / (1 + np.exp(-logits[0, 0])),
+        np.testing.assert_allclose(scores.loc[i, "pvf_prob_raw"], 1 / (1 + np.exp(-logits[0, 0])),
                                    rtol=1e-5)
+        # the run's own calibration, fitted on its validation split when training ended
+        expected = trained.calibration.probabilities(logits.astype(np.float64), trained.tasks)
+        np.testing.assert_allclose(scores.loc[i, ["pvf_prob", "osteo_prob"]].to_numpy(float), expected[0],
+                                   rtol=1e-4, atol=1e-6)
 
 
 def test_predict_folder_of_dicom_and_png_lists_bad_files(xray_run, tmp_path):

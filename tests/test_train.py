@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vertex_jax.runs import read_json_item, restore_arrays
+from vertex_jax.runs import model_arrays as runs_model_arrays
+from vertex_jax.runs import read_json_item
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,17 +51,7 @@ def steps(workdir) -> list[int]:
 def model_arrays(workdir, step=None) -> dict[str, np.ndarray]:
     """Every array of the model (parameters, BatchNorm statistics) saved at ``step``."""
     step = steps(workdir)[-1] if step is None else step
-    raw = restore_arrays(Path(workdir) / "checkpoints" / str(step) / "state")
-    flat = {}
-
-    def walk(prefix, node):
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(f"{prefix}/{k}", v)
-        elif "rngs" not in prefix:
-            flat[prefix] = np.asarray(node)
-    walk("", raw["0"])
-    return flat
+    return runs_model_arrays(Path(workdir) / "checkpoints" / str(step))
 
 
 def assert_same(a, b):

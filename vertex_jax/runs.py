@@ -202,6 +202,13 @@ def restore_arrays(item_dir: str | Path) -> Any:
     return jax.tree.map(host, checkpointer.restore(Path(item_dir).absolute(), target))
 
 
+def model_arrays(step_dir: str | Path) -> dict[str, np.ndarray]:
+    """Every array of a step's model (parameters, BatchNorm statistics; not the RNG state),
+    by name: what two runs are compared on."""
+    model = restore_arrays(Path(step_dir) / STATE)["0"]  # the (model, optimizer) pair
+    return {f"/{k}": np.asarray(v) for k, v in _flat(model).items() if "rngs" not in k}
+
+
 def _name(path: tuple) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 

@@ -1,7 +1,8 @@
 """The training run: restore, epochs of sharded steps, validation, checkpoints, early stop.
 
 Restore order: the workdir's own checkpoint → ``config.resume`` → ``config.init_from``
-(parameters only) → scratch. SIGTERM/SIGINT finish the current step, save and return;
+(parameters only) → scratch. SIGTERM/SIGINT finish the current step (with several
+processes: the next step that is a multiple of ``log_every_steps``, agreed by all), save and return;
 a non-finite loss stops the run (or skips the step with ``nan_policy="skip"``) and
 leaves the last good checkpoint as it was. A finished run fits ``config.calibration`` on
 its best checkpoint's validation outputs and stores it in that step's card.
@@ -19,6 +20,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 import vertex_jax
@@ -168,6 +170,16 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
             f"{rows.tolist()} of split '{config.data.train_split}'. The last good checkpoint in "
             f"{ckpt.directory} is untouched.")
 
+    def stop_requested() -> bool:
+        """Stop for a signal? One process: its own flag, at every step. Several: whether any of
+        them was signalled, agreed every ``log_every_steps`` steps, so that all stop at the
+        same step (a rank stopping alone would leave the others waiting in a collective)."""
+        if jax.process_count() == 1:
+            return preemption.requested
+        if progress.step % config.log_every_steps:
+            return False
+        return bool(np.max(multihost_utils.process_allgather(np.int32(preemption.requested))))
+
     feed = DevicePrefetch(train_iter, lambda b: meshlib.to_global(b, mesh), depth=2)
     pending = None  # (step, epoch, batch rows, metrics) of the step whose finite flag is unread
     preemption = _Preemption()
@@ -180,7 +192,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
             bar = tqdm(total=epoch_end - epoch * steps_per_epoch, initial=progress.step - epoch * steps_per_epoch,
                        desc=f"epoch {epoch + 1}/{config.num_epochs}", unit="step", disable=not leader,
                        dynamic_ncols=True)
-            t0, seen = time.perf_counter(), 0
+            t0, seen, preempted = time.perf_counter(), 0, False
             while progress.step < epoch_end:
                 host_batch, batch = feed.next(epoch_end - progress.step)
                 state, metrics = train_step(state, batch)
@@ -197,12 +209,12 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
                     bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.1f}")
                     writer.write(progress.step, {"train/loss": loss, "train/images_per_s": rate,
                                                  "train/grad_norm": float(metrics["grad_norm"])})
-                if preemption.requested:
+                if preempted := stop_requested():
                     break
             check_finite(pending)
             pending = None
             bar.close()
-            if preemption.requested:
+            if preempted:
                 feed.rewind()
                 save()
                 stopped = "preempted"

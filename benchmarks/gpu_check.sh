@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# One-shot GPU check (issue 16): EfficientNet-B4 + clinical fusion at 1024x512 in bf16 on
+# one H100/H200 in under 8 minutes -- JAX train/eval steps (batch 16/32/48, remat off/on),
+# the PyTorch peer (eager, channels-last, torch.compile), compile time, peak memory, a
+# profile's top ops -- into ONE JSON (python -m vertex_jax.bench.gpu_check; its docstring).
+#
+#   bash benchmarks/gpu_check.sh [gpu_check flags: --points=a,b --budget-s=S --dry ...]
+#
+# On the lent machine (device tool), from the repo root:
+#   run(command="bash benchmarks/gpu_check.sh", carry=["benchmarks/wheels"], timeout_s=540)
+# The result comes back as $OUT/gpu_check.json (+ gpu_check.log, profile.xplane.pb); copy
+# it to benchmarks/results/gpu_check_<gpu>.json here. A rerun of the points that did not
+# fit: the JSON's "rerun" field, e.g. bash benchmarks/gpu_check.sh --points=jax-eval-b16,...
+#
+# The machine reaches no package registry and lacks grain, array-record, ml-collections,
+# pydicom and tensorboardX; the check itself needs none of them (the project is put on
+# PYTHONPATH, no install). Wheels in benchmarks/wheels/ (git-ignored, ~7 MB) are installed
+# when present -- they serve the loop bench. Download them here for Python 3.12:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+#     --platform manylinux2014_x86_64 -d benchmarks/wheels ml-collections==1.1.0 \
+#     grain==0.2.18 array-record pydicom==3.0.2 tensorboardX==2.6.5 portpicker importlib_resources
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.90}  # batch 48 without remat
+OUT_DIR=${OUT:-}
+LOG=${OUT_DIR:+$OUT_DIR/gpu_check.log}
+LOG=${LOG:-/tmp/gpu_check.log}
+
+if ls benchmarks/wheels/*.whl >/dev/null 2>&1; then
+  if $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/gpu_check_site benchmarks/wheels/*.whl; then
+    export PYTHONPATH="$PYTHONPATH:/tmp/gpu_check_site"
+  else
+    echo "gpu_check.sh: carried wheels did not install; going on without them" >&2
+  fi
+fi
+
+nvidia-smi 2>/dev/null | head -15
+GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+SLUG=$(echo "${GPU:-cpu}" | tr 'A-Z' 'a-z' | tr -cs 'a-z0-9' '_' | sed 's/_$//')
+case " $* " in *" --dry "*) SLUG="dry_$SLUG" ;; esac
+JSON=benchmarks/results/gpu_check_${SLUG}.json
+TRACE=${OUT_DIR:+--keep-trace=$OUT_DIR/profile.xplane.pb}
+
+$PY -c "import jax; print('jax', jax.__version__, jax.devices())" 2>&1 | tee "$LOG"
+# The driver keeps its own budget (--budget-s, default 420 s); this is the backstop.
+timeout -k 10 480 $PY -m vertex_jax.bench.gpu_check --json="$JSON" ${TRACE:-} "$@" 2>&1 | tee -a "$LOG"
+rc=${PIPESTATUS[0]}
+if [ -n "$OUT_DIR" ] && [ -f "$JSON" ]; then cp "$JSON" "$OUT_DIR/gpu_check.json"; fi
+echo "gpu_check.sh: exit $rc, result $JSON${OUT_DIR:+ (and \$OUT/gpu_check.json)}"
+exit "$rc"
