@@ -69,13 +69,19 @@ def _save_dataset(path: Path, ds: Dataset, **kwargs) -> Path:
 
 def _dataset(arr: np.ndarray, photometric: str, bits_stored: int) -> Dataset:
     """A minimal Secondary Capture data set around ``arr`` (any pydicom-supported layout)."""
+    ds = _header(SecondaryCaptureImageStorage, "OT")
+    set_pixel_data(ds, arr, photometric, bits_stored)
+    return ds
+
+
+def _header(sop_class: str, modality: str) -> Dataset:
+    """File meta and the identifying elements of a data set of ``sop_class``, no pixels."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.Modality = "OT"
-    set_pixel_data(ds, arr, photometric, bits_stored)
+    ds.Modality = modality
     return ds
 
 
@@ -378,13 +384,7 @@ def test_objects_without_pixel_data_are_not_images_with_their_sop_class(tmp_path
     assert isinstance(error, NotAnImageError) and error.reason.startswith("not an image")
     for sop, name in [(GrayscaleSoftcopyPresentationStateStorage, "Grayscale Softcopy Presentation State"),
                       (BasicTextSRStorage, "Basic Text SR Storage")]:
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.Modality = "PR"
-        path = _save_dataset(tmp_path / f"{name}.dcm", ds)
+        path = _save_dataset(tmp_path / f"{name}.dcm", _header(sop, "PR"))
         assert isinstance(_assert_read_error(path, name), NotAnImageError)
     # An image SOP class without pixel data is a broken image, not "not an image".
     write_dicom(tmp_path / "full.dcm", _image(12), bits_stored=12)

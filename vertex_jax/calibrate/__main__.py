@@ -14,7 +14,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from vertex_jax.calibrate.maps import METHODS, CalibrationError
+from vertex_jax.calibrate.maps import METHODS
+from vertex_jax.cli import user_errors
 
 
 def parser() -> argparse.ArgumentParser:
@@ -27,22 +28,21 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@user_errors
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command; user errors (a refused split, no checkpoint, nothing to fit) print one
+    block and return 2 (:mod:`vertex_jax.cli`)."""
     args = parser().parse_args(argv)
     from vertex_jax import runs
     from vertex_jax.calibrate.run import calibrate_run, store
 
-    try:
-        if args.method == "none":
-            step_dir = runs.resolve_step_dir(args.checkpoint or args.workdir)
-            store(step_dir, None)
-            print(f"removed the calibration of {step_dir}")
-        else:
-            calibrate_run(args.workdir, args.method, args.split, checkpoint=args.checkpoint,
-                          progress=not args.no_progress)
-    except (CalibrationError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.method == "none":
+        step_dir = runs.resolve_step_dir(args.checkpoint or args.workdir)
+        store(step_dir, None)
+        print(f"removed the calibration of {step_dir}")
+    else:
+        calibrate_run(args.workdir, args.method, args.split, checkpoint=args.checkpoint,
+                      progress=not args.no_progress)
     return 0
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from vertex_jax import runs
 from vertex_jax.calibrate.maps import Calibration, CalibrationError, fit_calibration
+from vertex_jax.files import write_text
 
 TEST_SPLIT = "test"
 
@@ -51,8 +52,6 @@ def store(step_dir: str | Path, calibration: Calibration | None) -> None:
     runs.write_json_item(step_dir, "card", card)
     run_card = runs.card_path(runs.workdir_of(step_dir))
     if run_card.is_file():
-        from vertex_jax.files import write_text
-
         write_text(run_card, json.dumps(card, indent=2))
 
 

@@ -77,7 +77,7 @@ def build_report(scores: pd.DataFrame | PathLike, out_dir: PathLike, *, tasks: S
                     "settings": settings, "notes": list(inputs.notes), "models": {}}
     options = {"n_boot": bootstrap, "seed": seed, "n_bins": n_bins, "age_bands": age_bands}
     for label, table in inputs.models:
-        if "calibration" in table.raw.columns and set(table.raw["calibration"].astype(str)) <= {"none"}:
+        if _uncalibrated(table):
             report["notes"].append(f"{label}: the scores come from an uncalibrated model (calibration 'none'): "
                                    "probabilities and thresholds are on the raw sigmoid scale; fit one with "
                                    "python -m vertex_jax.calibrate --workdir RUN")
@@ -125,19 +125,22 @@ def _evaluate_model(table: Table, cases: pd.DataFrame, inputs: Inputs, fixed: di
     return entry
 
 
+def _uncalibrated(table: Table) -> bool:
+    """Scores of a model that says it has no calibration (predict's ``calibration`` column)."""
+    return "calibration" in table.raw.columns and set(table.raw["calibration"].astype(str)) <= {"none"}
+
+
 def _raw_calibration(table: Table, task: str, y: np.ndarray, rows: np.ndarray, options: Mapping) -> dict | None:
     """Calibration and AUROC of the uncalibrated ``<task>_prob_raw`` beside a calibrated
     ``<task>_prob`` (scores of a calibrated model); None when there is no such column."""
     column = f"{task}_prob_raw"
-    if table.prob_columns[task] != f"{task}_prob" or column not in table.raw.columns:
-        return None
+    if table.prob_columns[task] != f"{task}_prob" or column not in table.raw.columns or _uncalibrated(table):
+        return None  # (an uncalibrated model's raw column repeats the probability)
     p = pd.to_numeric(table.raw[column], errors="coerce").to_numpy(float)[rows]
-    if "calibration" in table.raw.columns and set(table.raw["calibration"].astype(str)) <= {"none"}:
-        return None  # an uncalibrated model: the raw column repeats the probability
     if not np.all(np.isfinite(p)):
         return None
     raw = evaluate_group(y, p, {}, n_boot=options["n_boot"], seed=options["seed"], key=(task, "all"),
-                         n_bins=options["n_bins"], curve=True)
+                         n_bins=options["n_bins"], ece_interval=True)
     return {"probability_column": column, "auroc": raw["auroc"], "calibration": raw["calibration"]}
 
 

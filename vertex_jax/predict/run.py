@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 import pandas as pd
+from scipy.special import expit
 from tqdm import tqdm
 
 from vertex_jax.calibrate import Calibration
@@ -137,7 +138,7 @@ def _scores_frame(df: pd.DataFrame, backend: Backend, rows: list, probs: list, l
     lo = np.concatenate(logits) if logits else np.zeros((0, len(backend.tasks)))
     for t, task in enumerate(backend.tasks):
         out[f"{task}_prob"] = p[:, t]
-        out[f"{task}_prob_raw"] = 1.0 / (1.0 + np.exp(-lo[:, t].astype(np.float64)))
+        out[f"{task}_prob_raw"] = expit(lo[:, t].astype(np.float64))
         out[f"{task}_logit"] = lo[:, t]
     cal = backend.calibration
     out["calibration"] = "none" if cal is None else cal.fitted_on.get("method", "calibrated")
