@@ -35,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode, conv_backward_flop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's vertex_jax
 
-from vertex_jax.bench.record import document, host, make_record, versions  # noqa: E402
+from vertex_jax.bench.record import CpuClock, document, host, make_record, versions  # noqa: E402
 from vertex_jax.models.efficientnet import VARIANTS  # noqa: E402
 
 _KEEP_ALIVE = []  # operator libraries registered by import_timm
@@ -203,13 +203,14 @@ def run(args: argparse.Namespace) -> tuple[dict, dict]:
     first_s = time.perf_counter() - t0
     step(batch)
     _sync(device)
-    runs = []
+    runs, cpu = [], []
     for _ in range(args.repeats):
-        t0 = time.perf_counter()
+        clock, t0 = CpuClock(), time.perf_counter()
         for _ in range(args.steps):
             step(batch)
         _sync(device)
         runs.append((time.perf_counter() - t0) / args.steps)
+        cpu.append(tuple(x / args.steps for x in clock.lap()))
     record = make_record(
         framework="torch", what="train", variant=args.variant, height=args.height, width=args.width,
         batch=args.batch, dtype="bfloat16" if args.amp == "bf16" else "float32",
@@ -219,7 +220,8 @@ def run(args: argparse.Namespace) -> tuple[dict, dict]:
                  "threads": torch.get_num_threads() if device.type == "cpu" else None},
         devices=1, params=params, compile_s=max(0.0, first_s - min(runs)), step_s_runs=runs,
         model_flops=float(counter.get_total_flops()),
-        peak_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None)
+        peak_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+        cpu_s_runs=cpu)
     return environment(device), record
 
 

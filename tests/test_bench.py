@@ -17,6 +17,7 @@ from vertex_jax.bench.peer import peer_command
 from vertex_jax.bench.record import FIELDS
 from vertex_jax.config_files import load_config
 from vertex_jax.train.augment import warp
+from vertex_jax.train import metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,6 +51,33 @@ def test_cli_sweep_writes_one_record_per_point(tmp_path):
     # The forward pass is linear in the batch: twice the batch, exactly twice the FLOPs.
     assert records[1]["model_flops_per_step"] == 2 * records[0]["model_flops_per_step"] > 0
     assert "images/s" in stdout and "no allocator statistics on CPU" in stdout
+
+
+def test_cli_times_the_loop_beside_the_step(tmp_path):
+    result, stdout = run_bench(tmp_path, "--what=loop", "--steps=3", devices=2)
+    step, loop = result["records"]
+    assert (step["what"], loop["what"]) == ("train", "loop")
+    for r in (step, loop):
+        assert tuple(r) == FIELDS and r["batch"] == 8 and r["devices"] == 2
+        assert r["cpu_user_s_per_step"] > 0 and r["cpu_system_s_per_step"] >= 0
+    (runs,) = result["loop_runs"]
+    # one epoch of 3 steps: the first only starts the loop's clock
+    assert [r["steps_timed"] for r in runs["runs"]] == [2] and runs["runs"][0]["status"] == "completed"
+    assert loop["images_per_s"] == pytest.approx(runs["runs"][0]["images_per_s"])
+    ratio = loop["images_per_s"] / step["images_per_s"]
+    assert f"= {ratio:.1%}" in stdout
+
+
+def test_loop_clock_leaves_out_the_first_step_after_a_pause(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(metrics.time, "perf_counter", lambda: now[0])
+    clock = metrics.Throughput()
+    for t, action in [(0, "tick"), (2, "tick"), (3, "tick"),  # the first only starts the clock
+                      (3, "pause"), (50, "tick"), (54, "tick")]:  # validation, saves left out
+        now[0] = float(t)
+        clock.pause() if action == "pause" else clock.tick(8)
+    assert (clock.steps, clock.images, clock.seconds) == (3, 24, 2 + 1 + 4)
+    assert clock.to_dict()["images_per_s"] == pytest.approx(24 / 7)
 
 
 @pytest.mark.slow

@@ -97,6 +97,11 @@ def test_run_trains_logs_and_summarises(baseline):
     assert fitted == {"method": "temperature", "split": "val", "domain": "xray", "step": summary["best_step"]}
     card = read_json_item(workdir / "checkpoints" / str(summary["best_step"]), "card")
     assert card["calibration"] == summary["calibration"] and "calibration: pvf: temperature" in out
+    # the loop's clock: every step but the first of each epoch (2 epochs of 3, batch 8)
+    clock = summary["throughput"]
+    assert clock["steps_timed"] == 4 and clock["seconds"] > 0
+    assert clock["images_per_s"] * clock["seconds"] == pytest.approx(4 * 8)
+    assert clock["user_s"] >= 0 and clock["system_s"] >= 0
 
 
 def test_interrupted_and_resumed_run_is_bit_identical(shared, baseline, tmp_path):

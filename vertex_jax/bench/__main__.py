@@ -15,14 +15,17 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
+from vertex_jax.bench.loop import measure_loop
 from vertex_jax.bench.measure import measure, measure_isolated
 from vertex_jax.bench.peer import format_comparison, run_peer
 from vertex_jax.bench.record import document, format_table, host
 from vertex_jax.models.build import tasks_of
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/xray.py", "Run configuration file.")
-_WHAT = flags.DEFINE_enum("what", "train", ["train", "eval", "input", "export", "all"],
-                          "Which step to time; input: the input pipeline (vertex_jax.bench.input); "
+_WHAT = flags.DEFINE_enum("what", "train", ["train", "eval", "loop", "input", "export", "all"],
+                          "Which step to time; loop: the training loop itself (train_and_evaluate "
+                          "capped at --steps steps, vertex_jax.bench.loop) beside the isolated "
+                          "training step; input: the input pipeline (vertex_jax.bench.input); "
                           "export: the exported ONNX model on onnxruntime against JAX on the CPU "
                           "(vertex_jax.bench.export; --batch sizes, default 1,2); all: train, eval "
                           "and input.")
@@ -74,7 +77,7 @@ def point_config(config: ml_collections.ConfigDict, what: str, point: dict[str, 
     config = config.copy_and_resolve_references()
     for key, text in point.items():
         if key == "batch":
-            field = "batch_size" if what == "train" else "eval_batch_size"
+            field = "eval_batch_size" if what == "eval" else "batch_size"
             config[field] = _convert(config[field], text, "batch")
             continue
         *parents, leaf = key.split(".")
@@ -130,11 +133,24 @@ def compare_with_peer(train_records: list[dict[str, Any]], config: ml_collection
     return pairs
 
 
+def format_loop_ratio(records: list[dict[str, Any]]) -> str:
+    """One line per sweep point: the loop's images/s over the isolated step's."""
+    steps = [r for r in records if r["what"] == "train"]
+    loops = [r for r in records if r["what"] == "loop"]
+    lines = []
+    for step, loop in zip(steps, loops):
+        label = ", ".join([f"batch {loop['batch']}", *(f"{k}={v}" for k, v in loop["options"].items())])
+        lines.append(f"loop / step ({label}): {loop['images_per_s']:.3g} / {step['images_per_s']:.3g} "
+                     f"images/s = {loop['images_per_s'] / step['images_per_s']:.1%}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
-    whats = {"all": ["train", "eval"], "input": [], "export": []}.get(_WHAT.value, [_WHAT.value])
+    whats = {"all": ["train", "eval"], "loop": ["train", "loop"], "input": [], "export": []
+             }.get(_WHAT.value, [_WHAT.value])
     if _PEER.value and "train" not in whats:
         raise app.UsageError("--peer compares training steps: use --what=train or all")
     axes = sweep_axes()
@@ -150,8 +166,13 @@ def main(argv: list[str]) -> None:
     for what, point, point_cfg in jobs:
         options = {k: v for k, v in point.items() if k not in ("batch", "model.dtype", "model.remat")}
         print(f"measuring {what} {point or '(config as given)'}", flush=True)
-        environment, record = measure_fn(point_cfg, what, steps=_STEPS.value, repeats=_REPEATS.value,
-                                         options=options)
+        if what == "loop":
+            environment, record, runs = measure_loop(point_cfg, steps=_STEPS.value,
+                                                     repeats=_REPEATS.value, options=options)
+            extra.setdefault("loop_runs", []).append({"point": point, "runs": runs})
+        else:
+            environment, record = measure_fn(point_cfg, what, steps=_STEPS.value,
+                                             repeats=_REPEATS.value, options=options)
         records.append(record)
     if records:
         print(f"\n{environment['devices']}x {environment['device']} ({environment['platform']}), "
@@ -159,6 +180,8 @@ def main(argv: list[str]) -> None:
         print(format_table(records, extra=sorted({k for r in records for k in r["options"]})))
         if environment["platform"] == "cpu":
             print("peak MiB: no allocator statistics on CPU (null); XLA MiB is XLA's memory plan.")
+        if _WHAT.value == "loop":
+            print("\n" + format_loop_ratio(records))
     if _PEER.value:
         pairs = compare_with_peer([r for r in records if r["what"] == "train"], config)
         extra["peer_environment"] = pairs[0][1][0]

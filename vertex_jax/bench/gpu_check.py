@@ -334,7 +334,7 @@ def _run_profile_point(point: Point, args: argparse.Namespace) -> dict[str, Any]
     steps = max(1, args.profile_steps)
     trace_dir = Path(tempfile.mkdtemp(prefix="gpu_check_trace_"))
     with jax.profiler.trace(str(trace_dir)):
-        step_s = _time(compiled, state, batch, steps=steps, repeats=1, carries_state=True)[0]
+        step_s = _time(compiled, state, batch, steps=steps, repeats=1, carries_state=True)[0][0]
     summary = summarize_trace(trace_dir, steps + 2)  # _time's two warm-up steps are traced too
     kept = sorted(trace_dir.rglob("*.xplane.pb"))
     if args.keep_trace and kept:

@@ -23,7 +23,7 @@ from jax.extend import backend as jax_backend
 
 from vertex_jax import mesh as meshlib
 from vertex_jax.bench.flops import count_flops
-from vertex_jax.bench.record import host, make_record, versions
+from vertex_jax.bench.record import CpuClock, host, make_record, versions
 from vertex_jax.models.build import build_model, tasks_of
 from vertex_jax.train.state import build_optimizer
 from vertex_jax.train.step import make_eval_step, make_train_step
@@ -108,22 +108,25 @@ def _xla_memory_bytes(compiled) -> int | None:
             - m.alias_size_in_bytes)
 
 
-def _time(compiled, state, batch, *, steps: int, repeats: int, carries_state: bool) -> list[float]:
-    """Seconds per step of each of ``repeats`` runs, after two warm-up steps."""
+def _time(compiled, state, batch, *, steps: int, repeats: int, carries_state: bool
+          ) -> tuple[list[float], list[tuple[float, float]]]:
+    """Seconds per step, and (user, system) CPU seconds per step, of each of ``repeats``
+    runs after two warm-up steps."""
     out = None
     for _ in range(2):
         out = compiled(state, batch)
         state = out[0] if carries_state else state
     jax.block_until_ready(out)
-    runs = []
+    runs, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        clock, t0 = CpuClock(), time.perf_counter()
         for _ in range(steps):
             out = compiled(state, batch)
             state = out[0] if carries_state else state
         jax.block_until_ready(out)
         runs.append((time.perf_counter() - t0) / steps)
-    return runs
+        cpu.append(tuple(x / steps for x in clock.lap()))
+    return runs, cpu
 
 
 def measure(config: Any, what: str, *, steps: int, repeats: int,
@@ -145,7 +148,7 @@ def measure(config: Any, what: str, *, steps: int, repeats: int,
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
     cost = compiled.cost_analysis() or {}
-    runs = _time(compiled, state, batch, steps=steps, repeats=repeats, carries_state=what == "train")
+    runs, cpu = _time(compiled, state, batch, steps=steps, repeats=repeats, carries_state=what == "train")
     devices = mesh.devices.size
 
     def whole_step(key: str) -> float | None:  # cost analysis is of one device's program
@@ -156,7 +159,7 @@ def measure(config: Any, what: str, *, steps: int, repeats: int,
         remat=bool(config.model.remat), options=dict(options or {}), devices=devices,
         params=params, compile_s=compile_s, step_s_runs=runs, model_flops=model_flops,
         xla_flops=whole_step("flops"), xla_bytes=whole_step("bytes accessed"),
-        peak_bytes=_peak_bytes(), xla_memory_bytes=_xla_memory_bytes(compiled))
+        peak_bytes=_peak_bytes(), xla_memory_bytes=_xla_memory_bytes(compiled), cpu_s_runs=cpu)
     return environment(), record
 
 

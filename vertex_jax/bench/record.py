@@ -15,7 +15,7 @@ import statistics
 import sys
 from typing import Any, Iterable, Sequence
 
-__all__ = ["FIELDS", "make_record", "versions", "host", "document", "format_table"]
+__all__ = ["FIELDS", "CpuClock", "make_record", "versions", "host", "document", "format_table"]
 
 FIELDS = (
     "framework", "what", "variant", "height", "width", "batch", "dtype", "remat", "options",
@@ -24,7 +24,21 @@ FIELDS = (
     "xla_flops_per_step", "xla_tflops_per_s_per_device",
     "xla_bytes_per_step", "xla_gb_per_s_per_device",
     "peak_bytes_per_device", "xla_memory_bytes_per_device",
+    "cpu_user_s_per_step", "cpu_system_s_per_step",
 )
+
+
+class CpuClock:
+    """User and system CPU seconds of this process (all its threads) since the last
+    :meth:`lap`: on a CPU backend, system time is threads waiting on each other."""
+
+    def __init__(self) -> None:
+        self._last = os.times()
+
+    def lap(self) -> tuple[float, float]:
+        now, last = os.times(), self._last
+        self._last = now
+        return now.user - last.user, now.system - last.system
 
 
 def _rate(amount: float | None, seconds: float, devices: int, unit: float) -> float | None:
@@ -32,12 +46,14 @@ def _rate(amount: float | None, seconds: float, devices: int, unit: float) -> fl
 
 
 def make_record(*, framework: str, what: str, variant: str, height: int, width: int, batch: int,
-                dtype: str, remat: bool, options: dict[str, Any], devices: int, params: int,
-                compile_s: float, step_s_runs: Sequence[float], model_flops: float | None,
+                dtype: str, remat: bool, options: dict[str, Any], devices: int, params: int | None,
+                compile_s: float | None, step_s_runs: Sequence[float], model_flops: float | None,
                 xla_flops: float | None = None, xla_bytes: float | None = None,
-                peak_bytes: int | None = None, xla_memory_bytes: int | None = None) -> dict[str, Any]:
+                peak_bytes: int | None = None, xla_memory_bytes: int | None = None,
+                cpu_s_runs: Sequence[tuple[float, float]] = ()) -> dict[str, Any]:
     """One sweep point; ``step_s`` is the median of ``step_s_runs``; FLOPs and bytes per
-    step are for the whole (global) step."""
+    step are for the whole (global) step; ``cpu_s_runs``: (user, system) CPU seconds per
+    step of each run, reported as medians."""
     step_s = statistics.median(step_s_runs)
     record = {
         "framework": framework, "what": what, "variant": variant, "height": height, "width": width,
@@ -51,6 +67,8 @@ def make_record(*, framework: str, what: str, variant: str, height: int, width: 
         "xla_bytes_per_step": xla_bytes,
         "xla_gb_per_s_per_device": _rate(xla_bytes, step_s, devices, 1e9),
         "peak_bytes_per_device": peak_bytes, "xla_memory_bytes_per_device": xla_memory_bytes,
+        "cpu_user_s_per_step": statistics.median(u for u, _ in cpu_s_runs) if cpu_s_runs else None,
+        "cpu_system_s_per_step": statistics.median(s for _, s in cpu_s_runs) if cpu_s_runs else None,
     }
     assert tuple(record) == FIELDS
     return record
@@ -94,6 +112,7 @@ _COLUMNS = (
     ("XLA GB/s/dev", "xla_gb_per_s_per_device", ".1f", 1),
     ("peak MiB/dev", "peak_bytes_per_device", ".0f", 2**20),
     ("XLA MiB/dev", "xla_memory_bytes_per_device", ".0f", 2**20),
+    ("user s/step", "cpu_user_s_per_step", ".3f", 1), ("sys s/step", "cpu_system_s_per_step", ".3f", 1),
 )
 
 

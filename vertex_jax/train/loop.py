@@ -14,7 +14,6 @@ import dataclasses
 import json
 import logging
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from vertex_jax.data.prepare import PreparedData, prepare
 from vertex_jax.models.build import build_model, tasks_of
 from vertex_jax.models.weights import load_pretrained
 from vertex_jax.train.checkpoint import Checkpoints
-from vertex_jax.train.metrics import MetricWriter, auroc_per_task
+from vertex_jax.train.metrics import MetricWriter, Throughput, auroc_per_task
 from vertex_jax.train.prefetch import DevicePrefetch
 from vertex_jax.train.state import TrainState, build_optimizer
 from vertex_jax.train.step import make_eval_step, make_train_step
@@ -183,6 +182,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     feed = DevicePrefetch(train_iter, lambda b: meshlib.to_global(b, mesh), depth=2)
     pending = None  # (step, epoch, batch rows, metrics) of the step whose finite flag is unread
     preemption = _Preemption()
+    clock = Throughput()  # images/s of the steps alone (summary["throughput"])
     stopped = "completed"
     best_outputs = None  # the best checkpoint's validation outputs, for its calibration
     try:
@@ -192,26 +192,29 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
             bar = tqdm(total=epoch_end - epoch * steps_per_epoch, initial=progress.step - epoch * steps_per_epoch,
                        desc=f"epoch {epoch + 1}/{config.num_epochs}", unit="step", disable=not leader,
                        dynamic_ncols=True)
-            t0, seen, preempted = time.perf_counter(), 0, False
+            preempted = False
+            clock.pause()
             while progress.step < epoch_end:
                 host_batch, batch = feed.next(epoch_end - progress.step)
                 state, metrics = train_step(state, batch)
                 # The previous step's flag: reading it waits for that step only, while this one
                 # is already queued behind it, so the devices never idle on the host.
                 check_finite(pending)
+                if pending is not None:  # the previous step is done: its time, the clock's
+                    clock.tick(config.batch_size)  # (the epoch's first step only starts it)
                 pending = (progress.step + 1, epoch + 1, host_batch["index"], metrics)
                 progress.step += 1
-                seen += config.batch_size
-                rate = seen / (time.perf_counter() - t0)
                 bar.update(1)
                 if progress.step % config.log_every_steps == 0:
-                    loss = float(metrics["loss"])
-                    bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.1f}")
+                    loss, rate = float(metrics["loss"]), clock.images_per_s
+                    bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate or 0:.1f}")
                     writer.write(progress.step, {"train/loss": loss, "train/images_per_s": rate,
                                                  "train/grad_norm": float(metrics["grad_norm"])})
                 if preempted := stop_requested():
                     break
             check_finite(pending)
+            if pending is not None:
+                clock.tick(config.batch_size)  # the epoch's last step, now finished
             pending = None
             bar.close()
             if preempted:
@@ -262,7 +265,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
                "best_val_auroc": progress.best_auroc,
                "best_checkpoint": str(ckpt.path(progress.best_step)) if progress.best_step >= 0 else None,
                "calibration": None if calibration is None else calibration.to_dict(),
-               "history": progress.history}
+               "throughput": clock.to_dict(), "history": progress.history}
     ckpt.close()
     if leader:
         runs.summary_path(workdir).write_text(json.dumps(summary, indent=2))

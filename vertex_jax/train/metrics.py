@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
@@ -45,3 +47,42 @@ class MetricWriter:
         if self.enabled:
             self._jsonl.close()
             self._tb.close()
+
+
+class Throughput:
+    """Images per second of the training steps on the host's clock, as a run sees them.
+
+    :meth:`tick` is called each time a step is known to have finished (its result read), so
+    the interval between ticks is one step on the devices with the host's work around it;
+    :meth:`pause` before a stretch that is not training (validation, checkpoints). The
+    first tick after a pause only starts the clock: the first step of every epoch (the
+    first of a process compiles) is left out. User and system CPU seconds of the process
+    (all threads) are summed over the same intervals.
+    """
+
+    def __init__(self) -> None:
+        self.seconds, self.images, self.steps = 0.0, 0, 0
+        self.user_s, self.system_s = 0.0, 0.0
+        self._last: tuple[float, os.times_result] | None = None
+
+    def pause(self) -> None:
+        self._last = None
+
+    def tick(self, images: int) -> None:
+        now, cpu = time.perf_counter(), os.times()
+        if self._last is not None:
+            then, cpu_then = self._last
+            self.seconds += now - then
+            self.user_s += cpu.user - cpu_then.user
+            self.system_s += cpu.system - cpu_then.system
+            self.images += images
+            self.steps += 1
+        self._last = now, cpu
+
+    @property
+    def images_per_s(self) -> float | None:
+        return self.images / self.seconds if self.seconds > 0 else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"steps_timed": self.steps, "seconds": self.seconds, "images_per_s": self.images_per_s,
+                "user_s": self.user_s, "system_s": self.system_s}
