@@ -24,6 +24,7 @@ FLAG_SETS: dict[str, tuple[str, dict[str, str]]] = {
     "default": ("", {}),
     "onednn": ("--xla_cpu_use_onednn=true", {}),
     "xnnpack": ("--xla_cpu_use_xnnpack=true", {}),
+    "xnn_graph_greedy": ("--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY", {}),
     "fast_math": ("--xla_cpu_enable_fast_math=true", {}),
     "vector_512": ("--xla_cpu_prefer_vector_width=512", {}),
     "concurrency_scheduler": ("--xla_cpu_enable_concurrency_optimized_scheduler=true", {}),

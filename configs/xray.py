@@ -76,9 +76,17 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                                 options=dict(grade_probs=(0.0, 0.35, 0.65), cleft_fraction=0.5))
         c.model.variant = "tiny"
         c.model.bn_momentum = 0.9  # a few hundred steps: running statistics must keep up
+        # A local evidence head (README, "Localisation"): per-position logits from stage 4
+        # (stride 16) and stage 2 (stride 8) only, so no cell sees the whole spine; pVF pooled by
+        # log-sum-exp, osteoporosis by the mean. The score then rests on local evidence and
+        # HiResCAM points at the fractured body (85% against 65% with `gap`, test AUROC 0.99
+        # against 0.93); it learns pVF more slowly, hence 16 epochs instead of 12.
+        c.model.head = "evidence"
+        c.model.evidence_taps = "stage4,stage2"
+        c.model.pooling = "lse,mean"
         c.batch_size = 16
         c.eval_batch_size = 32
-        c.num_epochs = 12
+        c.num_epochs = 16
         c.early_stop_patience = 5
         c.optim.lr = 3e-3
         c.augment.max_rotation_deg = 5.0

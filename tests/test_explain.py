@@ -269,7 +269,8 @@ def test_randomised_model_gives_other_maps():
 
 def test_evidence_head_model_predicts_and_explains_itself(tmp_path, capsys):
     """A model.head=evidence checkpoint (the training code's own writer) through predict
-    --explain on synthetic radiographs with vertebra boxes: it uses its own map."""
+    --explain on synthetic radiographs with vertebra boxes: HiResCAM by default, its own map
+    on request."""
     import json
 
     import pandas as pd
@@ -284,11 +285,26 @@ def test_evidence_head_model_predicts_and_explains_itself(tmp_path, capsys):
     fractured = manifest[manifest["pvf"] == "1"].head(3)
     assert len(fractured) >= 1
     fractured.to_csv(tmp_path / "cohort" / "fractured.csv", index=False)
-    assert predict_main(["--checkpoint", str(run), "--input", str(tmp_path / "cohort" / "fractured.csv"),
-                         "--out", str(tmp_path / "s.csv"), "--explain", str(tmp_path / "ex"),
-                         "--annotations", str(tmp_path / "cohort" / "annotations.json"),
-                         "--no-progress"]) == 0
-    summary = json.loads((tmp_path / "ex" / "localization.json").read_text())
-    assert summary["method"] == "evidence" and summary["tasks"]["pvf"]["images"] == len(fractured)
-    assert "localisation of pvf (evidence" in capsys.readouterr().out
-    assert (tmp_path / "ex" / "review.html").exists()
+    for method in ("", "evidence"):
+        out = tmp_path / f"ex{method}"
+        assert predict_main(["--checkpoint", str(run), "--input", str(tmp_path / "cohort" / "fractured.csv"),
+                             "--out", str(tmp_path / "s.csv"), "--explain", str(out),
+                             "--annotations", str(tmp_path / "cohort" / "annotations.json"),
+                             "--no-progress", *(["--method", method] if method else [])]) == 0
+        summary = json.loads((out / "localization.json").read_text())
+        assert summary["method"] == (method or "hirescam")
+        # HiResCAM reads the finest layer the evidence head reads (its taps: head, stage4)
+        assert summary["layers"] == ([] if method else ["stage4"])
+        assert summary["tasks"]["pvf"]["images"] == len(fractured)
+        assert f"localisation of pvf ({method or 'hirescam'}" in capsys.readouterr().out
+        assert (out / "review.html").exists()
+
+
+def test_hirescam_reads_stage1_of_a_gap_model_and_the_finest_layer_of_an_evidence_head():
+    from vertex_jax.explain.saliency import default_layers
+
+    for head, expected in (("gap", ("stage1",)), ("evidence", ("stage2",))):
+        model = VertexNet(variant="tiny", tasks=("pvf",), head=head, evidence_taps=("stage4", "stage2"),
+                          rngs=nnx.Rngs(0))
+        assert default_layers("hirescam", model) == expected
+        assert default_layers("gradcam", model) == ("head",)

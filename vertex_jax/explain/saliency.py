@@ -30,17 +30,20 @@ from flax import nnx
 from vertex_jax.explain import METHODS
 from vertex_jax.models.evidence import HEAD, check_taps, evidence_map
 # Grad-CAM keeps its classic layer; HiResCAM and LayerCAM default to the layers that pointed
-# best on the demo (README, "Localisation": HiResCAM at stage 1, stride 4, best of all).
+# best on the demo (README, "Localisation"): HiResCAM at stage 1 (stride 4) for the `gap` head,
+# and for an evidence head at the finest layer the head reads (stage 2, stride 8, on the demo).
 DEFAULT_LAYERS = {"gradcam": (HEAD,), "hirescam": ("stage1",),
                   "layercam": ("stage1", "stage2", "stage4", HEAD), "evidence": ()}
 
+
+def default_layers(method: str, model) -> tuple[str, ...]:
+    """The layers ``method`` reads when none are given (see :data:`DEFAULT_LAYERS`)."""
+    if method == "hirescam" and model.head == "evidence":
+        return (model.head_taps[-1],)
+    return DEFAULT_LAYERS[method]
+
+
 Saliency = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
-
-
-def default_method(model) -> str:
-    """The evidence map for a model that has one, else HiResCAM at stage 1 (README,
-    "Localisation")."""
-    return "evidence" if model.head == "evidence" else "hirescam"
 
 
 def _normalise(maps: jax.Array) -> jax.Array:
@@ -77,7 +80,7 @@ def make_saliency(model, tasks: str | Sequence[str], method: str = "hirescam",
         raise ValueError(f"saliency method must be one of {METHODS}, got {method!r}")
     if method == "evidence" and model.head != "evidence":
         raise ValueError("method 'evidence' needs a model trained with model.head=evidence")
-    layers = check_taps(model.backbone.variant, layers or DEFAULT_LAYERS[method]) \
+    layers = check_taps(model.backbone.variant, layers or default_layers(method, model)) \
         if method != "evidence" else ()
     if method in ("gradcam", "hirescam") and len(layers) != 1:
         raise ValueError(f"{method} takes one layer, got {layers}")

@@ -9,9 +9,9 @@ column ``clinical_source``).
 ``--explain DIR`` writes one overlay per image and task, the map's peak, region and level
 into the scores, a ``review.html`` of the cases sorted by score and, with ``--annotations``
 (vertebra boxes), ``localization.json`` (pointing game, energy, level accuracy, chance
-baselines, randomisation check). ``--method`` picks the map (default: the evidence head's own
-map for a model that has one, else HiResCAM at stage 1, stride 4); ``--gradcam DIR`` is
-``--explain DIR --method gradcam``.
+baselines, randomisation check). ``--method`` picks the map (default: HiResCAM at stage 1,
+stride 4, for every head: it points best on both, README "Localisation"); ``--gradcam DIR``
+is ``--explain DIR --method gradcam``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from vertex_jax.explain import METHODS
+from vertex_jax.explain import DEFAULT_METHOD, METHODS
 from vertex_jax.cli import user_errors
 from vertex_jax.data.dicom_clinical import source_summary
 from vertex_jax.predict.inputs import collect_inputs
@@ -48,8 +48,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=4, help="threads reading and preprocessing")
     p.add_argument("--explain", metavar="DIR", help="folder for overlays, review.html and "
                    "localization.json (jax backend)")
-    p.add_argument("--method", choices=METHODS, help="saliency map (default: evidence for a model "
-                   "with model.head=evidence, else hirescam at stage1)")
+    p.add_argument("--method", choices=METHODS,
+                   help=f"saliency map (default: {DEFAULT_METHOD} at stage1, for every head)")
     p.add_argument("--layers", help="comma-separated feature taps for the map, e.g. stage4,head")
     p.add_argument("--gradcam", metavar="DIR", help="the same as --explain DIR --method gradcam")
     p.add_argument("--annotations", help="vertebra boxes (annotations.json or a CSV image_id, level, "
@@ -123,12 +123,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _explain_writer(args: argparse.Namespace, backend, df):
     from vertex_jax.explain.localization import load_boxes
-    from vertex_jax.explain.saliency import default_method
     from vertex_jax.models.build import build_model
     from vertex_jax.predict.explain_writer import ExplainWriter
 
     model = backend.trained.model
-    args.method = args.method or default_method(model)
+    args.method = args.method or DEFAULT_METHOD
     layers = tuple(x.strip() for x in args.layers.split(",") if x.strip()) if args.layers else None
     random_model = None
     if args.annotations:  # model-randomisation check: the same architecture, fresh weights

@@ -19,7 +19,7 @@ import pandas as pd
 from vertex_jax.explain import localization as loc
 from vertex_jax.explain.overlay import overlay, save_png
 from vertex_jax.explain.review import thumbnail
-from vertex_jax.explain.saliency import make_saliency
+from vertex_jax.explain.saliency import default_layers, make_saliency
 from vertex_jax.predict.run import Prepared
 
 LOCALISED_TASKS = ("pvf",)  # tasks whose evidence has a place: the fractured vertebrae
@@ -40,9 +40,9 @@ class ExplainWriter:
                  random_model=None):
         self.out_dir = Path(out_dir)
         self.tasks = tuple(tasks)
-        self.method, self.layers = method, layers
-        self.saliency = make_saliency(model, self.tasks, method, layers)
-        self.random = make_saliency(random_model, self.tasks, method, layers) if random_model else None
+        self.method, self.layers = method, tuple(layers or default_layers(method, model))
+        self.saliency = make_saliency(model, self.tasks, method, self.layers)
+        self.random = make_saliency(random_model, self.tasks, method, self.layers) if random_model else None
         self.image_ids = image_ids
         self.boxes = boxes or {}
         self.overlays = overlays
@@ -94,7 +94,7 @@ class ExplainWriter:
     def summary(self) -> dict[str, Any]:
         """What ``localization.json`` holds."""
         out: dict[str, Any] = {
-            "method": self.method, "layers": list(self.layers or ()),
+            "method": self.method, "layers": list(self.layers),
             "tolerance": f"{loc.TOLERANCE_CANVAS_PX:g} canvas pixels, mapped to original pixels per image",
             "tasks": {task: {**loc.summarise(rows), "per_image": rows}
                       for task, rows in self.scored.items()}}
