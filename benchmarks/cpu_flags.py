@@ -21,10 +21,10 @@ from pathlib import Path
 
 # name -> (XLA_FLAGS, extra environment)
 FLAG_SETS: dict[str, tuple[str, dict[str, str]]] = {
+    # The entry points restart with glibc's huge-page tunable (vertex_jax.hugepages); this set
+    # turns that off: malloc's 4 KiB pages, the state before.
+    "no_hugepages": ("", {"VERTEX_HUGEPAGES": "0"}),
     "default": ("", {}),
-    # glibc: transparent huge pages for malloc's memory (XLA:CPU's buffers), 2 MiB page faults
-    # instead of 4 KiB ones where the kernel's THP mode is "madvise"
-    "malloc_hugepages": ("", {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}),
     "onednn": ("--xla_cpu_use_onednn=true", {}),
     "xnnpack": ("--xla_cpu_use_xnnpack=true", {}),
     "xnn_graph_greedy": ("--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY", {}),

@@ -6,6 +6,11 @@ workdir resumes. Multi-host: ``--coordinator=host:port --num_processes=N --proce
 or nothing on SLURM/Kubernetes (auto-detected).
 """
 
+if __name__ == "__main__":  # first, before the heavy imports: see vertex_jax.hugepages
+    from vertex_jax.hugepages import restart_with_hugepages
+
+    restart_with_hugepages()
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 

@@ -16,6 +16,11 @@ is ``--explain DIR --method gradcam``.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # first, before the heavy imports: see vertex_jax.hugepages
+    from vertex_jax.hugepages import restart_with_hugepages
+
+    restart_with_hugepages()
+
 import argparse
 import json
 import sys
