@@ -470,7 +470,9 @@ def _run_loop_point(point: Point, args: argparse.Namespace, timeout: float) -> d
         out = Path(tmp) / "loop.json"
         cmd = [sys.executable, "-m", "vertex_jax.bench", f"--config={args.config}", "--what=loop",
                f"--batch={point.batch}", f"--dtype={args.dtype}", f"--steps={args.steps}",
-               "--repeats=1", f"--json={out}", f"--config.data.data_dir={tmp}/data"]
+               "--repeats=1", f"--json={out}", f"--config.data.data_dir={tmp}/data",
+               # a cohort just big enough for the steps (70% train), so that making it fits the cap
+               f"--config.data.synthetic.num_patients={max(64, (args.steps + 2) * point.batch * 3 // 2)}"]
         rc, tail = _run(cmd, timeout)
         if rc is None:
             return {"status": "timeout", "error": f"over {timeout:.0f} s", "command": cmd}
