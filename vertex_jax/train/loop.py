@@ -207,9 +207,11 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
                 bar.update(1)
                 if progress.step % config.log_every_steps == 0:
                     loss, rate = float(metrics["loss"]), clock.images_per_s
-                    bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate or 0:.1f}")
-                    writer.write(progress.step, {"train/loss": loss, "train/images_per_s": rate,
-                                                 "train/grad_norm": float(metrics["grad_norm"])})
+                    scalars = {"train/loss": loss, "train/grad_norm": float(metrics["grad_norm"])}
+                    if rate is not None:  # none yet when the first steps of the run are all logged
+                        scalars["train/images_per_s"] = rate
+                    bar.set_postfix(loss=f"{loss:.4f}", img_s="-" if rate is None else f"{rate:.1f}")
+                    writer.write(progress.step, scalars)
                 if preempted := stop_requested():
                     break
             check_finite(pending)
