@@ -1,4 +1,5 @@
-"""Clinical inputs of the network: age, sex and BMI normalised with training statistics.
+"""Clinical inputs of the network: age, sex and BMI (their columns and plausible ranges),
+normalised with training statistics.
 
 Free of JAX and grain so the serving path (``predict --backend onnx``) can use it.
 """
@@ -11,7 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vertex_jax.data.manifest import CLINICAL
+CLINICAL = ("age", "sex", "bmi")  # manifest columns, in the order of the network's inputs
+RANGES = {"age": (0.0, 120.0), "bmi": (8.0, 80.0)}  # plausible values; outside = a problem
 
 
 @dataclasses.dataclass(frozen=True)

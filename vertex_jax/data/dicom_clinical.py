@@ -8,7 +8,7 @@ Read on request (``predict --clinical-from-dicom``, ``data.clinical_from_dicom``
 - BMI from PatientWeight (0010,1030, kg) / PatientSize (0010,1020, m) squared.
 
 A value of 0, one that does not parse, or one outside the manifest's plausible range
-(:data:`vertex_jax.data.manifest.RANGES`) is missing, with the reason. The CSV wins over
+(:data:`vertex_jax.data.clinical.RANGES`) is missing, with the reason. The CSV wins over
 the header: a header value only fills a blank. :func:`fill_from_headers` records per row
 where each value came from (``clinical_source``, e.g. ``age=csv;sex=dicom;bmi=missing``)
 and why a header value was not used (``clinical_notes``).
@@ -25,7 +25,7 @@ import pandas as pd
 import pydicom
 
 from vertex_jax.data.io import is_dicom
-from vertex_jax.data.manifest import CLINICAL, RANGES
+from vertex_jax.data.clinical import CLINICAL, RANGES
 
 _AGE = re.compile(r"^\s*(\d{1,3})\s*([YMWD])\s*$", re.IGNORECASE)
 _AGE_UNIT_YEARS = {"Y": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25}

@@ -28,16 +28,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from vertex_jax.data.clinical import CLINICAL, RANGES
+from vertex_jax.data.dicom_clinical import fill_from_headers
 from vertex_jax.problems import ProblemsError
 from vertex_jax.tasks import TASKS
 
 REQUIRED = ("image_id", "patient_id", "path", "domain", "pvf", "osteo", "age", "sex", "bmi")
-CLINICAL = ("age", "sex", "bmi")
 DOMAINS = ("xray", "vfa")
 SPLITS = ("train", "val", "test", "finetune")
 _SEX = {"f": 1.0, "female": 1.0, "1": 1.0, "m": 0.0, "male": 0.0, "0": 0.0}
 _LABEL = {"1": 1.0, "0": 0.0, "1.0": 1.0, "0.0": 0.0, "true": 1.0, "false": 0.0}
-RANGES = {"age": (0.0, 120.0), "bmi": (8.0, 80.0)}  # plausible values; outside = a problem
 
 
 class ManifestError(ProblemsError):
@@ -148,7 +148,5 @@ def load_manifest(path: str | os.PathLike, check_files: bool = True,
     path = Path(path)
     df = read_csv(path)
     if clinical_from_dicom and "path" in df.columns:
-        from vertex_jax.data.dicom_clinical import fill_from_headers  # it imports this module
-
         df = fill_from_headers(df, path.parent)
     return validate(df, path.parent, source=str(path), check_files=check_files)

@@ -33,7 +33,7 @@ import numpy as np
 from flax import nnx
 
 from vertex_jax.calibrate import Calibration
-from vertex_jax.data.manifest import CLINICAL
+from vertex_jax.data.clinical import CLINICAL
 from vertex_jax.inference import TrainedModel
 from vertex_jax.models.build import build_model
 from vertex_jax.models.efficientnet import to_unit_float

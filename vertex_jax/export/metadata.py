@@ -19,7 +19,7 @@ from typing import Any
 import vertex_jax
 from vertex_jax import runs
 from vertex_jax.data.clinical import ClinicalStats
-from vertex_jax.data.manifest import CLINICAL
+from vertex_jax.data.clinical import CLINICAL
 from vertex_jax.data.preprocess import PreprocessConfig
 from vertex_jax.evaluate.thresholds import fixed_thresholds
 from vertex_jax.export.errors import ExportError

@@ -16,7 +16,7 @@ import onnxruntime as ort
 
 from vertex_jax.calibrate import Calibration
 from vertex_jax.data.clinical import ClinicalStats
-from vertex_jax.data.manifest import CLINICAL
+from vertex_jax.data.clinical import CLINICAL
 from vertex_jax.data.preprocess import PreprocessConfig
 
 SCHEMA = "vertex_jax.export/1"

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from vertex_jax.calibrate import Calibration
 from vertex_jax.data.clinical import ClinicalStats
 from vertex_jax.data.io import ImageReadError, NotAnImageError, read_image
-from vertex_jax.data.manifest import CLINICAL
+from vertex_jax.data.clinical import CLINICAL
 from vertex_jax.data.preprocess import Geometry, PreprocessConfig, preprocess
 from vertex_jax.tasks import TASKS
 
