@@ -16,33 +16,25 @@ the runs; each run trains in a fresh temporary workdir.
 
 from __future__ import annotations
 
-import concurrent.futures
-import multiprocessing
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import jax
+
+from vertex_jax.bench.measure import environment, run_isolated
 from vertex_jax.bench.record import make_record
 
 
 def _run_loop(config: Any, workdir: str) -> dict[str, Any]:
     """One capped training run in this process: its summary, wall time and environment."""
-    import jax
-
-    from vertex_jax.bench.measure import environment
     from vertex_jax.train.loop import train_and_evaluate
 
     t0 = time.perf_counter()
     summary = train_and_evaluate(config, workdir)
     return {"summary": summary, "wall_s": time.perf_counter() - t0, "environment": environment(),
             "devices": jax.device_count()}
-
-
-def _isolated(fn, *args: Any) -> Any:
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-        return pool.submit(fn, *args).result()
 
 
 def loop_config(config: Any, steps: int, data_dir: str) -> Any:
@@ -65,7 +57,7 @@ def measure_loop(config: Any, *, steps: int, repeats: int, options: dict[str, An
     run's seconds per step), ``runs`` each run's throughput and wall time."""
     with tempfile.TemporaryDirectory(prefix="vertex_loop_") as tmp:
         config = loop_config(config, steps, str(Path(tmp) / "data"))
-        runs = [_isolated(_run_loop, config, str(Path(tmp) / f"run{i}")) for i in range(repeats)]
+        runs = [run_isolated(_run_loop, config, str(Path(tmp) / f"run{i}")) for i in range(repeats)]
     clocks = [r["summary"]["throughput"] for r in runs]
     if any(not c["steps_timed"] for c in clocks):
         raise RuntimeError(f"a loop run timed no step ({clocks}); give more --steps")

@@ -28,7 +28,8 @@ from vertex_jax.models.build import build_model, tasks_of
 from vertex_jax.train.state import build_optimizer
 from vertex_jax.train.step import make_eval_step, make_train_step
 
-__all__ = ["random_batch", "environment", "make_step", "abstract_state", "measure", "measure_isolated"]
+__all__ = ["random_batch", "environment", "make_step", "abstract_state", "measure", "measure_isolated",
+           "run_isolated"]
 
 
 def random_batch(config: Any, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -163,9 +164,14 @@ def measure(config: Any, what: str, *, steps: int, repeats: int,
     return environment(), record
 
 
+def run_isolated(fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` in a fresh (spawned) process, its result returned here."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        return pool.submit(fn, *args, **kwargs).result()
+
+
 def measure_isolated(config: Any, what: str, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """:func:`measure` in a fresh process, so its peak memory and compile time are its own
     (allocator peaks never reset within a process). This process never touches a device."""
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-        return pool.submit(measure, config, what, **kwargs).result()
+    return run_isolated(measure, config, what, **kwargs)

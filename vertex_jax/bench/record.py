@@ -15,6 +15,8 @@ import statistics
 import sys
 from typing import Any, Iterable, Sequence
 
+from vertex_jax.train.metrics import CpuClock  # noqa: F401  (re-exported: the peer and the bench time with it)
+
 __all__ = ["FIELDS", "CpuClock", "make_record", "versions", "host", "document", "format_table"]
 
 FIELDS = (
@@ -26,19 +28,6 @@ FIELDS = (
     "peak_bytes_per_device", "xla_memory_bytes_per_device",
     "cpu_user_s_per_step", "cpu_system_s_per_step",
 )
-
-
-class CpuClock:
-    """User and system CPU seconds of this process (all its threads) since the last
-    :meth:`lap`: on a CPU backend, system time is threads waiting on each other."""
-
-    def __init__(self) -> None:
-        self._last = os.times()
-
-    def lap(self) -> tuple[float, float]:
-        now, last = os.times(), self._last
-        self._last = now
-        return now.user - last.user, now.system - last.system
 
 
 def _rate(amount: float | None, seconds: float, devices: int, unit: float) -> float | None:

@@ -4,6 +4,6 @@ findings (``localization``), overlays (``overlay``) and the review page (``revie
 Importing this package loads no JAX (``predict --backend onnx`` names the methods)."""
 
 METHODS = ("gradcam", "hirescam", "layercam", "evidence")
-# HiResCAM at stage 1 points best for both heads on the demo, the evidence head's own map
-# included (README, "Localisation").
+# HiResCAM points best for both heads on the demo, the evidence head's own map included; its
+# layer per head: saliency.default_layers (README, "Localisation").
 DEFAULT_METHOD = "hirescam"

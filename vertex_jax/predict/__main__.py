@@ -9,9 +9,9 @@ column ``clinical_source``).
 ``--explain DIR`` writes one overlay per image and task, the map's peak, region and level
 into the scores, a ``review.html`` of the cases sorted by score and, with ``--annotations``
 (vertebra boxes), ``localization.json`` (pointing game, energy, level accuracy, chance
-baselines, randomisation check). ``--method`` picks the map (default: HiResCAM at stage 1,
-stride 4, for every head: it points best on both, README "Localisation"); ``--gradcam DIR``
-is ``--explain DIR --method gradcam``.
+baselines, randomisation check). ``--method`` picks the map (default: HiResCAM for every head,
+at stage 1 for ``gap`` and at the finest layer an evidence head reads: it points best on
+both, README "Localisation"); ``--gradcam DIR`` is ``--explain DIR --method gradcam``.
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--explain", metavar="DIR", help="folder for overlays, review.html and "
                    "localization.json (jax backend)")
     p.add_argument("--method", choices=METHODS,
-                   help=f"saliency map (default: {DEFAULT_METHOD} at stage1, for every head)")
+                   help=f"saliency map (default: {DEFAULT_METHOD}, at stage1 for a gap head and at "
+                   "the finest layer an evidence head reads)")
     p.add_argument("--layers", help="comma-separated feature taps for the map, e.g. stage4,head")
     p.add_argument("--gradcam", metavar="DIR", help="the same as --explain DIR --method gradcam")
     p.add_argument("--annotations", help="vertebra boxes (annotations.json or a CSV image_id, level, "

@@ -157,13 +157,21 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
         ckpt.save(progress.step, state, train_iter, dataclasses.asdict(progress),
                   json.loads(config.to_json_best_effort()), card, metrics)
 
-    def check_finite(pending: tuple | None) -> None:
-        """Stop on a non-finite loss (unless ``nan_policy="skip"``, handled in the step itself),
-        naming the step and its batch; nothing has been saved since."""
-        if pending is None or config.nan_policy == "skip" or bool(pending[3]["finite"]):
+    def validate(s) -> dict[str, Any]:
+        """The validation split's outputs and AUROC under state ``s``."""
+        return evaluate(s, eval_step, data.evaluate(config.data.val_split, global_batch=config.eval_batch_size,
+                                                    **proc), mesh, tasks)
+
+    def finished(pending: tuple | None) -> None:
+        """The step ``pending`` is done: count its time on the clock, and stop on a non-finite
+        loss (unless ``nan_policy="skip"``, handled in the step itself), naming the step and
+        its batch; nothing has been saved since."""
+        if pending is None:
+            return
+        if config.nan_policy == "skip" or bool(pending[3]["finite"]):
+            clock.tick(config.batch_size)
             return
         step, epoch, rows, metrics = pending
-        feed.rewind()
         raise NonFiniteLossError(
             f"non-finite loss {float(metrics['loss'])} at step {step} (epoch {epoch}); batch rows "
             f"{rows.tolist()} of split '{config.data.train_split}'. The last good checkpoint in "
@@ -198,10 +206,9 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
                 host_batch, batch = feed.next(epoch_end - progress.step)
                 state, metrics = train_step(state, batch)
                 # The previous step's flag: reading it waits for that step only, while this one
-                # is already queued behind it, so the devices never idle on the host.
-                check_finite(pending)
-                if pending is not None:  # the previous step is done: its time, the clock's
-                    clock.tick(config.batch_size)  # (the epoch's first step only starts it)
+                # is already queued behind it, so the devices never idle on the host. (The
+                # epoch's first step has none: the clock's first tick only starts it.)
+                finished(pending)
                 pending = (progress.step + 1, epoch + 1, host_batch["index"], metrics)
                 progress.step += 1
                 bar.update(1)
@@ -214,9 +221,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
                     writer.write(progress.step, scalars)
                 if preempted := stop_requested():
                     break
-            check_finite(pending)
-            if pending is not None:
-                clock.tick(config.batch_size)  # the epoch's last step, now finished
+            finished(pending)  # the epoch's last step
             pending = None
             bar.close()
             if preempted:
@@ -224,8 +229,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
                 save()
                 stopped = "preempted"
                 break
-            result = evaluate(state, eval_step, data.evaluate(
-                config.data.val_split, global_batch=config.eval_batch_size, **proc), mesh, tasks)
+            result = validate(state)
             auroc = result["auroc"]
             mean_auroc = float(np.nanmean(list(auroc.values())))
             improved = runs.improves(mean_auroc, progress.best_auroc)
@@ -254,8 +258,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     calibration = None
     if stopped != "preempted" and config.calibration != "none" and progress.best_step >= 0:
         if best_outputs is None:  # the best epoch came before a restart: score its checkpoint again
-            best_outputs = evaluate(ckpt.restore_state(progress.best_step, state), eval_step, data.evaluate(
-                config.data.val_split, global_batch=config.eval_batch_size, **proc), mesh, tasks)
+            best_outputs = validate(ckpt.restore_state(progress.best_step, state))
         calibration = calibrate_outputs(
             config.calibration, best_outputs["logits"], best_outputs["labels"], best_outputs["label_mask"],
             tasks, split=config.data.val_split, domain=config.data.domain, step=progress.best_step)

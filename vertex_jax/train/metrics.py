@@ -49,6 +49,19 @@ class MetricWriter:
             self._tb.close()
 
 
+class CpuClock:
+    """User and system CPU seconds of this process (all its threads) since the last
+    :meth:`lap`: on a CPU backend, system time is threads waiting on each other."""
+
+    def __init__(self) -> None:
+        self._last = os.times()
+
+    def lap(self) -> tuple[float, float]:
+        now, last = os.times(), self._last
+        self._last = now
+        return now.user - last.user, now.system - last.system
+
+
 class Throughput:
     """Images per second of the training steps on the host's clock, as a run sees them.
 
@@ -63,21 +76,21 @@ class Throughput:
     def __init__(self) -> None:
         self.seconds, self.images, self.steps = 0.0, 0, 0
         self.user_s, self.system_s = 0.0, 0.0
-        self._last: tuple[float, os.times_result] | None = None
+        self._last: float | None = None
+        self._cpu = CpuClock()
 
     def pause(self) -> None:
         self._last = None
 
     def tick(self, images: int) -> None:
-        now, cpu = time.perf_counter(), os.times()
+        now, (user, system) = time.perf_counter(), self._cpu.lap()
         if self._last is not None:
-            then, cpu_then = self._last
-            self.seconds += now - then
-            self.user_s += cpu.user - cpu_then.user
-            self.system_s += cpu.system - cpu_then.system
+            self.seconds += now - self._last
+            self.user_s += user
+            self.system_s += system
             self.images += images
             self.steps += 1
-        self._last = now, cpu
+        self._last = now
 
     @property
     def images_per_s(self) -> float | None:

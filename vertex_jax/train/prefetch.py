@@ -3,7 +3,7 @@
 While step ``k`` runs, batch ``k + 1`` is already sharded and transferred (``depth`` 2),
 so the host never waits for the device to fetch, shard and copy. Batches are fetched ahead
 only within the current epoch, so at an epoch's checkpoint nothing is held back; when a run
-stops mid-epoch (preemption, a non-finite loss), :meth:`DevicePrefetch.rewind` puts the host
+stops mid-epoch to save (preemption), :meth:`DevicePrefetch.rewind` puts the host
 iterator back right after the last batch used, so the saved iterator resumes exactly there.
 """
 
