@@ -175,6 +175,15 @@ def environment(device: torch.device) -> dict:
             "versions": versions(["torch", "timm", "numpy"]), **host()}
 
 
+def wait_for_turn(ready_file: Path | None, go_file: Path | None) -> None:
+    """Compiled and warmed up: say so in ``ready_file``, then wait for ``go_file`` before
+    timing (the GPU check compiles this peer while it measures JAX, and times it alone)."""
+    if ready_file is not None:
+        ready_file.write_text("ready")
+    while go_file is not None and not go_file.exists():
+        time.sleep(0.05)
+
+
 def run(args: argparse.Namespace) -> tuple[dict, dict]:
     """(environment, record) of one configuration."""
     device = torch.device(args.device)
@@ -203,6 +212,7 @@ def run(args: argparse.Namespace) -> tuple[dict, dict]:
     first_s = time.perf_counter() - t0
     step(batch)
     _sync(device)
+    wait_for_turn(args.ready_file, args.go_file)
     runs, cpu = [], []
     for _ in range(args.repeats):
         clock, t0 = CpuClock(), time.perf_counter()
@@ -247,6 +257,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads (torch.set_num_threads); 0: torch's default")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--ready-file", type=Path, help="written once compiled and warmed up")
+    parser.add_argument("--go-file", type=Path, help="time only once this file exists")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -42,6 +42,12 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.model = dict(variant="b4", use_clinical=True, dtype="float32", remat=False,
                    depthwise="auto",  # "conv" (XLA grouped conv), "shifts", auto: shifts on CPU
                    bn_momentum=0.99,  # backbone BatchNorm running statistics (TF reference)
+                   # Training-mode BatchNorm: "fused" (hand-written backward, one reduction
+                   # pass) or "autodiff"; the same function (benchmarks/NOTES.md).
+                   batchnorm="fused",
+                   # Strided convolutions: "tf" (TF SAME, as the Keras/timm weights were
+                   # trained) or "symmetric" ((k-1)/2 each side; no explicit pad on GPUs).
+                   padding="tf",
                    init_weights="",  # Keras .h5 / timm .safetensors ImageNet weights
                    # "gap": global average pool + fusion MLP (the paper's); "evidence": a map of
                    # per-position logits pooled into the score (README, "Localisation").
@@ -49,7 +55,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                    lse_r=1.0)
     c.optim = dict(lr=1e-4, weight_decay=1e-4, warmup_epochs=1.0, min_lr_ratio=0.01,
                    clip_norm=1.0, pos_weight=(), grad_accum=1,
-                   freeze_stages=0)  # keep the stem + first N backbone stages fixed
+                   freeze_stages=0,  # keep the stem + first N backbone stages fixed
+                   flatten=False)  # moments as one vector each (optax.flatten; NOTES.md)
     c.batch_size = 30  # global, over all devices
     c.num_epochs = 100
     c.early_stop_patience = 10  # epochs without a better validation AUROC
@@ -64,6 +71,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # logits and cannot move risks that are off by a constant (README, "Calibration").
     c.calibration = "platt"
     c.max_steps = 0  # >0 caps the run (smoke tests, benchmarks)
+    # The step takes its state as one buffer per dtype (vertex_jax.train.packing): less host
+    # time per dispatch (bench records' dispatch_s; benchmarks/NOTES.md).
+    c.pack_state = False
 
     if arg == "demo":
         c.tasks = "pvf,osteo"  # both scores from one small model, to show both in minutes

@@ -4,6 +4,7 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_NUM_CPU_DEVICES", "4")  # fake devices for sharding tests
+os.environ.setdefault("VERTEX_COMPILE_CACHE", "off")  # tests compile afresh (tests/test_compile_cache.py: on)
 
 import cv2
 import numpy as np

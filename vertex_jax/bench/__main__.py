@@ -20,10 +20,11 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from vertex_jax.bench.loop import measure_loop
+from vertex_jax.bench.loop import format_input_rates, measure_loop
 from vertex_jax.bench.measure import measure, measure_isolated
 from vertex_jax.bench.peer import format_comparison, run_peer
 from vertex_jax.bench.record import document, format_table, host
+from vertex_jax.compile_cache import enable_compilation_cache
 from vertex_jax.models.build import tasks_of
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/xray.py", "Run configuration file.")
@@ -153,6 +154,7 @@ def format_loop_ratio(records: list[dict[str, Any]]) -> str:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    enable_compilation_cache()  # here and in every spawned point (measure_isolated)
     config = _CONFIG.value
     whats = {"all": ["train", "eval"], "loop": ["train", "loop"], "input": [], "export": []
              }.get(_WHAT.value, [_WHAT.value])
@@ -172,9 +174,10 @@ def main(argv: list[str]) -> None:
         options = {k: v for k, v in point.items() if k not in ("batch", "model.dtype", "model.remat")}
         print(f"measuring {what} {point or '(config as given)'}", flush=True)
         if what == "loop":
-            environment, record, runs = measure_loop(point_cfg, steps=_STEPS.value,
-                                                     repeats=_REPEATS.value, options=options)
-            extra.setdefault("loop_runs", []).append({"point": point, "runs": runs})
+            environment, record, detail = measure_loop(point_cfg, steps=_STEPS.value,
+                                                       repeats=_REPEATS.value, options=options,
+                                                       isolate=_ISOLATE.value)
+            extra.setdefault("loop_runs", []).append({"point": point, **detail})
         else:
             environment, record = measure_fn(point_cfg, what, steps=_STEPS.value,
                                              repeats=_REPEATS.value, options=options)
@@ -186,7 +189,7 @@ def main(argv: list[str]) -> None:
         if environment["platform"] == "cpu":
             print("peak MiB: no allocator statistics on CPU (null); XLA MiB is XLA's memory plan.")
         if _WHAT.value == "loop":
-            print("\n" + format_loop_ratio(records))
+            print("\n" + format_loop_ratio(records) + "\n" + format_input_rates(extra["loop_runs"]))
     if _PEER.value:
         pairs = compare_with_peer([r for r in records if r["what"] == "train"], config)
         extra["peer_environment"] = pairs[0][1][0]

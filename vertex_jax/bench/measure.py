@@ -11,8 +11,11 @@ null there) and XLA's own memory plan for the step (arguments + outputs + tempor
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import multiprocessing
 import os
+import queue
+import threading
 import time
 from typing import Any, Callable
 
@@ -24,7 +27,9 @@ from jax.extend import backend as jax_backend
 from vertex_jax import mesh as meshlib
 from vertex_jax.bench.flops import count_flops
 from vertex_jax.bench.record import CpuClock, host, make_record, versions
+from vertex_jax.compile_cache import enable_compilation_cache
 from vertex_jax.models.build import build_model, tasks_of
+from vertex_jax.train.packing import StatePacking
 from vertex_jax.train.state import build_optimizer
 from vertex_jax.train.step import make_eval_step, make_train_step
 
@@ -57,9 +62,10 @@ def environment() -> dict[str, Any]:
                                   "jax-cuda13-plugin"]), **host()}
 
 
-def make_step(config: Any, what: str, graphdef: nnx.GraphDef, mesh) -> Callable:
+def make_step(config: Any, what: str, graphdef: nnx.GraphDef, mesh,
+              packing: StatePacking | None = None) -> Callable:
     """The jitted training or evaluation step of :mod:`vertex_jax.train.step`."""
-    return (make_train_step(graphdef, config, mesh) if what == "train"
+    return (make_train_step(graphdef, config, mesh, packing) if what == "train"
             else make_eval_step(graphdef, mesh))
 
 
@@ -109,47 +115,82 @@ def _xla_memory_bytes(compiled) -> int | None:
             - m.alias_size_in_bytes)
 
 
-def _time(compiled, state, batch, *, steps: int, repeats: int, carries_state: bool
-          ) -> tuple[list[float], list[tuple[float, float]]]:
-    """Seconds per step, and (user, system) CPU seconds per step, of each of ``repeats``
-    runs after two warm-up steps."""
+@dataclasses.dataclass
+class Timing:
+    """Seconds per step of each run, (user, system) CPU seconds per step of each run,
+    every timed step's wall time, and every step's dispatch time (host)."""
+
+    runs: list[float]
+    cpu: list[tuple[float, float]]
+    steps: list[float]
+    dispatch: list[float]
+
+
+def _finished_times(outputs: "queue.Queue", count: int, times: list[float]) -> None:
+    for _ in range(count):
+        jax.block_until_ready(outputs.get())
+        times.append(time.perf_counter())
+
+
+def _time(compiled, state, batch, *, steps: int, repeats: int, carries_state: bool) -> Timing:
+    """``repeats`` runs of ``steps`` steps after two warm-up steps, dispatched back to
+    back as training does. A waiter thread notes when each step's outputs are ready (the
+    metrics: the state is donated to the next step), so every step's wall time is
+    measured without a synchronisation that would stall the pipeline."""
     out = None
     for _ in range(2):
         out = compiled(state, batch)
         state = out[0] if carries_state else state
     jax.block_until_ready(out)
-    runs, cpu = [], []
+    timing = Timing([], [], [], [])
     for _ in range(repeats):
+        outputs: queue.Queue = queue.Queue()
+        finished: list[float] = []
+        waiter = threading.Thread(target=_finished_times, args=(outputs, steps, finished), daemon=True)
+        waiter.start()
         clock, t0 = CpuClock(), time.perf_counter()
         for _ in range(steps):
+            d0 = time.perf_counter()
             out = compiled(state, batch)
+            timing.dispatch.append(time.perf_counter() - d0)
+            outputs.put(out[1] if carries_state else out)
             state = out[0] if carries_state else state
+        waiter.join()
         jax.block_until_ready(out)
-        runs.append((time.perf_counter() - t0) / steps)
-        cpu.append(tuple(x / steps for x in clock.lap()))
-    return runs, cpu
+        timing.runs.append((finished[-1] - t0) / steps)
+        timing.cpu.append(tuple(x / steps for x in clock.lap()))
+        timing.steps += list(np.diff([t0, *finished]))
+    return timing
 
 
 def measure(config: Any, what: str, *, steps: int, repeats: int,
-            options: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+            options: dict[str, Any] | None = None,
+            on_compiled: Callable[[float], None] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(environment, record) for the ``what`` ("train" or "eval") step of ``config`` at
-    its ``batch_size`` (train) or ``eval_batch_size`` (eval)."""
+    its ``batch_size`` (train) or ``eval_batch_size`` (eval); ``on_compiled(seconds)``
+    is called once the step is compiled, before it runs."""
     if what not in ("train", "eval"):
         raise ValueError(f"what must be 'train' or 'eval', got {what!r}")
     config = config.copy_and_resolve_references()
     mesh = meshlib.make_mesh()
     batch_size = config.batch_size if what == "train" else config.eval_batch_size
     meshlib.check_batch(batch_size, mesh)
+    enable_compilation_cache()
     graphdef, _, params = abstract_state(config)
     state = _initial_state(config, mesh)
     batch = meshlib.to_global(random_batch(config, batch_size), mesh)
-    step = make_step(config, what, graphdef, mesh)
+    packing = StatePacking(state) if what == "train" and config.get("pack_state", False) else None
+    if packing is not None:
+        state = jax.jit(packing.pack, out_shardings=meshlib.replicated(mesh))(state)
+    step = make_step(config, what, graphdef, mesh, packing)
     model_flops = _model_flops(config, what, batch, mesh)
     t0 = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
+    if on_compiled is not None:
+        on_compiled(compile_s)
     cost = compiled.cost_analysis() or {}
-    runs, cpu = _time(compiled, state, batch, steps=steps, repeats=repeats, carries_state=what == "train")
+    timing = _time(compiled, state, batch, steps=steps, repeats=repeats, carries_state=what == "train")
     devices = mesh.devices.size
 
     def whole_step(key: str) -> float | None:  # cost analysis is of one device's program
@@ -158,9 +199,10 @@ def measure(config: Any, what: str, *, steps: int, repeats: int,
         framework="jax", what=what, variant=config.model.variant, height=config.data.canvas[0],
         width=config.data.canvas[1], batch=batch_size, dtype=config.model.dtype,
         remat=bool(config.model.remat), options=dict(options or {}), devices=devices,
-        params=params, compile_s=compile_s, step_s_runs=runs, model_flops=model_flops,
+        params=params, compile_s=compile_s, step_s_runs=timing.runs, model_flops=model_flops,
         xla_flops=whole_step("flops"), xla_bytes=whole_step("bytes accessed"),
-        peak_bytes=_peak_bytes(), xla_memory_bytes=_xla_memory_bytes(compiled), cpu_s_runs=cpu)
+        peak_bytes=_peak_bytes(), xla_memory_bytes=_xla_memory_bytes(compiled), cpu_s_runs=timing.cpu,
+        step_s_each=timing.steps, dispatch_s_each=timing.dispatch)
     return environment(), record
 
 

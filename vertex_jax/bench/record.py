@@ -21,7 +21,8 @@ __all__ = ["FIELDS", "CpuClock", "make_record", "versions", "host", "document", 
 
 FIELDS = (
     "framework", "what", "variant", "height", "width", "batch", "dtype", "remat", "options",
-    "devices", "params", "compile_s", "step_s", "step_s_runs", "images_per_s",
+    "devices", "params", "compile_s", "step_s", "step_s_runs", "run_spread", "step_s_each",
+    "dispatch_s", "images_per_s",
     "model_flops_per_step", "model_tflops_per_s_per_device",
     "xla_flops_per_step", "xla_tflops_per_s_per_device",
     "xla_bytes_per_step", "xla_gb_per_s_per_device",
@@ -39,15 +40,21 @@ def make_record(*, framework: str, what: str, variant: str, height: int, width: 
                 compile_s: float | None, step_s_runs: Sequence[float], model_flops: float | None,
                 xla_flops: float | None = None, xla_bytes: float | None = None,
                 peak_bytes: int | None = None, xla_memory_bytes: int | None = None,
-                cpu_s_runs: Sequence[tuple[float, float]] = ()) -> dict[str, Any]:
+                cpu_s_runs: Sequence[tuple[float, float]] = (), step_s_each: Sequence[float] = (),
+                dispatch_s_each: Sequence[float] = ()) -> dict[str, Any]:
     """One sweep point; ``step_s`` is the median of ``step_s_runs``; FLOPs and bytes per
     step are for the whole (global) step; ``cpu_s_runs``: (user, system) CPU seconds per
-    step of each run, reported as medians."""
+    step of each run, reported as medians. ``run_spread`` is (slowest - fastest run) /
+    median; ``step_s_each`` every timed step's wall time (when measured), ``dispatch_s``
+    the median host time of one step's dispatch (the call returning, not the step)."""
     step_s = statistics.median(step_s_runs)
     record = {
         "framework": framework, "what": what, "variant": variant, "height": height, "width": width,
         "batch": batch, "dtype": dtype, "remat": remat, "options": options, "devices": devices,
         "params": params, "compile_s": compile_s, "step_s": step_s, "step_s_runs": list(step_s_runs),
+        "run_spread": (max(step_s_runs) - min(step_s_runs)) / step_s,
+        "step_s_each": list(step_s_each) or None,
+        "dispatch_s": statistics.median(dispatch_s_each) if dispatch_s_each else None,
         "images_per_s": batch / step_s,
         "model_flops_per_step": model_flops,
         "model_tflops_per_s_per_device": _rate(model_flops, step_s, devices, 1e12),
@@ -95,6 +102,7 @@ _COLUMNS = (
     ("framework", "framework", "", 1), ("what", "what", "", 1), ("batch", "batch", "d", 1),
     ("dtype", "dtype", "", 1), ("remat", "remat", "", 1),
     ("images/s", "images_per_s", ".3g", 1), ("ms/step", "step_s", ".1f", 1e-3),
+    ("spread", "run_spread", ".1%", 1), ("dispatch ms", "dispatch_s", ".2f", 1e-3),
     ("compile s", "compile_s", ".1f", 1), ("model GFLOP", "model_flops_per_step", ".4g", 1e9),
     ("XLA GFLOP", "xla_flops_per_step", ".4g", 1e9),
     ("model TFLOP/s/dev", "model_tflops_per_s_per_device", ".3g", 1),

@@ -26,7 +26,8 @@ from flax import nnx
 __all__ = [
     "VARIANTS", "Variant", "BlockSpec", "block_specs", "round_filters", "round_repeats",
     "BatchNorm", "MBConv", "EfficientNet", "to_unit_float", "normalize_input", "IMAGENET_MEAN",
-    "IMAGENET_STD", "HEAD",
+    "IMAGENET_STD", "HEAD", "BATCHNORM_IMPLS", "PADDINGS", "conv_padding", "fused_batch_norm",
+    "set_bn_impl",
 ]
 
 
@@ -214,36 +215,105 @@ def _normalize_act(x, scale, bias, mean, var, epsilon: float, act: bool, dtype) 
     return (jax.nn.silu(y) if act else y).astype(dtype)
 
 
+def _bn_forward(x, scale, bias, epsilon, act, dtype):
+    mean, var = _stats(x)
+    rstd = jax.lax.rsqrt(var + epsilon)
+    z = (x.astype(jnp.float32) - mean) * (scale * rstd) + bias
+    return (jax.nn.silu(z) if act else z).astype(dtype), mean, var, rstd
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def fused_batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float, act: bool,
+                     dtype: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Training-mode BatchNorm (+ optional swish) with a hand-written backward pass:
+    ``(y, batch mean, biased batch variance)``, statistics in float32.
+
+    The same function as :func:`_batch_stats` + :func:`_normalize_act`. Its backward pass
+    reads ``x`` and the output cotangent twice in all: one fused reduction for
+    ``sum(dz)`` and ``sum(dz * x_hat)`` (the bias and scale gradients), one elementwise
+    pass for ``dx = scale * rstd * (dz - mean(dz) - x_hat * mean(dz * x_hat))``, where
+    autodiff of the two-part form emits a reduction for each of scale, bias, mean and
+    variance. Residuals: ``x`` in its own dtype and per-channel vectors.
+    """
+    return _bn_forward(x, scale, bias, epsilon, act, dtype)[:3]
+
+
+def _fused_bn_fwd(x, scale, bias, epsilon, act, dtype):
+    y, mean, var, rstd = _bn_forward(x, scale, bias, epsilon, act, dtype)
+    return (y, mean, var), (x, scale, bias, mean, rstd)
+
+
+def _fused_bn_bwd(epsilon, act, dtype, residuals, cotangents):
+    x, scale, bias, mean, rstd = residuals
+    g_y, g_mean, g_var = cotangents
+    axes = tuple(range(x.ndim - 1))
+    n = x.size // x.shape[-1]
+    centred = x.astype(jnp.float32) - mean
+    x_hat = centred * rstd
+    dz = g_y.astype(jnp.float32)
+    if act:  # d silu(z) / dz = s (1 + z (1 - s)), s = sigmoid(z)
+        z = x_hat * scale + bias
+        s = jax.nn.sigmoid(z)
+        dz = dz * (s * (1.0 + z * (1.0 - s)))
+    sum_dz = jnp.sum(dz, axis=axes)
+    sum_dz_xhat = jnp.sum(dz * x_hat, axis=axes)
+    dx = (scale * rstd) * (dz - sum_dz / n - x_hat * (sum_dz_xhat / n))
+    dx = dx + (g_mean + 2.0 * g_var * centred) / n  # the statistics' own cotangents (zero in training)
+    return dx.astype(x.dtype), sum_dz_xhat, sum_dz
+
+
+fused_batch_norm.defvjp(_fused_bn_fwd, _fused_bn_bwd)
+
+BATCHNORM_IMPLS = ("autodiff", "fused")
+
+
 class BatchNorm(nnx.BatchNorm):
     """`nnx.BatchNorm` (same variables, train/eval switch) with the TF reference settings
     (momentum 0.99, epsilon 1e-3), float32 statistics, an optional fused swish and output in
     the compute dtype.
 
-    Normalisation is rematerialised (`jax.checkpoint`) and the batch statistics have a custom
-    VJP, so autodiff keeps only the compute-dtype input and per-channel statistics, not
-    several float32 copies of the activation (about 2 instead of 22 bytes per element in
-    bfloat16); the backward pass recomputes only elementwise work.
+    Training mode has two implementations of one function (``impl``, set for a whole
+    network by :func:`set_bn_impl`): ``fused`` (:func:`fused_batch_norm`, a hand-written
+    backward pass) and ``autodiff`` (batch statistics with a custom VJP, normalisation
+    rematerialised by ``jax.checkpoint``). Both keep only the compute-dtype input and
+    per-channel statistics for the backward pass, not float32 copies of the activation.
     """
 
-    def __init__(self, features: int, *, act: bool, dtype: Any, rngs: nnx.Rngs):
+    def __init__(self, features: int, *, act: bool, dtype: Any, rngs: nnx.Rngs,
+                 impl: str = "fused"):
         super().__init__(features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=jnp.float32,
                          param_dtype=jnp.float32, rngs=rngs)
         self.act = act
         self.compute_dtype = dtype
+        self.impl = impl
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        scale, bias = self.scale[...], self.bias[...]
         if self.use_running_average:
-            mean, var = self.mean[...], self.var[...]
+            return _normalize_act(x, scale, bias, self.mean[...], self.var[...], self.epsilon,
+                                  self.act, self.compute_dtype)
+        if self.impl == "fused":
+            y, mean, var = fused_batch_norm(x, scale, bias, self.epsilon, self.act, self.compute_dtype)
         else:
             mean, var = _batch_stats(x)
-            m = self.momentum
-            self.mean[...] = jax.lax.stop_gradient(m * self.mean[...] + (1 - m) * mean)
-            self.var[...] = jax.lax.stop_gradient(m * self.var[...] + (1 - m) * var)
-        return _normalize_act(x, self.scale[...], self.bias[...], mean, var, self.epsilon, self.act,
-                              self.compute_dtype)
+            y = _normalize_act(x, scale, bias, mean, var, self.epsilon, self.act, self.compute_dtype)
+        m = self.momentum
+        self.mean[...] = jax.lax.stop_gradient(m * self.mean[...] + (1 - m) * mean)
+        self.var[...] = jax.lax.stop_gradient(m * self.var[...] + (1 - m) * var)
+        return y
+
+
+def set_bn_impl(module: nnx.Module, impl: str) -> None:
+    """Use BatchNorm implementation ``impl`` (:data:`BATCHNORM_IMPLS`) everywhere in ``module``."""
+    if impl not in BATCHNORM_IMPLS:
+        raise ValueError(f"model.batchnorm must be one of {BATCHNORM_IMPLS}, got {impl!r}")
+    for _, m in nnx.iter_modules(module):
+        if isinstance(m, BatchNorm):
+            m.impl = impl
 
 
 DEPTHWISE_IMPLS = ("auto", "conv", "shifts")
+PADDINGS = ("tf", "symmetric")
 
 
 def _tf_same_pad(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -251,8 +321,23 @@ def _tf_same_pad(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def depthwise_shifts(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-    """Depthwise convolution (TF "SAME") as k*k shifted, strided multiply-adds.
+def conv_padding(kernel: int, padding: str) -> str | tuple[tuple[int, int], tuple[int, int]]:
+    """The ``nnx.Conv`` padding of a ``kernel``-sized convolution under ``padding``:
+    ``tf`` is TF "SAME" (for stride 2 on even sizes one more row/column after than
+    before, as the Keras/timm weights were trained), ``symmetric`` is (k-1)/2 on every
+    side (PyTorch's; the same output size for odd kernels, no explicit pad before
+    strided convolutions on GPUs). The two differ only for strided convolutions."""
+    if padding not in PADDINGS:
+        raise ValueError(f"model.padding must be one of {PADDINGS}, got {padding!r}")
+    if padding == "tf":
+        return "SAME"
+    p = (kernel - 1) // 2
+    return ((p, p), (p, p))
+
+
+def depthwise_shifts(x: jax.Array, kernel: jax.Array, stride: int, padding: str = "tf") -> jax.Array:
+    """Depthwise convolution (:func:`conv_padding`'s ``padding``) as k*k shifted, strided
+    multiply-adds.
 
     The same function as ``conv_general_dilated(..., feature_group_count=C)`` with
     ``kernel`` [k, k, 1, C]; XLA fuses it into elementwise loops, which on CPU trains
@@ -260,7 +345,10 @@ def depthwise_shifts(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     """
     k = kernel.shape[0]
     _, h, w, _ = x.shape
-    (top, bottom), (left, right) = _tf_same_pad(h, k, stride), _tf_same_pad(w, k, stride)
+    if padding == "tf":
+        (top, bottom), (left, right) = _tf_same_pad(h, k, stride), _tf_same_pad(w, k, stride)
+    else:
+        (top, bottom), (left, right) = conv_padding(k, padding)
     xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
     oh, ow = -(-h // stride), -(-w // stride)
     out = None
@@ -278,13 +366,15 @@ class DepthwiseConv(nnx.Conv):
     (:func:`depthwise_shifts`) or ``auto`` (shifts on CPU, conv on accelerators)."""
 
     def __init__(self, channels: int, kernel: int, *, stride: int, impl: str, dtype: Any,
-                 rngs: nnx.Rngs):
+                 rngs: nnx.Rngs, padding: str = "tf"):
         if impl not in DEPTHWISE_IMPLS:
             raise ValueError(f"depthwise impl must be one of {DEPTHWISE_IMPLS}, got {impl!r}")
-        super().__init__(channels, channels, (kernel, kernel), strides=stride, padding="SAME",
+        super().__init__(channels, channels, (kernel, kernel), strides=stride,
+                         padding=conv_padding(kernel, padding),
                          feature_group_count=channels, use_bias=False, kernel_init=_dw_init,
                          dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
         self.impl = impl
+        self.padding_mode = padding
 
     def __call__(self, x: jax.Array) -> jax.Array:
         impl = self.impl
@@ -293,7 +383,8 @@ class DepthwiseConv(nnx.Conv):
         if impl == "conv":
             return super().__call__(x)
         return depthwise_shifts(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
-                                self.strides[0] if isinstance(self.strides, tuple) else self.strides)
+                                self.strides[0] if isinstance(self.strides, tuple) else self.strides,
+                                self.padding_mode)
 
 
 def set_bn_momentum(module: nnx.Module, momentum: float) -> None:
@@ -309,9 +400,10 @@ def set_bn_momentum(module: nnx.Module, momentum: float) -> None:
             m.momentum = momentum
 
 
-def _conv(cin: int, cout: int, kernel: int, *, stride: int = 1, dtype: Any, rngs: nnx.Rngs
-          ) -> nnx.Conv:
-    return nnx.Conv(cin, cout, (kernel, kernel), strides=stride, padding="SAME", use_bias=False,
+def _conv(cin: int, cout: int, kernel: int, *, stride: int = 1, dtype: Any, rngs: nnx.Rngs,
+          padding: str = "tf") -> nnx.Conv:
+    return nnx.Conv(cin, cout, (kernel, kernel), strides=stride, padding=conv_padding(kernel, padding),
+                    use_bias=False,
                     kernel_init=_conv_init, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
 
 
@@ -319,7 +411,7 @@ class MBConv(nnx.Module):
     """Mobile inverted bottleneck: [1x1 expand] -> depthwise -> squeeze-excite -> 1x1 project (+skip)."""
 
     def __init__(self, spec: BlockSpec, *, dtype: Any = jnp.float32, depthwise: str = "auto",
-                 rngs: nnx.Rngs):
+                 padding: str = "tf", rngs: nnx.Rngs):
         self.spec = spec
         self.dtype = dtype
         hidden = spec.hidden
@@ -329,7 +421,7 @@ class MBConv(nnx.Module):
         else:
             self.expand_conv = self.expand_bn = None
         self.dw_conv = DepthwiseConv(hidden, spec.kernel, stride=spec.stride, impl=depthwise,
-                                     dtype=dtype, rngs=rngs)
+                                     dtype=dtype, rngs=rngs, padding=padding)
         self.dw_bn = BatchNorm(hidden, act=True, dtype=dtype, rngs=rngs)
         self.se_reduce = nnx.Linear(hidden, spec.se_channels, kernel_init=_conv_init,
                                     dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
@@ -370,12 +462,13 @@ class EfficientNet(nnx.Module):
     `num_classes=None` drops the classifier: the call then returns the pooled features.
     `remat=True` rematerialises each MBConv block in the backward pass (less activation
     memory at large inputs, about one extra forward of compute). `depthwise` picks the
-    depthwise-convolution implementation (:class:`DepthwiseConv`).
+    depthwise-convolution implementation (:class:`DepthwiseConv`), `padding` the strided
+    convolutions' padding (:func:`conv_padding`; imported weights expect ``tf``).
     """
 
     def __init__(self, variant: str, *, in_channels: int = 3, num_classes: int | None = 1000,
                  dtype: Any = jnp.float32, remat: bool = False, depthwise: str = "auto",
-                 rngs: nnx.Rngs):
+                 padding: str = "tf", rngs: nnx.Rngs):
         v = _variant(variant)
         if in_channels < 1:
             raise ValueError(f"in_channels must be >= 1, got {in_channels}")
@@ -387,9 +480,10 @@ class EfficientNet(nnx.Module):
         specs = block_specs(variant)
         stem = round_filters(_STEM_CHANNELS, v.width)
         self.num_features = round_filters(_HEAD_CHANNELS, v.width)
-        self.stem_conv = _conv(in_channels, stem, 3, stride=2, dtype=dtype, rngs=rngs)
+        self.stem_conv = _conv(in_channels, stem, 3, stride=2, dtype=dtype, rngs=rngs, padding=padding)
         self.stem_bn = BatchNorm(stem, act=True, dtype=dtype, rngs=rngs)
-        self.stages = nnx.List([nnx.List([MBConv(spec, dtype=dtype, depthwise=depthwise, rngs=rngs)
+        self.stages = nnx.List([nnx.List([MBConv(spec, dtype=dtype, depthwise=depthwise,
+                                                 padding=padding, rngs=rngs)
                                           for spec in stage])
                                 for stage in specs])
         self.head_conv = _conv(specs[-1][-1].out_channels, self.num_features, 1, dtype=dtype, rngs=rngs)

@@ -60,7 +60,7 @@ class VertexNet(nnx.Module):
                  num_clinical: int = 3, clinical_hidden: tuple[int, int] = (64, 32),
                  image_projection: int = 100, fusion_hidden: int = 100, in_channels: int = 1,
                  dtype: Any = jnp.float32, remat: bool = False, depthwise: str = "auto",
-                 head: str = "gap", evidence_taps: Sequence[str] = (HEAD, "stage4"),
+                 padding: str = "tf", head: str = "gap", evidence_taps: Sequence[str] = (HEAD, "stage4"),
                  evidence_width: int = 64, pooling: str = "lse", lse_r: float = 1.0,
                  rngs: nnx.Rngs):
         tasks = tuple(tasks)
@@ -73,7 +73,7 @@ class VertexNet(nnx.Module):
         self.use_clinical = use_clinical
         self.num_clinical = num_clinical
         self.backbone = EfficientNet(variant, in_channels=in_channels, num_classes=None, dtype=dtype,
-                                     remat=remat, depthwise=depthwise, rngs=rngs)
+                                     remat=remat, depthwise=depthwise, padding=padding, rngs=rngs)
         if head not in HEADS:
             raise ValueError(f"model head must be one of {HEADS}, got {head!r}")
         self.head = head

@@ -86,7 +86,9 @@ def _backend(args: argparse.Namespace):
     if args.backend == "onnx":
         from vertex_jax.predict.onnx_backend import OnnxBackend
         return OnnxBackend(args.model)
+    from vertex_jax.compile_cache import enable_compilation_cache
     from vertex_jax.predict.jax_backend import JaxBackend
+    enable_compilation_cache()
     return JaxBackend(args.checkpoint)
 
 

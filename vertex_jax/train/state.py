@@ -16,13 +16,19 @@ from vertex_jax.models.vertex import VertexNet
 
 
 def build_optimizer(config: Any, steps_per_epoch: int) -> optax.GradientTransformation:
-    """Adam with decoupled weight decay, warm-up + cosine, global-norm clipping."""
+    """Adam with decoupled weight decay, warm-up + cosine, global-norm clipping.
+
+    ``optim.flatten``: the same updates on one concatenated vector (``optax.flatten``),
+    so the optimizer's moments are two arrays instead of two per parameter -- fewer
+    buffers for every step to pass and donate."""
     o = config.optim
     total = max(1, config.num_epochs * steps_per_epoch // o.grad_accum)
     warmup = min(total - 1, int(o.warmup_epochs * steps_per_epoch / o.grad_accum))
     schedule = optax.warmup_cosine_decay_schedule(0.0, o.lr, warmup, total, o.lr * o.min_lr_ratio)
     tx = optax.chain(optax.clip_by_global_norm(o.clip_norm) if o.clip_norm else optax.identity(),
                      optax.adamw(schedule, weight_decay=o.weight_decay))
+    if o.get("flatten", False):
+        tx = optax.flatten(tx)
     frozen = frozen_prefixes(o.get("freeze_stages", 0))
     if frozen:
         tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},

@@ -13,6 +13,7 @@ from jax.sharding import Mesh
 from vertex_jax.mesh import batch_sharded, replicated
 from vertex_jax.models.efficientnet import to_unit_float
 from vertex_jax.train.augment import AugmentConfig, augment_batch, example_keys, hide_clinical
+from vertex_jax.train.packing import StatePacking
 
 Batch = dict[str, jax.Array]
 
@@ -30,9 +31,11 @@ def masked_bce(logits: jax.Array, labels: jax.Array, mask: jax.Array,
     return jnp.sum(per * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def make_train_step(graphdef: nnx.GraphDef, config: Any, mesh: Mesh
+def make_train_step(graphdef: nnx.GraphDef, config: Any, mesh: Mesh,
+                    packing: StatePacking | None = None
                     ) -> Callable[[nnx.State, Batch], tuple[nnx.State, dict[str, jax.Array]]]:
-    """``(state, batch) -> (state, metrics)``; the state buffers are donated."""
+    """``(state, batch) -> (state, metrics)``; the state buffers are donated. With
+    ``packing`` the step takes and returns the packed state (:mod:`vertex_jax.train.packing`)."""
     aug = AugmentConfig.from_config(config.augment)
     pos_weight = tuple(config.optim.pos_weight)
     skip_nonfinite = config.nan_policy == "skip"
@@ -61,6 +64,13 @@ def make_train_step(graphdef: nnx.GraphDef, config: Any, mesh: Mesh
         if skip_nonfinite:
             new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
         return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
+
+    if packing is not None:
+        unpacked_step = step
+
+        def step(packed: dict[str, jax.Array], batch: Batch):  # noqa: F811 - the packed form
+            new_state, metrics = unpacked_step(packing.unpack(packed), batch)
+            return packing.pack(new_state), metrics
 
     return jax.jit(step, in_shardings=(replicated(mesh), batch_sharded(mesh)),
                    out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0)

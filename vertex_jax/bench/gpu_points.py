@@ -1,0 +1,164 @@
+"""The GPU check's points: what each measures, their order, and how a child process runs them.
+
+A point is one measurement: kind ``jax`` (the training or evaluation step,
+:func:`vertex_jax.bench.measure.measure`), ``profile`` (a traced training step),
+``peer`` (the PyTorch peer), ``loop`` (``python -m vertex_jax.bench --what loop``) or
+``combo`` (the training step with every lever that won, decided while the check runs).
+A point names the XLA flag preset it runs under (:mod:`vertex_jax.xla_flags`), the
+compilation cache it shares (points of one cache reuse each other's executables and
+autotuning; a new cache name is a cold start) and, for a lever, the config fields it
+changes against the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from vertex_jax.bench.plain_config import point_config
+from vertex_jax.bench.trace import summarize_trace
+
+__all__ = ["Point", "plan", "BASELINE", "child_main"]
+
+BASELINE = "jax-train-b{batch}"  # the training step at the check's batch, new defaults
+
+
+@dataclasses.dataclass
+class Point:
+    """One measurement, run in a child process (see the module docstring)."""
+
+    name: str
+    kind: str
+    what: str = "train"
+    batch: int = 32
+    remat: bool = False
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    xla: str = "fast-compile"
+    cache: str = "main"
+    lever: bool = False      # compared with the baseline; a winner joins the combination
+    isolate: bool = False    # a process of its own (cold or warm compile is the figure)
+    peer_flags: str = ""
+    cap_s: float = 150.0
+    estimate_s: float = 60.0
+
+    @property
+    def category(self) -> str:
+        """Points of one category take about as long (the budget's running estimates)."""
+        return "peer" if self.kind == "peer" else f"{self.kind}-{self.what}-{self.cache}"
+
+
+def plan(dry: bool) -> list[Point]:
+    """Every point, most valuable first: what runs first survives a short budget."""
+    b = 2 if dry else 32
+    cap = 120.0 if dry else 150.0
+    first = BASELINE.format(batch=b)
+    lever = dict(lever=True, batch=b, cap_s=cap, estimate_s=10.0 if dry else 45.0)
+    points = [
+        # Cold compile at the chosen flags (fresh cache), then the same in a second process.
+        Point(first, "jax", batch=b, isolate=True, cap_s=cap + 150, estimate_s=10 if dry else 120),
+        Point(f"{first}-warm", "jax", batch=b, isolate=True, cap_s=cap, estimate_s=10 if dry else 25),
+        Point(f"peer-compile-cl-b{b}", "peer", batch=b, cap_s=cap + 60, estimate_s=10 if dry else 30,
+              peer_flags="" if dry else "--compile --channels-last"),
+        # Levers, each against the baseline.
+        Point(f"{first}-bn-autodiff", "jax", overrides={"model.batchnorm": "autodiff"}, **lever),
+        Point(f"{first}-graphs", "jax", xla="graphs", **lever),
+        Point(f"{first}-pack", "jax", overrides={"pack_state": True, "optim.flatten": True}, **lever),
+        Point(f"{first}-symmetric", "jax", overrides={"model.padding": "symmetric"}, **lever),
+        Point(f"jax-eval-b{b}", "jax", what="eval", batch=b, cap_s=cap, estimate_s=10 if dry else 30),
+        Point(f"combo-b{b}", "combo", batch=b, cap_s=cap, estimate_s=10 if dry else 45),
+        Point(f"loop-b{b}", "loop", batch=b, cap_s=cap, estimate_s=10 if dry else 90),
+        Point(f"jax-eval-b{4 * b}", "jax", what="eval", batch=4 * b, cap_s=cap, estimate_s=10 if dry else 30),
+        Point(f"jax-train-b{2 * b}", "jax", batch=2 * b, cap_s=cap, estimate_s=10 if dry else 60),
+        Point(f"profile-combo-b{b}", "profile", batch=b, cap_s=cap, estimate_s=10 if dry else 40),
+        Point(f"jax-train-b{2 * b}-remat", "jax", batch=2 * b, remat=True, cap_s=cap,
+              estimate_s=10 if dry else 60),
+        # XLA's default flags from a cold cache: the compile time without the preset.
+        Point(f"{first}-xla-default-cold", "jax", batch=b, xla="default", cache="xla-default",
+              isolate=True, cap_s=cap + 150, estimate_s=10 if dry else 200),
+    ]
+    return points
+
+
+# --------------------------------------------------------------------------- child side
+
+def _memory_stats() -> dict[str, Any] | None:
+    import jax
+    stats = jax.local_devices()[0].memory_stats()
+    return {k: int(v) for k, v in stats.items()} if stats else None
+
+
+def _config(point: Point, args: argparse.Namespace) -> Any:
+    return point_config(args.config, batch=point.batch, remat=point.remat, dtype=args.dtype,
+                        depthwise=args.depthwise, overrides=point.overrides)
+
+
+def _run_jax_point(point: Point, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    from vertex_jax.bench.measure import measure
+
+    def compiled(seconds: float) -> None:  # survives a kill while the step is timed
+        (out / f"{point.name}.compiled.json").write_text(json.dumps({"compile_s": seconds}))
+    environment, record = measure(_config(point, args), point.what, steps=args.steps,
+                                  repeats=args.repeats, options={"point": point.name},
+                                  on_compiled=compiled)
+    return {"environment": environment, "record": record, "memory_stats": _memory_stats()}
+
+
+def _run_profile_point(point: Point, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    import jax
+    from vertex_jax import mesh as meshlib
+    from vertex_jax.bench.measure import _initial_state, _time, abstract_state, environment, make_step, random_batch
+    from vertex_jax.train.packing import StatePacking
+
+    config = _config(point, args)
+    mesh = meshlib.make_mesh()
+    graphdef, _, _ = abstract_state(config)
+    state = _initial_state(config, mesh)
+    packing = StatePacking(state) if config.get("pack_state", False) else None
+    if packing is not None:
+        state = jax.jit(packing.pack)(state)
+    batch = meshlib.to_global(random_batch(config, point.batch), mesh)
+    t0 = time.perf_counter()
+    compiled = make_step(config, point.what, graphdef, mesh, packing).lower(state, batch).compile()
+    compile_s = time.perf_counter() - t0
+    steps = max(1, args.profile_steps)
+    trace_dir = Path(tempfile.mkdtemp(prefix="gpu_check_trace_"))
+    with jax.profiler.trace(str(trace_dir)):
+        step_s = _time(compiled, state, batch, steps=steps, repeats=1, carries_state=True).runs[0]
+    summary = summarize_trace(trace_dir, steps + 2)  # _time's two warm-up steps are traced too
+    kept = sorted(trace_dir.rglob("*.xplane.pb"))
+    if args.keep_trace and kept:
+        shutil.copyfile(kept[-1], args.keep_trace)
+        summary["kept_trace"] = str(args.keep_trace)
+    summary.update(compile_s=compile_s, step_s=step_s, images_per_s=point.batch / step_s,
+                   traced_steps=steps + 2, what=point.what, batch=point.batch, remat=point.remat,
+                   overrides=point.overrides)
+    shutil.rmtree(trace_dir, ignore_errors=True)
+    return {"environment": environment(), "profile": summary}
+
+
+def child_main(args: argparse.Namespace) -> None:
+    """Run the points of ``--child`` (a JSON list) in this process, each result to
+    ``<results_dir>/<name>.json`` as soon as it is measured."""
+    from vertex_jax.compile_cache import enable_compilation_cache
+
+    enable_compilation_cache(args.cache_dir)
+    out = Path(args.results_dir)
+    for spec in json.loads(args.child):
+        point = Point(**spec)
+        print(f"[gpu_check] {point.name}: start", flush=True)
+        t0 = time.perf_counter()
+        try:
+            run = _run_profile_point if point.kind == "profile" else _run_jax_point
+            result = run(point, args, out)
+            result["status"] = "ok"
+        except Exception as e:  # noqa: BLE001 - one failed point (OOM, say) must not end the check
+            result = {"status": "error", "error": f"{type(e).__name__}: {e}"[:4000]}
+        result["wall_s"] = time.perf_counter() - t0
+        (out / f"{point.name}.json").write_text(json.dumps(result))
+        print(f"[gpu_check] {point.name}: {result['status']} in {result['wall_s']:.1f} s", flush=True)

@@ -1,0 +1,89 @@
+"""The top XLA operations of a ``jax.profiler`` trace: by op, by op kind, by GPU kernel."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+__all__ = ["summarize_trace"]
+
+
+def _op_kind(name: str) -> str:
+    """``loop_multiply_fusion.12`` -> ``loop_multiply_fusion``."""
+    return re.sub(r"[.\d]+$", "", name) or name
+
+
+def _xplane_events(path: Path) -> tuple[list[tuple[str, str, int]], str]:
+    """(op, event name, duration ns) of every XLA op event in an ``.xplane.pb``: the GPU
+    kernels of the device planes (op: their ``hlo_op`` stat, else the kernel name), or
+    else the host's events with an ``hlo_op`` stat (XLA:CPU); and which it was."""
+    from jax.profiler import ProfileData
+
+    planes = list(ProfileData.from_file(str(path)).planes)
+    device = [p for p in planes if p.name.startswith("/device:") and "CUSTOM" not in p.name]
+    for chosen, source, need_op in ((device, "device", True), (device, "device kernels", False),
+                                    (planes, "host", True)):
+        seen, out = set(), []
+        for plane in chosen:
+            for line in plane.lines:
+                if not need_op and not line.name.startswith("Stream"):
+                    continue
+                for event in line.events:
+                    op = dict(event.stats).get("hlo_op") if need_op else event.name
+                    key = (plane.name, event.name, event.start_ns, event.duration_ns)
+                    if op and key not in seen:  # one kernel can sit on two stream lines
+                        seen.add(key)
+                        out.append((str(op), str(event.name), int(event.duration_ns)))
+        if out:
+            return out, source
+    return [], "none"
+
+
+def _trace_json_events(path: Path) -> tuple[list[tuple[str, str, int]], str]:
+    """The same from a ``*.trace.json.gz`` (Chrome trace format) the profiler writes."""
+    with gzip.open(path, "rt") as f:
+        trace = json.load(f)
+    out = []
+    for event in trace.get("traceEvents", []):
+        args = event.get("args") or {}
+        op = args.get("hlo_op") or args.get("long_name")
+        if op and "dur" in event:
+            out.append((str(op), str(event.get("name", op)), int(float(event["dur"]) * 1000)))
+    return out, "trace.json"
+
+
+def summarize_trace(trace_dir: Path, steps: int, top: int = 15) -> dict[str, Any]:
+    """Top XLA ops (and op kinds, and GPU kernels) by time in the profile under
+    ``trace_dir``; errors are recorded, never raised."""
+    errors = []
+    for pattern, reader in (("*.xplane.pb", _xplane_events), ("*.trace.json.gz", _trace_json_events)):
+        for path in sorted(trace_dir.rglob(pattern)):
+            try:
+                events, source = reader(path)
+            except Exception as e:  # noqa: BLE001 - a failed parse is a finding, not a crash
+                errors.append(f"{path.name}: {e!r}")
+                continue
+            if not events:
+                errors.append(f"{path.name}: no XLA op events")
+                continue
+            total = sum(d for _, _, d in events)
+
+            def rank(key_of) -> list[dict[str, Any]]:
+                ns, count = defaultdict(int), defaultdict(int)
+                for event in events:
+                    ns[key_of(event)] += event[2]
+                    count[key_of(event)] += 1
+                best = sorted(ns, key=ns.get, reverse=True)[:top]
+                return [{"name": k, "count": count[k], "ms_per_step": ns[k] / 1e6 / steps,
+                         "share": ns[k] / total} for k in best]
+            summary = {"status": "ok", "source": f"{source} ({path.name})", "steps": steps,
+                       "events": len(events), "op_ms_per_step": total / 1e6 / steps,
+                       "top_ops": rank(lambda e: e[0]), "top_kinds": rank(lambda e: _op_kind(e[0]))}
+            if source.startswith("device"):
+                summary["top_kernels"] = rank(lambda e: e[1])
+            return {**summary, "errors": errors}
+    return {"status": "error", "errors": errors or [f"no trace files under {trace_dir}"]}
