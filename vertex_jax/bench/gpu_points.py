@@ -65,14 +65,18 @@ def plan(dry: bool) -> list[Point]:
         Point(f"{first}-warm", "jax", batch=b, isolate=True, cap_s=cap, estimate_s=10 if dry else 25),
         Point(f"peer-compile-cl-b{b}", "peer", batch=b, cap_s=cap + 60, estimate_s=10 if dry else 30,
               peer_flags="" if dry else "--compile --channels-last"),
-        # Levers, each against the baseline.
-        Point(f"{first}-bn-autodiff", "jax", overrides={"model.batchnorm": "autodiff"}, **lever),
+        # Levers, each against the baseline (the BatchNorm one is the previous default).
         Point(f"{first}-graphs", "jax", xla="graphs", **lever),
+        Point(f"{first}-bn-autodiff", "jax", overrides={"model.batchnorm": "autodiff"}, **lever),
         Point(f"{first}-pack", "jax", overrides={"pack_state": True, "optim.flatten": True}, **lever),
-        Point(f"{first}-symmetric", "jax", overrides={"model.padding": "symmetric"}, **lever),
         Point(f"jax-eval-b{b}", "jax", what="eval", batch=b, cap_s=cap, estimate_s=10 if dry else 30),
+        Point(f"loop-b{b}", "loop", batch=b, cap_s=cap, estimate_s=10 if dry else 100),
         Point(f"combo-b{b}", "combo", batch=b, cap_s=cap, estimate_s=10 if dry else 45),
-        Point(f"loop-b{b}", "loop", batch=b, cap_s=cap, estimate_s=10 if dry else 90),
+        # No autotuning at all, from a cold cache: its compile time and what it costs a step.
+        Point(f"{first}-autotune0-cold", "jax", batch=b, xla="no-autotune", cache="no-autotune",
+              isolate=True, cap_s=cap + 60, estimate_s=10 if dry else 90),
+        Point(f"{first}-shifts", "jax", overrides={"model.depthwise": "shifts"}, **lever),
+        Point(f"{first}-symmetric", "jax", overrides={"model.padding": "symmetric"}, **lever),
         Point(f"jax-eval-b{4 * b}", "jax", what="eval", batch=4 * b, cap_s=cap, estimate_s=10 if dry else 30),
         Point(f"jax-train-b{2 * b}", "jax", batch=2 * b, cap_s=cap, estimate_s=10 if dry else 60),
         Point(f"profile-combo-b{b}", "profile", batch=b, cap_s=cap, estimate_s=10 if dry else 40),

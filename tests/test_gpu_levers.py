@@ -1,0 +1,175 @@
+"""The GPU levers behind settings compute the same function as before (or, for symmetric
+padding, their own documented semantics), on CPU against independent references."""
+
+import numpy as np
+import optax
+import pytest
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from scipy.signal import correlate2d
+
+from vertex_jax.bench.gpu_check import _combine, lever_verdicts
+from vertex_jax.bench.gpu_points import Point
+from vertex_jax.models.efficientnet import (BatchNorm, DepthwiseConv, conv_padding,
+                                            fused_batch_norm, set_bn_impl, _conv)
+from vertex_jax.train.packing import StatePacking
+from vertex_jax.xla_flags import PRESETS, apply_preset
+
+EPS32 = 2.0 ** -24
+
+
+def naive_bn(x, scale, bias, act):
+    """Training-mode BatchNorm + swish written plainly (autodiff gives its gradient)."""
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x, axis=axes)
+    var = jnp.mean(jnp.square(x - mean), axis=axes)
+    z = (x - mean) / jnp.sqrt(var + 1e-3) * scale + bias
+    return jax.nn.silu(z) if act else z
+
+
+@pytest.mark.parametrize("act", [True, False])
+def test_fused_batchnorm_matches_autodiff_of_the_plain_formula(act):
+    """Output and every gradient against autodiff of the two-pass formula, in float64
+    (x64 on); the fused form computes in float32, so they agree to float32 rounding
+    of sums over n = 192 elements: relative error < n * 2^-24 * (a small constant)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(1.5, 2.0, (4, 8, 6, 5))  # mean comparable to std: little cancellation
+    scale, bias = rng.normal(1, 0.3, 5), rng.normal(0, 0.3, 5)
+    w = rng.normal(size=x.shape)
+    tol = 8 * (x.size // 5) * EPS32
+
+    def fused(x, scale, bias):
+        y, _, _ = fused_batch_norm(x.astype(jnp.float32), scale.astype(jnp.float32),
+                                   bias.astype(jnp.float32), 1e-3, act, jnp.float32)
+        return jnp.sum(y * w.astype(np.float32))
+    with jax.enable_x64(True):
+        args = tuple(jnp.asarray(a, jnp.float64) for a in (x, scale, bias))
+        ref = [np.asarray(g) for g in
+               jax.grad(lambda *a: jnp.sum(naive_bn(*a, act) * w), argnums=(0, 1, 2))(*args)]
+        ref_y = np.asarray(naive_bn(*args, act))
+    got = jax.grad(fused, argnums=(0, 1, 2))(*(a.astype(jnp.float32) for a in args))
+    y, mean, var = fused_batch_norm(jnp.asarray(x, jnp.float32), jnp.asarray(scale, jnp.float32),
+                                    jnp.asarray(bias, jnp.float32), 1e-3, act, jnp.float32)
+    rel = lambda a, b: np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b)  # noqa: E731
+    assert rel(y, ref_y) < tol
+    np.testing.assert_allclose(mean, x.mean(axis=(0, 1, 2)), rtol=tol)
+    np.testing.assert_allclose(var, x.var(axis=(0, 1, 2)), rtol=tol)
+    for g, r in zip(got, ref):
+        assert rel(g, r) < tol
+
+
+def test_both_batchnorm_impls_train_the_same_network():
+    """A BatchNorm layer in training mode: same output, running statistics and
+    gradients with ``fused`` and ``autodiff`` (float32; same tolerance argument)."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(0.5, 1.0, (2, 6, 4, 8)), jnp.float32)
+    results = {}
+    for impl in ("fused", "autodiff"):
+        bn = BatchNorm(8, act=True, dtype=jnp.float32, rngs=nnx.Rngs(0))
+        set_bn_impl(bn, impl)
+
+        def loss(bn):
+            return jnp.sum(bn(x) ** 2)
+        grads = nnx.grad(loss)(bn)
+        results[impl] = (bn(x), bn.mean[...], bn.var[...], grads["scale"][...], grads["bias"][...])
+    tol = 8 * 48 * EPS32
+    for a, b in zip(results["fused"], results["autodiff"]):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol * float(jnp.max(jnp.abs(b))))
+    with pytest.raises(ValueError, match="model.batchnorm"):
+        set_bn_impl(nnx.Sequential(), "cudnn")
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_symmetric_padding_is_k_minus_1_over_2_on_every_side(kernel):
+    """Stride 2 on an even size: symmetric padding equals a correlation of the input
+    zero-padded by (k-1)/2 on each side (scipy), sampled every second pixel, for both
+    depthwise implementations and the plain convolution; TF SAME differs there."""
+    rng = np.random.default_rng(kernel)
+    x = rng.normal(size=(1, 10, 8, 1)).astype(np.float32)
+    p = (kernel - 1) // 2
+    assert conv_padding(kernel, "symmetric") == ((p, p), (p, p)) and conv_padding(kernel, "tf") == "SAME"
+    with pytest.raises(ValueError, match="model.padding"):
+        conv_padding(kernel, "reflect")
+    outs = {}
+    for impl in ("conv", "shifts"):
+        layer = DepthwiseConv(1, kernel, stride=2, impl=impl, dtype=jnp.float32, rngs=nnx.Rngs(0),
+                              padding="symmetric")
+        outs[impl] = np.asarray(layer(jnp.asarray(x)))[0, :, :, 0]
+        kernel_2d = np.asarray(layer.kernel[...])[:, :, 0, 0]
+    plain = _conv(1, 1, kernel, stride=2, dtype=jnp.float32, rngs=nnx.Rngs(0), padding="symmetric")
+    plain.kernel[...] = jnp.asarray(kernel_2d[:, :, None, None])
+    ref = correlate2d(np.pad(x[0, :, :, 0], p), kernel_2d, mode="valid")[::2, ::2]
+    for out in (*outs.values(), np.asarray(plain(jnp.asarray(x)))[0, :, :, 0]):
+        assert out.shape == (5, 4)
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    tf_layer = DepthwiseConv(1, kernel, stride=2, impl="conv", dtype=jnp.float32, rngs=nnx.Rngs(0))
+    assert not np.allclose(np.asarray(tf_layer(jnp.asarray(x)))[0, :, :, 0], ref, atol=1e-3)
+
+
+def test_packing_round_trips_every_leaf_exactly():
+    rng = np.random.default_rng(2)
+    tree = {"a": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32), "b": [jnp.arange(5, dtype=jnp.int32),
+            jnp.asarray(rng.normal(size=(2,)), jnp.bfloat16)], "c": jnp.asarray(rng.normal(size=()), jnp.float32),
+            "k": jax.random.key(3)}
+    packing = StatePacking(jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree))
+    packed = jax.jit(packing.pack)(tree)
+    assert sorted(packed) == sorted({"float32", "int32", "bfloat16", str(tree["k"].dtype)})
+    assert packed["float32"].shape == (13,)
+    back = jax.jit(packing.unpack)(packed)
+    for got, want in zip(jax.tree.leaves(back), jax.tree.leaves(tree)):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        if jnp.issubdtype(want.dtype, jax.dtypes.prng_key):
+            got, want = jax.random.key_data(got), jax.random.key_data(want)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_flattened_adam_makes_the_same_updates():
+    """``optim.flatten``: optax.flatten around the same chain; float32 rounding apart
+    (the clipping norm sums in another order), the same three updates."""
+    rng = np.random.default_rng(3)
+    params = {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32), "b": jnp.zeros(3, jnp.float32)}
+    chain = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-2, weight_decay=1e-4))
+    results = []
+    for tx in (chain, optax.flatten(chain)):
+        p, state = params, tx.init(params)
+        for step in range(3):
+            grads = jax.tree.map(lambda a: a * (step + 1) + 0.1, p)
+            updates, state = tx.update(grads, state, p)
+            p = optax.apply_updates(p, updates)
+        results.append(p)
+    for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert len(jax.tree.leaves(optax.flatten(chain).init(params))) < len(jax.tree.leaves(chain.init(params)))
+
+
+def test_xla_presets_never_override_the_users_flags():
+    env = {"XLA_FLAGS": "--xla_gpu_enable_triton_gemm=true --xla_dump_to=/tmp/x"}
+    flags = apply_preset("graphs", env).split()
+    assert "--xla_gpu_enable_triton_gemm=true" in flags and "--xla_dump_to=/tmp/x" in flags
+    assert "--xla_gpu_enable_triton_gemm=false" not in flags
+    assert "--xla_gpu_enable_command_buffer=+CONVOLUTION" in flags
+    assert apply_preset("default", {}) == ""
+    with pytest.raises(ValueError, match="xla_preset"):
+        apply_preset("turbo", {})
+    assert set(PRESETS) >= {"default", "fast-compile", "graphs", "no-autotune"}
+
+
+def _record(images_per_s: float, spread: float) -> dict:
+    return {"status": "ok", "record": {"images_per_s": images_per_s, "run_spread": spread}}
+
+
+def test_the_combination_takes_the_levers_that_beat_the_baseline_by_more_than_the_spread():
+    points = [Point("base", "jax"), Point("base-warm", "jax"),
+              Point("a", "jax", lever=True, overrides={"model.padding": "symmetric"}),
+              Point("b", "jax", lever=True, xla="graphs"),
+              Point("c", "jax", lever=True, overrides={"pack_state": True}),
+              Point("combo", "combo")]
+    results = {"base": _record(50, 0.0), "base-warm": _record(100, 0.02), "a": _record(101.5, 0.01),
+               "b": _record(110, 0.01), "c": _record(104, 0.03)}
+    verdicts = lever_verdicts(points, results, "base")
+    assert verdicts["a"]["ratio"] == pytest.approx(1.015)  # against the warm rerun
+    assert {k: v["wins"] for k, v in verdicts.items()} == {"a": False, "b": True, "c": True}
+    combo = _combine(points[-1], verdicts)
+    assert combo.kind == "jax" and combo.xla == "graphs" and combo.overrides == {"pack_state": True}
+    assert lever_verdicts(points, {}, "base") == {}
