@@ -6,16 +6,25 @@ prefetch, logging every ``log_every_steps``, validation and a checkpoint at ever
 end and one at the end, as training does. Its figures are the loop's own clock
 (``summary["throughput"]``, :class:`vertex_jax.train.metrics.Throughput`): every step but
 the first of each epoch, validation and saves left out, with the process's user and
-system CPU time over those steps. ``steps`` under one epoch (the demo: 57) keeps
-validation and checkpoints out of the run except the final save.
+system CPU time over those steps. ``steps`` under one epoch (the demo: 57) leaves one
+validation and one checkpoint, at the end, both off the clock.
 
-The data (synthetic cohort and cache) is prepared once, in ``config.data.data_dir`` when
-set (e.g. an existing run's ``runs/demo/data``), else in a temporary directory shared by
-the runs; each run trains in a fresh temporary workdir.
+The data: with ``config.data.data_dir`` or ``config.data.manifest`` set (e.g. an existing
+run's ``runs/demo/data``), that data (synthetic cohort or manifest) and its cache, prepared
+by the first run as training does. With neither, random canvases of the configured size
+(:mod:`vertex_jax.bench.canvas_cohort`), ``(steps + 2) * batch`` for training and one
+evaluation batch for validation, written in a temporary directory shared by the runs in
+well under a second at 1024×512; each run trains in a fresh temporary workdir.
+
+Beside the loop, the input pipeline alone (:func:`measure_input`, in the first run's
+process before it trains): the training batches from the cache through grain, sharded
+and put on the devices as the loop's prefetch does, no step, ``steps`` batches per timed
+run after two warm-up batches.
 """
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -23,18 +32,77 @@ from typing import Any
 
 import jax
 
+from vertex_jax.bench.canvas_cohort import write_random_cohort
 from vertex_jax.bench.measure import environment, run_isolated
 from vertex_jax.bench.record import make_record
 
 
-def _run_loop(config: Any, workdir: str) -> dict[str, Any]:
-    """One capped training run in this process: its summary, wall time and environment."""
+def measure_input(config: Any, workdir: str, *, batches: int, repeats: int) -> dict[str, Any]:
+    """The input pipeline alone, in this process: images/s of ``repeats`` runs of ``batches``
+    training batches (after two warm-up batches) read from the cache through grain (the
+    data ``prepare`` gives training, in ``workdir``), sharded and put on the devices by the
+    loop's :class:`~vertex_jax.train.prefetch.DevicePrefetch`, no step; the median is
+    ``images_per_s``."""
+    from vertex_jax import mesh as meshlib
+    from vertex_jax.data.pipeline import batch_bytes, read_options
+    from vertex_jax.data.prepare import prepare
+    from vertex_jax.models.build import tasks_of
+    from vertex_jax.train.prefetch import DevicePrefetch
+
+    if batches < 1 or repeats < 1:
+        raise ValueError(f"need batches >= 1 and repeats >= 1, got {batches} and {repeats}")
+    mesh = meshlib.make_mesh()
+    data = prepare(config.data, workdir, tasks=tasks_of(config))
+    count = jax.process_count()
+    iterator = iter(data.train(global_batch=config.batch_size, seed=config.seed,
+                               split=config.data.train_split, workers=config.data.workers,
+                               process_index=jax.process_index(), process_count=count))
+    feed = DevicePrefetch(iterator, lambda b: meshlib.to_global(b, mesh), depth=2)
+    rates = []
+    try:
+        for _ in range(2):  # read threads started, page cache hot, transfers set up
+            jax.block_until_ready(feed.next(batches)[1])
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(batches):
+                _, batch = feed.next(batches)
+            jax.block_until_ready(batch)
+            rates.append(batches * config.batch_size / (time.perf_counter() - t0))
+    finally:
+        iterator.close()
+    options = read_options(batch_bytes(data.cache, config.batch_size // count),
+                           workers=config.data.workers)
+    return {"images_per_s": statistics.median(rates), "images_per_s_runs": rates,
+            "batches": batches, "batch": config.batch_size,
+            "read_threads": options.num_threads, "read_buffer_batches": options.prefetch_buffer_size}
+
+
+def _run_loop(config: Any, workdir: str, input_workdir: str | None = None, input_batches: int = 0,
+              input_repeats: int = 1) -> dict[str, Any]:
+    """One capped training run in this process: its summary, wall time and environment;
+    with ``input_batches``, first :func:`measure_input` (in ``input_workdir``) as "input"."""
     from vertex_jax.train.loop import train_and_evaluate
 
+    result = {}
+    if input_batches:
+        result["input"] = measure_input(config, input_workdir, batches=input_batches,
+                                        repeats=input_repeats)
     t0 = time.perf_counter()
     summary = train_and_evaluate(config, workdir)
-    return {"summary": summary, "wall_s": time.perf_counter() - t0, "environment": environment(),
-            "devices": jax.device_count()}
+    return {**result, "summary": summary, "wall_s": time.perf_counter() - t0,
+            "environment": environment(), "devices": jax.device_count()}
+
+
+def random_data(config: Any, data_dir: str, steps: int) -> dict[str, Any]:
+    """Random canvases for ``steps`` capped steps (module docstring) in ``data_dir``, and
+    ``config.data.manifest`` pointed at them; returns what was written and how fast."""
+    t0 = time.perf_counter()
+    cohort = write_random_cohort(config, data_dir, train=(steps + 2) * config.batch_size,
+                                 val=config.eval_batch_size, seed=config.seed)
+    seconds = time.perf_counter() - t0
+    config.data.manifest = str(cohort.manifest)
+    return {"source": "random canvases", "canvases": cohort.written, "write_s": seconds,
+            "canvases_per_s": cohort.written / seconds}
 
 
 def loop_config(config: Any, steps: int, data_dir: str) -> Any:
@@ -50,14 +118,30 @@ def loop_config(config: Any, steps: int, data_dir: str) -> Any:
     return config
 
 
-def measure_loop(config: Any, *, steps: int, repeats: int, options: dict[str, Any] | None = None
-                 ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
-    """(environment, record, runs): ``repeats`` capped training runs, each in a fresh process;
-    the record is in :mod:`vertex_jax.bench.record`'s format (``what="loop"``, the median
-    run's seconds per step), ``runs`` each run's throughput and wall time."""
+def loop_data(config: Any, steps: int, data_dir: str) -> tuple[Any, dict[str, Any]]:
+    """(:func:`loop_config`, where its data comes from): ``config.data.data_dir`` or
+    ``config.data.manifest`` when either is set, else random canvases written in
+    ``data_dir`` (:func:`random_data`)."""
+    given = bool(config.data.data_dir or config.data.manifest)
+    config = loop_config(config, steps, data_dir)
+    if given:
+        return config, {"source": config.data.manifest or config.data.data_dir}
+    return config, random_data(config, config.data.data_dir, steps)
+
+
+def measure_loop(config: Any, *, steps: int, repeats: int, options: dict[str, Any] | None = None,
+                 isolate: bool = True) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(environment, record, detail): ``repeats`` capped training runs, each in a fresh
+    process (in this one without ``isolate``: a dry run, e.g. in tests); the record is in
+    :mod:`vertex_jax.bench.record`'s format (``what="loop"``, the median run's seconds per
+    step); ``detail``: "runs" (each run's throughput and wall time), "input" (the input
+    pipeline alone, :func:`measure_input`) and "data" (where the data came from; for
+    random canvases how many were written and how fast)."""
+    run = run_isolated if isolate else (lambda fn, *args: fn(*args))
     with tempfile.TemporaryDirectory(prefix="vertex_loop_") as tmp:
-        config = loop_config(config, steps, str(Path(tmp) / "data"))
-        runs = [run_isolated(_run_loop, config, str(Path(tmp) / f"run{i}")) for i in range(repeats)]
+        config, data = loop_data(config, steps, str(Path(tmp) / "data"))
+        runs = [run(_run_loop, config, str(Path(tmp) / f"run{i}"), str(Path(tmp) / "input"),
+                    steps if i == 0 else 0, repeats) for i in range(repeats)]
     clocks = [r["summary"]["throughput"] for r in runs]
     if any(not c["steps_timed"] for c in clocks):
         raise RuntimeError(f"a loop run timed no step ({clocks}); give more --steps")
@@ -70,4 +154,17 @@ def measure_loop(config: Any, *, steps: int, repeats: int, options: dict[str, An
         cpu_s_runs=[(c["user_s"] / c["steps_timed"], c["system_s"] / c["steps_timed"]) for c in clocks])
     detail = [{"steps_timed": c["steps_timed"], "images_per_s": c["images_per_s"],
                "run_wall_s": r["wall_s"], "status": r["summary"]["status"]} for c, r in zip(clocks, runs)]
-    return runs[0]["environment"], record, detail
+    return runs[0]["environment"], record, {"runs": detail, "input": runs[0]["input"], "data": data}
+
+
+def format_input_rates(loop_runs: list[dict[str, Any]]) -> str:
+    """One line per sweep point (``extra["loop_runs"]`` of the bench): the input pipeline's
+    images/s alone, beside the loop's."""
+    lines = []
+    for entry in loop_runs:
+        label = ", ".join(f"{k}={v}" for k, v in entry["point"].items()) or "config as given"
+        rate = entry["input"]["images_per_s"]
+        loop = statistics.median(r["images_per_s"] for r in entry["runs"])
+        lines.append(f"input alone ({label}): cache -> device batch {rate:.3g} images/s, "
+                     f"{rate / loop:.1f}x the loop's {loop:.3g}")
+    return "\n".join(lines)

@@ -23,6 +23,9 @@ rebuilt from the source images like an interrupted build. Damage that appears af
 check (a read error during training) stops the run with :class:`CacheDamagedError`
 naming the shard; the next start rebuilds it. Caches of version 1 (no checksums) are not
 reused: their fingerprint differs, so a fresh cache is built beside them.
+
+:func:`write_shard` and :func:`finish_cache` are the writer itself, also used for caches
+of other canvases (the loop benchmark's random ones, :mod:`vertex_jax.bench.canvas_cohort`).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import logging
 import multiprocessing
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -116,24 +119,27 @@ def fingerprint(df: pd.DataFrame, config: PreprocessConfig) -> str:
     return h.hexdigest()[:16]
 
 
-def _write_shard(root: str, shard: int, image_ids: list[str], paths: list[str],
-                 config: PreprocessConfig, skip_errors: bool) -> dict[str, Any]:
-    """Preprocess one shard's images into ``shard-NNNNN.array_record`` (+ its JSON)."""
+RECORD_OPTIONS = "group_size:1"  # one record per chunk: random access (what grain requires)
+
+
+def write_shard(root: str | os.PathLike, shard: int,
+                examples: Iterable[tuple[str, np.ndarray, dict[str, Any]]],
+                failures: Sequence[dict[str, str]] = ()) -> dict[str, Any]:
+    """Write ``shard-NNNNN.array_record`` (one record per canvas) and its JSON into ``root``.
+
+    ``examples`` yields (image id, canvas, geometry dict); ``failures`` (image_id, path,
+    reason) is listed as it stands once ``examples`` is exhausted, so a generator may
+    append to it as it goes. The JSON, renamed into place last, holds the ids in record
+    order, the failures and the records file's SHA-256 and size. Returns that JSON.
+    """
     base = Path(root) / f"shard-{shard:05d}"
-    entries, failures = [], []
+    entries = []
     with atomic_path(base.with_suffix(".array_record")) as tmp_records:
-        writer = ArrayRecordWriter(str(tmp_records), "group_size:1")
+        writer = ArrayRecordWriter(str(tmp_records), RECORD_OPTIONS)
         try:
-            for image_id, path in zip(image_ids, paths):
-                try:
-                    canvas, geometry = preprocess(read_image(path).pixels, config)
-                except ImageReadError as e:
-                    if not skip_errors:
-                        raise
-                    failures.append({"image_id": image_id, "path": path, "reason": e.reason})
-                    continue
+            for image_id, canvas, geometry in examples:
                 writer.write(canvas.tobytes())
-                entries.append({"image_id": image_id, "geometry": geometry.to_dict()})
+                entries.append({"image_id": image_id, "geometry": geometry})
         finally:
             writer.close()
         checks = {}
@@ -143,9 +149,33 @@ def _write_shard(root: str, shard: int, image_ids: list[str], paths: list[str],
                           "bytes": os.fstat(f.fileno()).st_size}
         else:  # ArrayRecord cannot hold an empty shard usefully: keep only the JSON
             tmp_records.unlink(missing_ok=True)
-    meta = {"shard": shard, "entries": entries, "failures": failures, **checks}
+    meta = {"shard": shard, "entries": entries, "failures": list(failures), **checks}
     write_text(base.with_suffix(".json"), json.dumps(meta))
     return meta
+
+
+def _preprocessed(image_ids: list[str], paths: list[str], config: PreprocessConfig,
+                  skip_errors: bool, failures: list[dict[str, str]]
+                  ) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
+    """(image id, canvas, geometry dict) of each readable image; the unreadable ones are
+    appended to ``failures`` with ``skip_errors``, else the first one raises."""
+    for image_id, path in zip(image_ids, paths):
+        try:
+            canvas, geometry = preprocess(read_image(path).pixels, config)
+        except ImageReadError as e:
+            if not skip_errors:
+                raise
+            failures.append({"image_id": image_id, "path": path, "reason": e.reason})
+            continue
+        yield image_id, canvas, geometry.to_dict()
+
+
+def _write_shard(root: str, shard: int, image_ids: list[str], paths: list[str],
+                 config: PreprocessConfig, skip_errors: bool) -> dict[str, Any]:
+    """Preprocess one shard's images into ``shard-NNNNN.array_record`` (+ its JSON)."""
+    failures: list[dict[str, str]] = []
+    return write_shard(root, shard, _preprocessed(image_ids, paths, config, skip_errors, failures),
+                       failures)
 
 
 def _shard_problem(shard_json: Path) -> str | None:
@@ -233,6 +263,15 @@ def _finished(root: Path, config: PreprocessConfig, skip_errors: bool) -> Cache:
     return cache
 
 
+def shard_pool(workers: int, module: str) -> cf.ProcessPoolExecutor:
+    """A process pool for writing shards, its workers forked from a server that has imported
+    ``module`` once (a spawn would import it in every worker), never from this process,
+    which may hold JAX threads; each worker dies with this process."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([module])
+    return cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=die_with_parent)
+
+
 def build_cache(df: pd.DataFrame, cache_dir: str | os.PathLike,
                 config: PreprocessConfig = PreprocessConfig(), *, workers: int | None = None,
                 shard_size: int = 128, skip_errors: bool = False, progress: bool = True) -> Cache:
@@ -273,11 +312,7 @@ def build_cache(df: pd.DataFrame, cache_dir: str | os.PathLike,
             _write_shard(str(root), s, i, p, config, skip_errors)
             bar.update(len(i))
     else:
-        # forkserver: no fork of a process that may hold JAX threads, and workers fork from
-        # a server that has imported this module once (a spawn would re-import per worker).
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload([__name__])
-        with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=die_with_parent) as pool:
+        with shard_pool(workers, __name__) as pool:
             futures = {pool.submit(_write_shard, str(root), s, i, p, config, skip_errors): len(i)
                        for s, i, p in todo}
             try:
@@ -289,6 +324,14 @@ def build_cache(df: pd.DataFrame, cache_dir: str | os.PathLike,
                     f.cancel()
                 raise
     bar.close()
+    return finish_cache(root, config, shard_size)
+
+
+def finish_cache(root: str | os.PathLike, config: PreprocessConfig, shard_size: int) -> Cache:
+    """Mark a cache whose shards are all written (:func:`write_shard`) as finished: list
+    the failures in ``unreadable.csv``, write ``COMPLETE.json`` last, and open it (counted
+    as verified in this process)."""
+    root = Path(root)
     for stale in root.glob("*.tmp"):
         stale.unlink()
     metas = [json.loads(p.read_text()) for p in sorted(root.glob("shard-*.json"))]
