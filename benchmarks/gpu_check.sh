@@ -46,13 +46,13 @@ nvidia-smi 2>/dev/null | head -15
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 SLUG=$(echo "${GPU:-cpu}" | tr 'A-Z' 'a-z' | tr -cs 'a-z0-9' '_' | sed 's/_$//')
 case " $* " in *" --dry "*) SLUG="dry_$SLUG" ;; esac
-JSON=benchmarks/results/gpu_check_${SLUG}.json
+JSON=${OUT_DIR:+$OUT_DIR/gpu_check.json}  # on the lent machine: straight to $OUT (a kill keeps it)
+JSON=${JSON:-benchmarks/results/gpu_check_${SLUG}.json}
 TRACE=${KEEP_TRACE:+${OUT_DIR:+--keep-trace=$OUT_DIR/profile.xplane.pb}}  # KEEP_TRACE=1: the raw trace too
 
 $PY -c "import jax; print('jax', jax.__version__, jax.devices())" 2>&1 | tee "$LOG"
 # The driver keeps its own budget (--budget-s, default 500 s); this is the backstop.
 timeout -k 10 575 $PY -m vertex_jax.bench.gpu_check --json="$JSON" ${TRACE:-} "$@" 2>&1 | tee -a "$LOG"
 rc=${PIPESTATUS[0]}
-if [ -n "$OUT_DIR" ] && [ -f "$JSON" ]; then cp "$JSON" "$OUT_DIR/gpu_check.json"; fi
-echo "gpu_check.sh: exit $rc, result $JSON${OUT_DIR:+ (and \$OUT/gpu_check.json)}"
+echo "gpu_check.sh: exit $rc, result $JSON"
 exit "$rc"

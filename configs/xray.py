@@ -73,7 +73,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.max_steps = 0  # >0 caps the run (smoke tests, benchmarks)
     # The step takes its state as one buffer per dtype (vertex_jax.train.packing): less host
     # time per dispatch (bench records' dispatch_s; benchmarks/NOTES.md).
-    c.pack_state = False
+    c.pack_state = True
 
     if arg == "demo":
         c.tasks = "pvf,osteo"  # both scores from one small model, to show both in minutes

@@ -145,14 +145,14 @@ def test_flattened_adam_makes_the_same_updates():
 
 def test_xla_presets_never_override_the_users_flags():
     env = {"XLA_FLAGS": "--xla_gpu_enable_triton_gemm=true --xla_dump_to=/tmp/x"}
-    flags = apply_preset("graphs", env).split()
+    flags = apply_preset("fast-compile", env).split()
     assert "--xla_gpu_enable_triton_gemm=true" in flags and "--xla_dump_to=/tmp/x" in flags
     assert "--xla_gpu_enable_triton_gemm=false" not in flags
-    assert "--xla_gpu_enable_command_buffer=+CONVOLUTION" in flags
+    assert len(flags) == 2
     assert apply_preset("default", {}) == ""
     with pytest.raises(ValueError, match="xla_preset"):
         apply_preset("turbo", {})
-    assert set(PRESETS) >= {"default", "fast-compile", "graphs", "no-autotune"}
+    assert set(PRESETS) >= {"default", "fast-compile", "no-autotune"}
 
 
 def _record(images_per_s: float, spread: float) -> dict:
@@ -162,7 +162,7 @@ def _record(images_per_s: float, spread: float) -> dict:
 def test_the_combination_takes_the_levers_that_beat_the_baseline_by_more_than_the_spread():
     points = [Point("base", "jax"), Point("base-warm", "jax"),
               Point("a", "jax", lever=True, overrides={"model.padding": "symmetric"}),
-              Point("b", "jax", lever=True, xla="graphs"),
+              Point("b", "jax", lever=True, xla="no-autotune"),
               Point("c", "jax", lever=True, overrides={"pack_state": True}),
               Point("combo", "combo")]
     results = {"base": _record(50, 0.0), "base-warm": _record(100, 0.02), "a": _record(101.5, 0.01),
@@ -171,5 +171,5 @@ def test_the_combination_takes_the_levers_that_beat_the_baseline_by_more_than_th
     assert verdicts["a"]["ratio"] == pytest.approx(1.015)  # against the warm rerun
     assert {k: v["wins"] for k, v in verdicts.items()} == {"a": False, "b": True, "c": True}
     combo = _combine(points[-1], verdicts)
-    assert combo.kind == "jax" and combo.xla == "graphs" and combo.overrides == {"pack_state": True}
+    assert combo.kind == "jax" and combo.xla == "no-autotune" and combo.overrides == {"pack_state": True}
     assert lever_verdicts(points, {}, "base") == {}

@@ -19,9 +19,6 @@ PRESETS: dict[str, tuple[str, ...]] = {
     # fusions: autotuning then times a few cuBLAS algorithms instead of compiling dozens of
     # Triton configurations per dot.
     "fast-compile": ("--xla_gpu_enable_triton_gemm=false",),
-    # fast-compile, and cuDNN convolutions recorded into CUDA graphs with the fusions
-    # around them: ~3,700 kernels a step launched as a few graphs.
-    "graphs": ("--xla_gpu_enable_triton_gemm=false", "--xla_gpu_enable_command_buffer=+CONVOLUTION"),
     # fast-compile without any autotuning: cuDNN's heuristics pick each convolution's
     # algorithm (the shortest cold compile; what it costs a step is measured).
     "no-autotune": ("--xla_gpu_enable_triton_gemm=false", "--xla_gpu_autotune_level=0"),

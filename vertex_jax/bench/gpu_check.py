@@ -44,7 +44,7 @@ from typing import Any, Sequence
 
 from vertex_jax.bench.gpu_points import BASELINE, Point, child_main, plan
 from vertex_jax.bench.plain_config import CHECKOUT, MISSING_ON_DEVICE, block_imports, load_run_config
-from vertex_jax.xla_flags import apply_preset
+from vertex_jax.xla_flags import PRESETS, apply_preset
 
 __all__ = ["lever_verdicts", "run_check", "main"]
 
@@ -329,7 +329,7 @@ def run_check(args: argparse.Namespace) -> dict[str, Any]:
 
     start = time.perf_counter()
     config, loader = load_run_config(args.config)
-    points = _select(plan(args.dry), args.points)
+    points = _select(plan(args.dry, args.xla), args.points)
     baseline = BASELINE.format(batch=points[0].batch) if points else ""
     estimate: dict[str, float] = {}
     results: dict[str, dict[str, Any]] = {}
@@ -417,6 +417,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--budget-s", type=float, default=None, help="wall-clock budget of "
                         "all points (default 500; --dry 300)")
     parser.add_argument("--points", default="", help="only these points (comma-separated names)")
+    parser.add_argument("--xla", default="fast-compile", choices=sorted(PRESETS),
+                        help="XLA flag preset of the points that name none (vertex_jax.xla_flags)")
     parser.add_argument("--cache-root", default=None, help="the points' compilation caches "
                         "(default: a fresh temporary folder, so the first compile is cold)")
     parser.add_argument("--keep-trace", type=Path, default=None, help="copy the profile's "

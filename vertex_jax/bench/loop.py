@@ -12,7 +12,7 @@ validation and one checkpoint, at the end, both off the clock.
 The data: with ``config.data.data_dir`` or ``config.data.manifest`` set (e.g. an existing
 run's ``runs/demo/data``), that data (synthetic cohort or manifest) and its cache, prepared
 by the first run as training does. With neither, random canvases of the configured size
-(:mod:`vertex_jax.bench.canvas_cohort`), ``(steps + 2) * batch`` for training and one
+(:mod:`vertex_jax.bench.canvas_cohort`), ``max(steps + 2, STEPS_PER_EPOCH) * batch`` for training and one
 evaluation batch for validation, written in a temporary directory shared by the runs in
 well under a second at 1024×512; each run trains in a fresh temporary workdir.
 
@@ -33,7 +33,7 @@ from typing import Any
 import jax
 
 from vertex_jax.bench.canvas_cohort import write_random_cohort
-from vertex_jax.bench.measure import environment, run_isolated
+from vertex_jax.bench.measure import STEPS_PER_EPOCH, environment, run_isolated
 from vertex_jax.bench.record import make_record
 
 
@@ -95,9 +95,12 @@ def _run_loop(config: Any, workdir: str, input_workdir: str | None = None, input
 
 def random_data(config: Any, data_dir: str, steps: int) -> dict[str, Any]:
     """Random canvases for ``steps`` capped steps (module docstring) in ``data_dir``, and
-    ``config.data.manifest`` pointed at them; returns what was written and how fast."""
+    ``config.data.manifest`` pointed at them; returns what was written and how fast. At
+    least :data:`~vertex_jax.bench.measure.STEPS_PER_EPOCH` batches: then the loop's
+    training step is the isolated step's program, compiled once for both."""
     t0 = time.perf_counter()
-    cohort = write_random_cohort(config, data_dir, train=(steps + 2) * config.batch_size,
+    batches = max(steps + 2, STEPS_PER_EPOCH)
+    cohort = write_random_cohort(config, data_dir, train=batches * config.batch_size,
                                  val=config.eval_batch_size, seed=config.seed)
     seconds = time.perf_counter() - t0
     config.data.manifest = str(cohort.manifest)

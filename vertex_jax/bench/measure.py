@@ -33,8 +33,14 @@ from vertex_jax.train.packing import StatePacking
 from vertex_jax.train.state import build_optimizer
 from vertex_jax.train.step import make_eval_step, make_train_step
 
-__all__ = ["random_batch", "environment", "make_step", "abstract_state", "measure", "measure_isolated",
+__all__ = ["STEPS_PER_EPOCH", "random_batch", "environment", "make_step", "abstract_state", "measure", "measure_isolated",
            "run_isolated"]
+
+
+# The epoch length the measured step's learning-rate schedule assumes. The loop benchmark's
+# random cohort has as many batches, so that its training step is the same program
+# (the same schedule constants) and the persistent compilation cache serves it.
+STEPS_PER_EPOCH = 100
 
 
 def random_batch(config: Any, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -72,7 +78,7 @@ def make_step(config: Any, what: str, graphdef: nnx.GraphDef, mesh,
 def _create(config: Any) -> tuple[nnx.Module, nnx.Optimizer]:
     """Model and optimizer as training builds them (``TrainState``'s structure)."""
     model = build_model(config, seed=0)
-    return model, nnx.Optimizer(model, build_optimizer(config, 100), wrt=nnx.Param)
+    return model, nnx.Optimizer(model, build_optimizer(config, STEPS_PER_EPOCH), wrt=nnx.Param)
 
 
 def abstract_state(config: Any) -> tuple[nnx.GraphDef, nnx.State, int]:
