@@ -74,6 +74,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # The step takes its state as one buffer per dtype (vertex_jax.train.packing): less host
     # time per dispatch (bench records' dispatch_s; benchmarks/NOTES.md).
     c.pack_state = True
+    # XLA:GPU flags (vertex_jax.xla_flags; ignored on CPU), set before the backend starts.
+    c.xla_preset = "fast-compile"
 
     if arg == "demo":
         c.tasks = "pvf,osteo"  # both scores from one small model, to show both in minutes

@@ -189,7 +189,7 @@ def test_peer_trains_the_same_network_side_by_side(tmp_path):
 
 # The one-shot GPU check (vertex_jax.bench.gpu_check), run here in its dry mode.
 
-DRY_POINTS = "jax-train-b2,jax-eval-b2,profile-train-b2,peer-eager-b2,loop-b2"
+DRY_POINTS = "jax-train-b2,peer-compile-cl-b2,jax-train-b2-unpacked,jax-eval-b2,loop-b2,combo-b2,profile-combo-b2"
 
 
 def test_gpu_check_dry_mode_writes_one_complete_json(tmp_path):
@@ -211,19 +211,27 @@ def test_gpu_check_dry_mode_writes_one_complete_json(tmp_path):
     assert doc["config"]["variant"] == "tiny" and doc["config"]["dtype"] == "bfloat16"
     status = {p["name"]: p["status"] for p in doc["points"]}
     assert list(status) == DRY_POINTS.split(",")
-    assert {status[k] for k in ("jax-train-b2", "jax-eval-b2", "profile-train-b2")} == {"ok"}
-    assert status["peer-eager-b2"] in ("ok", "unavailable")  # torch is optional here
+    assert {status[k] for k in ("jax-train-b2", "jax-train-b2-unpacked", "jax-eval-b2", "combo-b2",
+                                "profile-combo-b2")} == {"ok"}
+    assert status["peer-compile-cl-b2"] in ("ok", "unavailable")  # torch is optional here
     assert status["loop-b2"] == "unavailable" and doc["rerun"] is None
     assert all(p["wall_s"] >= 0 for p in doc["points"])
     jax_records = [r for r in doc["records"] if r["framework"] == "jax"]
-    assert [(r["what"], r["batch"], r["remat"]) for r in jax_records] == [("train", 2, False),
-                                                                          ("eval", 2, False)]
+    assert [(r["what"], r["options"]["point"]) for r in jax_records] == [
+        ("train", "jax-train-b2"), ("train", "jax-train-b2-unpacked"), ("eval", "jax-eval-b2"),
+        ("train", "combo-b2")]
+    # The lever's verdict, and the combination made of exactly the levers that won.
+    (verdict,) = doc["levers"].values()
+    assert verdict["overrides"] == {"pack_state": False} and verdict["ratio"] > 0
+    combo = next(p for p in doc["points"] if p["name"] == "combo-b2")
+    assert combo["overrides"] == (verdict["overrides"] if verdict["wins"] else {})
     for r in doc["records"]:
         assert tuple(r) == FIELDS
-        for key in ("images_per_s", "step_s", "compile_s", "model_flops_per_step"):
+        for key in ("images_per_s", "step_s", "model_flops_per_step"):
             assert np.isfinite(r[key]) and r[key] > 0, key
-    for r in jax_records:
-        assert r["xla_memory_bytes_per_device"] > 0 and r["dtype"] == "bfloat16"
+    for r in jax_records:  # the PyTorch eager peer compiles nothing: its compile_s may be 0
+        assert r["compile_s"] > 0 and r["xla_memory_bytes_per_device"] > 0 and r["dtype"] == "bfloat16"
+        assert len(r["step_s_each"]) == 1 and r["dispatch_s"] > 0 and r["run_spread"] == 0
     profile = doc["profile"]
     assert profile["status"] == "ok", profile["errors"]
     assert profile["source"].startswith("host") and profile["events"] > 0
@@ -232,12 +240,12 @@ def test_gpu_check_dry_mode_writes_one_complete_json(tmp_path):
     for op in profile["top_ops"]:
         assert op["count"] > 0 and np.isfinite(op["ms_per_step"]) and 0 < op["share"] <= 1
     assert sum(op["share"] for op in profile["top_ops"]) <= 1 + 1e-9
-    assert "top ops (profile" in proc.stdout
+    assert "top op kinds (profile" in proc.stdout
 
 
 def test_gpu_check_config_matches_ml_collections():
     """The lent machine has no ml_collections: its stand-in builds the same configs."""
-    from vertex_jax.bench.gpu_check import plain_config
+    from vertex_jax.bench.plain_config import plain_config
 
     for spec in ("configs/xray.py", "configs/xray.py:demo", "configs/xray.py:tiny"):
         plain = plain_config(spec)
@@ -248,9 +256,9 @@ def test_gpu_check_config_matches_ml_collections():
 
 
 def test_memory_fit_recovers_fixed_and_per_image_bytes():
-    from vertex_jax.bench.gpu_check import _largest_batch, fit_memory
+    from vertex_jax.bench.memory_plan import fit_memory, largest_batch
 
     fit = fit_memory([2, 4, 8], [1e9 + 2 * 3e9, 1e9 + 4 * 3e9, 1e9 + 8 * 3e9])
     assert fit["per_image_bytes"] == pytest.approx(3e9) and fit["fixed_bytes"] == pytest.approx(1e9)
     assert fit["max_relative_residual"] == pytest.approx(0, abs=1e-12)
-    assert _largest_batch(fit, 80e9) == 26  # (80 - 1) / 3
+    assert largest_batch(fit, 80e9) == 26  # (80 - 1) / 3

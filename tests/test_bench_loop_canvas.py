@@ -10,6 +10,7 @@ import pytest
 
 from conftest import write_png_cohort
 from vertex_jax.bench.canvas_cohort import noise_canvases, write_random_cohort
+from vertex_jax.bench.measure import STEPS_PER_EPOCH
 from vertex_jax.bench.loop import format_input_rates, loop_data, measure_input, measure_loop
 from vertex_jax.bench.record import FIELDS
 from vertex_jax.config_files import load_config
@@ -72,8 +73,10 @@ def test_loop_bench_dry_run_on_random_canvases(tiny):
     assert record["images_per_s"] > 0
     (run,) = detail["runs"]
     assert run["status"] == "completed" and run["steps_timed"] == 1 and run["images_per_s"] > 0
-    # (2 + 2) batches of 8 for training, one evaluation batch of 8 for validation
-    assert detail["data"]["source"] == "random canvases" and detail["data"]["canvases"] == 40
+    # the isolated step's epoch (STEPS_PER_EPOCH batches of 8: one step program for both) for
+    # training, one evaluation batch of 8 for validation
+    assert detail["data"]["source"] == "random canvases"
+    assert detail["data"]["canvases"] == (STEPS_PER_EPOCH + 1) * 8
     assert detail["data"]["canvases_per_s"] > 0
     feed = detail["input"]
     assert feed["batches"] == 2 and len(feed["images_per_s_runs"]) == 1 and feed["images_per_s"] > 0

@@ -173,3 +173,33 @@ def test_the_combination_takes_the_levers_that_beat_the_baseline_by_more_than_th
     combo = _combine(points[-1], verdicts)
     assert combo.kind == "jax" and combo.xla == "no-autotune" and combo.overrides == {"pack_state": True}
     assert lever_verdicts(points, {}, "base") == {}
+
+
+def test_the_packed_step_makes_the_same_step_as_the_unpacked_one():
+    """``pack_state``: the same training step on the state packed per dtype (tiny model,
+    one step on the fake devices): every array of the new state equal to float32 rounding."""
+    from vertex_jax import mesh as meshlib
+    from vertex_jax.bench.measure import _initial_state, abstract_state, make_step, random_batch
+    from vertex_jax.config_files import load_config
+
+    config = load_config("configs/xray.py:tiny")
+    mesh = meshlib.make_mesh()
+    config.batch_size = mesh.devices.size
+    graphdef, _, _ = abstract_state(config)
+    batch = meshlib.to_global(random_batch(config, config.batch_size), mesh)
+    initial = _initial_state(config, mesh)
+    states = []
+    for packing in (None, StatePacking(initial)):
+        state = jax.tree.map(jnp.copy, initial)  # the step donates its state
+        if packing is not None:
+            state = jax.jit(packing.pack)(state)
+        # LLVM at -O0: the same program, compiled twice as fast
+        step = make_step(config, "train", graphdef, mesh, packing).lower(state, batch).compile(
+            {"xla_backend_optimization_level": 0})
+        state, metrics = step(state, batch)
+        states.append(packing.unpack(state) if packing is not None else state)
+        assert bool(metrics["finite"])
+    for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])):
+        if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=1e-5, atol=1e-6)

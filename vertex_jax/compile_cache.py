@@ -32,12 +32,13 @@ def cache_dir() -> Path | None:
     return Path(base) / "vertex_jax" / "jax"
 
 
-def enable_compilation_cache(directory: str | Path | None = None) -> Path | None:
+def enable_compilation_cache(directory: str | Path | None = None, min_compile_s: float = 1.0
+                             ) -> Path | None:
     """Point JAX's persistent compilation cache (and XLA's autotuning cache) at
     ``directory`` (default :func:`cache_dir`); the directory used, None when off.
 
-    Every executable that took over a second to compile is kept (the training and
-    evaluation steps; not the many small ones). Call it before the first compilation.
+    Every executable that took over ``min_compile_s`` to compile is kept (the training
+    and evaluation steps; not the many small ones). Call it before the first compilation.
     """
     import jax
 
@@ -46,7 +47,7 @@ def enable_compilation_cache(directory: str | Path | None = None) -> Path | None
         return None
     path.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_s)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     jax.config.update("jax_persistent_cache_enable_xla_caches",
                       "xla_gpu_per_fusion_autotune_cache_dir")

@@ -16,6 +16,7 @@ from ml_collections import config_flags
 
 from vertex_jax.cli import user_errors
 from vertex_jax.compile_cache import enable_compilation_cache
+from vertex_jax.xla_flags import DEFAULT_PRESET, apply_preset
 from vertex_jax.train.loop import train_and_evaluate
 from vertex_jax.mesh import initialize_distributed
 
@@ -30,6 +31,7 @@ def main(argv: list[str]) -> None:
     del argv
     if not flags.FLAGS["verbosity"].present:  # library INFO chatter (Orbax) off unless asked
         logging.set_verbosity(logging.WARNING)
+    apply_preset(_CONFIG.value.get("xla_preset", DEFAULT_PRESET))  # before the backend starts
     initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     enable_compilation_cache()  # VERTEX_COMPILE_CACHE=off turns it off
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)

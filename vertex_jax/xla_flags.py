@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["PRESETS", "preset_flags", "apply_preset"]
+__all__ = ["PRESETS", "DEFAULT_PRESET", "preset_flags", "apply_preset"]
 
 PRESETS: dict[str, tuple[str, ...]] = {
     # XLA's own defaults.
@@ -20,9 +20,13 @@ PRESETS: dict[str, tuple[str, ...]] = {
     # Triton configurations per dot.
     "fast-compile": ("--xla_gpu_enable_triton_gemm=false",),
     # fast-compile without any autotuning: cuDNN's heuristics pick each convolution's
-    # algorithm (the shortest cold compile; what it costs a step is measured).
+    # algorithm. The shortest cold compile, and a step some 25x slower: for measurements only.
     "no-autotune": ("--xla_gpu_enable_triton_gemm=false", "--xla_gpu_autotune_level=0"),
 }
+# What main, bench and predict apply (config.xla_preset): on the H200, a cold compile of
+# 113 s and 336 images/s at batch 32; no-autotune compiled in 58 s but its step took over
+# 2 s (benchmarks/NOTES.md, section 7).
+DEFAULT_PRESET = "fast-compile"
 
 
 def preset_flags(name: str) -> tuple[str, ...]:

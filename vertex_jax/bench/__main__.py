@@ -25,6 +25,7 @@ from vertex_jax.bench.measure import measure, measure_isolated
 from vertex_jax.bench.peer import format_comparison, run_peer
 from vertex_jax.bench.record import document, format_table, host
 from vertex_jax.compile_cache import enable_compilation_cache
+from vertex_jax.xla_flags import DEFAULT_PRESET, apply_preset
 from vertex_jax.models.build import tasks_of
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/xray.py", "Run configuration file.")
@@ -154,6 +155,7 @@ def format_loop_ratio(records: list[dict[str, Any]]) -> str:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    apply_preset(_CONFIG.value.get("xla_preset", DEFAULT_PRESET))  # spawned points inherit it
     enable_compilation_cache()  # here and in every spawned point (measure_isolated)
     config = _CONFIG.value
     whats = {"all": ["train", "eval"], "loop": ["train", "loop"], "input": [], "export": []

@@ -27,6 +27,9 @@ from vertex_jax.bench.trace import summarize_trace
 __all__ = ["Point", "plan", "BASELINE", "child_main"]
 
 BASELINE = "jax-train-b{batch}"  # the training step at the check's batch, new defaults
+# Seconds of timed steps per point at most: a pathologically slow point (no autotuning: a
+# step over 2 s) is measured with fewer steps instead of running out its time box.
+TIMING_BUDGET_S = 20.0
 
 
 @dataclasses.dataclass
@@ -111,7 +114,7 @@ def _run_jax_point(point: Point, args: argparse.Namespace, out: Path) -> dict[st
         (out / f"{point.name}.compiled.json").write_text(json.dumps({"compile_s": seconds}))
     environment, record = measure(_config(point, args), point.what, steps=args.steps,
                                   repeats=args.repeats, options={"point": point.name},
-                                  on_compiled=compiled)
+                                  on_compiled=compiled, budget_s=TIMING_BUDGET_S)
     return {"environment": environment, "record": record, "memory_stats": _memory_stats()}
 
 

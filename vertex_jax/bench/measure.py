@@ -138,16 +138,23 @@ def _finished_times(outputs: "queue.Queue", count: int, times: list[float]) -> N
         times.append(time.perf_counter())
 
 
-def _time(compiled, state, batch, *, steps: int, repeats: int, carries_state: bool) -> Timing:
+def _time(compiled, state, batch, *, steps: int, repeats: int, carries_state: bool,
+          budget_s: float | None = None) -> Timing:
     """``repeats`` runs of ``steps`` steps after two warm-up steps, dispatched back to
     back as training does. A waiter thread notes when each step's outputs are ready (the
     metrics: the state is donated to the next step), so every step's wall time is
-    measured without a synchronisation that would stall the pipeline."""
+    measured without a synchronisation that would stall the pipeline. With ``budget_s``,
+    fewer steps per run (at least one) when the second warm-up step says that ``steps``
+    would not fit: a pathologically slow point is still measured, briefly."""
     out = None
     for _ in range(2):
+        t0 = time.perf_counter()
         out = compiled(state, batch)
         state = out[0] if carries_state else state
-    jax.block_until_ready(out)
+        jax.block_until_ready(out)
+        warm_s = time.perf_counter() - t0
+    if budget_s is not None:
+        steps = max(1, min(steps, int(budget_s / (repeats * warm_s))))
     timing = Timing([], [], [], [])
     for _ in range(repeats):
         outputs: queue.Queue = queue.Queue()
@@ -171,10 +178,12 @@ def _time(compiled, state, batch, *, steps: int, repeats: int, carries_state: bo
 
 def measure(config: Any, what: str, *, steps: int, repeats: int,
             options: dict[str, Any] | None = None,
-            on_compiled: Callable[[float], None] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+            on_compiled: Callable[[float], None] | None = None,
+            budget_s: float | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(environment, record) for the ``what`` ("train" or "eval") step of ``config`` at
     its ``batch_size`` (train) or ``eval_batch_size`` (eval); ``on_compiled(seconds)``
-    is called once the step is compiled, before it runs."""
+    is called once the step is compiled, before it runs; ``budget_s`` caps the timed
+    runs (:func:`_time`; the record's ``step_s_each`` shows how many steps ran)."""
     if what not in ("train", "eval"):
         raise ValueError(f"what must be 'train' or 'eval', got {what!r}")
     config = config.copy_and_resolve_references()
@@ -196,7 +205,8 @@ def measure(config: Any, what: str, *, steps: int, repeats: int,
     if on_compiled is not None:
         on_compiled(compile_s)
     cost = compiled.cost_analysis() or {}
-    timing = _time(compiled, state, batch, steps=steps, repeats=repeats, carries_state=what == "train")
+    timing = _time(compiled, state, batch, steps=steps, repeats=repeats, carries_state=what == "train",
+                   budget_s=budget_s)
     devices = mesh.devices.size
 
     def whole_step(key: str) -> float | None:  # cost analysis is of one device's program

@@ -88,6 +88,8 @@ def _backend(args: argparse.Namespace):
         return OnnxBackend(args.model)
     from vertex_jax.compile_cache import enable_compilation_cache
     from vertex_jax.predict.jax_backend import JaxBackend
+    from vertex_jax.xla_flags import DEFAULT_PRESET, apply_preset
+    apply_preset(DEFAULT_PRESET)
     enable_compilation_cache()
     return JaxBackend(args.checkpoint)
 
