@@ -11,7 +11,8 @@ import pytest
 from conftest import write_png_cohort
 from vertex_jax.bench.canvas_cohort import noise_canvases, write_random_cohort
 from vertex_jax.bench.measure import STEPS_PER_EPOCH
-from vertex_jax.bench.loop import format_input_rates, loop_data, measure_input, measure_loop
+from vertex_jax.bench.feed import measure_input
+from vertex_jax.bench.loop import format_input_rates, loop_data, measure_loop
 from vertex_jax.bench.record import FIELDS
 from vertex_jax.config_files import load_config
 from vertex_jax.data.cache import COMPLETE

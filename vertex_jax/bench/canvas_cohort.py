@@ -159,7 +159,7 @@ def main() -> None:
     import tempfile
     import time
 
-    from vertex_jax.bench.loop import measure_input
+    from vertex_jax.bench.feed import measure_input
     from vertex_jax.config_files import load_config
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

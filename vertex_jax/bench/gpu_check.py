@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from vertex_jax.bench.gpu_points import BASELINE, Point, child_main, plan
-from vertex_jax.bench.plain_config import CHECKOUT, MISSING_ON_DEVICE, block_imports, load_run_config
+from vertex_jax.bench.plain_config import MISSING_ON_DEVICE, block_imports, load_run_config
 from vertex_jax.xla_flags import PRESETS, apply_preset
 
 __all__ = ["lever_verdicts", "run_check", "main"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
