@@ -81,7 +81,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         c.tasks = "pvf,osteo"  # both scores from one small model, to show both in minutes
         # The radiographs' own aspect (~1.4), not the paper's 2:1: width sets the scale of an
         # X-ray, so a 2:1 canvas spends a third of its pixels on padding. At the same cost
-        # as 384×192 a vertebra is ~15 px tall instead of ~12 (README, "The demo").
+        # as 384×192 a vertebra is ~15 px tall instead of ~12 (README, "Measured": the demo).
         c.data.canvas = (320, 224)
         # Moderate and severe fractures, mostly severe: a 25% height loss is under 4 px here.
         c.data.synthetic = dict(num_patients=1200, scale=0.25, seed=0,
@@ -103,7 +103,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         c.optim.lr = 3e-3
         c.augment.max_rotation_deg = 5.0
         # Half the training examples without age/sex/BMI: otherwise the small net settles
-        # on the clinical shortcut and never learns the fracture (README, "The demo").
+        # on the clinical shortcut and never learns the fracture (README, "Measured": the demo).
         c.augment.clinical_dropout = 0.5
     elif arg == "tiny":
         c.data.canvas = (64, 32)

@@ -156,7 +156,8 @@ def test_slurm_rehearsal(tmp_path):
     """launch/rehearse_slurm.sh: the four checks pass and it leaves nothing behind."""
     report = tmp_path / "report.txt"
     out = subprocess.run([str(REPO / "launch" / "rehearse_slurm.sh"), "--no-install", f"--report={report}"],
-                         capture_output=True, text=True, timeout=2700)
+                         capture_output=True, text=True, timeout=2700,
+                         env=os.environ | {"PYTHON": sys.executable})  # this interpreter, wherever its venv is
     assert out.returncode == 0, (out.stdout + out.stderr)[-5000:]
     text = report.read_text()
     assert "4/4 checks passed" in text, text
