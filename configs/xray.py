@@ -43,8 +43,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                    depthwise="auto",  # "conv" (XLA grouped conv), "shifts", auto: shifts on CPU
                    bn_momentum=0.99,  # backbone BatchNorm running statistics (TF reference)
                    # Training-mode BatchNorm: "fused" (hand-written backward, one reduction
-                   # pass) or "autodiff"; the same function (benchmarks/NOTES.md).
-                   batchnorm="fused",
+                   # pass) or "autodiff", the same function; auto: fused on GPUs, autodiff
+                   # on CPUs, the faster on each (benchmarks/NOTES.md §7).
+                   batchnorm="auto",
                    # Strided convolutions: "tf" (TF SAME, as the Keras/timm weights were
                    # trained) or "symmetric" ((k-1)/2 each side; no explicit pad on GPUs).
                    padding="tf",
@@ -72,8 +73,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.calibration = "platt"
     c.max_steps = 0  # >0 caps the run (smoke tests, benchmarks)
     # The step takes its state as one buffer per dtype (vertex_jax.train.packing): less host
-    # time per dispatch (bench records' dispatch_s; benchmarks/NOTES.md).
-    c.pack_state = True
+    # time per dispatch. auto: on accelerators, not on CPUs (slower there; NOTES.md §7).
+    c.pack_state = "auto"
     # XLA:GPU flags (vertex_jax.xla_flags; ignored on CPU), set before the backend starts.
     c.xla_preset = "fast-compile"
 

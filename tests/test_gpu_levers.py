@@ -203,3 +203,28 @@ def test_the_packed_step_makes_the_same_step_as_the_unpacked_one():
         if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
             a, b = jax.random.key_data(a), jax.random.key_data(b)
         np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=1e-5, atol=1e-6)
+
+
+def test_auto_settings_pick_the_faster_form_per_platform(monkeypatch):
+    """``pack_state`` and ``model.batchnorm`` default to auto: the GPU form on
+    accelerators, the plain one on CPUs (these tests run on CPU)."""
+    from vertex_jax.models import efficientnet
+    from vertex_jax.train.packing import pack_state_enabled
+
+    assert jax.default_backend() == "cpu"
+    assert pack_state_enabled({"pack_state": "auto"}) is False and pack_state_enabled({}) is False
+    assert pack_state_enabled({"pack_state": True}) and pack_state_enabled({"pack_state": "true"})
+    assert not pack_state_enabled({"pack_state": "false"})
+    with pytest.raises(ValueError, match="pack_state"):
+        pack_state_enabled({"pack_state": "sometimes"})
+    calls = []
+    monkeypatch.setattr(efficientnet, "fused_batch_norm",
+                        lambda *a: calls.append(1) or fused_batch_norm(*a))
+    bn = BatchNorm(3, act=False, dtype=jnp.float32, rngs=nnx.Rngs(0))
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 4, 4, 3)), jnp.float32)
+    assert bn.impl == "auto"
+    auto = bn(x)
+    assert calls == []  # autodiff form on CPU
+    set_bn_impl(bn, "fused")
+    np.testing.assert_allclose(bn(x), auto, rtol=1e-5, atol=1e-5)
+    assert calls == [1]

@@ -122,13 +122,13 @@ def _run_profile_point(point: Point, args: argparse.Namespace, out: Path) -> dic
     import jax
     from vertex_jax import mesh as meshlib
     from vertex_jax.bench.measure import _initial_state, _time, abstract_state, environment, make_step, random_batch
-    from vertex_jax.train.packing import StatePacking
+    from vertex_jax.train.packing import StatePacking, pack_state_enabled
 
     config = _config(point, args)
     mesh = meshlib.make_mesh()
     graphdef, _, _ = abstract_state(config)
     state = _initial_state(config, mesh)
-    packing = StatePacking(state) if config.get("pack_state", False) else None
+    packing = StatePacking(state) if pack_state_enabled(config) else None
     if packing is not None:
         state = jax.jit(packing.pack)(state)
     batch = meshlib.to_global(random_batch(config, point.batch), mesh)

@@ -29,7 +29,7 @@ from vertex_jax.bench.flops import count_flops
 from vertex_jax.bench.record import CpuClock, host, make_record, versions
 from vertex_jax.compile_cache import enable_compilation_cache
 from vertex_jax.models.build import build_model, tasks_of
-from vertex_jax.train.packing import StatePacking
+from vertex_jax.train.packing import StatePacking, pack_state_enabled
 from vertex_jax.train.state import build_optimizer
 from vertex_jax.train.step import make_eval_step, make_train_step
 
@@ -194,7 +194,7 @@ def measure(config: Any, what: str, *, steps: int, repeats: int,
     graphdef, _, params = abstract_state(config)
     state = _initial_state(config, mesh)
     batch = meshlib.to_global(random_batch(config, batch_size), mesh)
-    packing = StatePacking(state) if what == "train" and config.get("pack_state", False) else None
+    packing = StatePacking(state) if what == "train" and pack_state_enabled(config) else None
     if packing is not None:
         state = jax.jit(packing.pack, out_shardings=meshlib.replicated(mesh))(state)
     step = make_step(config, what, graphdef, mesh, packing)

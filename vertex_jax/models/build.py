@@ -37,5 +37,5 @@ def build_model(config: Any, seed: int) -> VertexNet:
                       evidence_width=m.get("evidence_width", 64), pooling=m.get("pooling", "lse"),
                       lse_r=m.get("lse_r", 1.0), rngs=nnx.Rngs(seed))
     set_bn_momentum(model, m.get("bn_momentum", BN_MOMENTUM))  # backbone and evidence head
-    set_bn_impl(model, m.get("batchnorm", "fused"))
+    set_bn_impl(model, m.get("batchnorm", "auto"))
     return model

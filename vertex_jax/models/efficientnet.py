@@ -264,7 +264,7 @@ def _fused_bn_bwd(epsilon, act, dtype, residuals, cotangents):
 
 fused_batch_norm.defvjp(_fused_bn_fwd, _fused_bn_bwd)
 
-BATCHNORM_IMPLS = ("autodiff", "fused")
+BATCHNORM_IMPLS = ("auto", "autodiff", "fused")
 
 
 class BatchNorm(nnx.BatchNorm):
@@ -275,12 +275,13 @@ class BatchNorm(nnx.BatchNorm):
     Training mode has two implementations of one function (``impl``, set for a whole
     network by :func:`set_bn_impl`): ``fused`` (:func:`fused_batch_norm`, a hand-written
     backward pass) and ``autodiff`` (batch statistics with a custom VJP, normalisation
-    rematerialised by ``jax.checkpoint``). Both keep only the compute-dtype input and
+    rematerialised by ``jax.checkpoint``); ``auto`` is fused on accelerators (8% faster
+    training on an H200) and autodiff on CPUs (where fused is ~25% slower). Both keep only the compute-dtype input and
     per-channel statistics for the backward pass, not float32 copies of the activation.
     """
 
     def __init__(self, features: int, *, act: bool, dtype: Any, rngs: nnx.Rngs,
-                 impl: str = "fused"):
+                 impl: str = "auto"):
         super().__init__(features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=jnp.float32,
                          param_dtype=jnp.float32, rngs=rngs)
         self.act = act
@@ -292,7 +293,10 @@ class BatchNorm(nnx.BatchNorm):
         if self.use_running_average:
             return _normalize_act(x, scale, bias, self.mean[...], self.var[...], self.epsilon,
                                   self.act, self.compute_dtype)
-        if self.impl == "fused":
+        impl = self.impl
+        if impl == "auto":
+            impl = "autodiff" if jax.default_backend() == "cpu" else "fused"
+        if impl == "fused":
             y, mean, var = fused_batch_norm(x, scale, bias, self.epsilon, self.act, self.compute_dtype)
         else:
             mean, var = _batch_stats(x)

@@ -33,7 +33,7 @@ from vertex_jax.models.build import build_model, tasks_of
 from vertex_jax.models.weights import load_pretrained
 from vertex_jax.train.checkpoint import Checkpoints
 from vertex_jax.train.metrics import MetricWriter, Throughput, auroc_per_task
-from vertex_jax.train.packing import StatePacking
+from vertex_jax.train.packing import StatePacking, pack_state_enabled
 from vertex_jax.train.prefetch import DevicePrefetch
 from vertex_jax.train.state import TrainState, build_optimizer
 from vertex_jax.train.step import make_eval_step, make_train_step
@@ -162,7 +162,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
                   flush=True)
     # The step takes the state packed (one buffer per dtype) when config.pack_state: less host
     # time per dispatch. Validation and checkpoints see the unpacked tree (``state``).
-    packing = StatePacking(state) if config.get("pack_state", False) else None
+    packing = StatePacking(state) if pack_state_enabled(config) else None
     train_step = make_train_step(ts.graphdef, config, mesh, packing)
     replicated = meshlib.replicated(mesh)
     pack = jax.jit(packing.pack, out_shardings=replicated) if packing else (lambda s: s)
