@@ -234,7 +234,8 @@ def _combine(point: Point, verdicts: dict[str, dict[str, Any]]) -> Point:
     for v in verdicts.values():
         if v["wins"]:
             overrides.update(v["overrides"])
-            xla = v["xla"] if v["xla"] != point.xla else xla
+            if v["xla"] != point.xla:
+                xla = v["xla"]
     return dataclasses.replace(point, kind="jax" if point.kind == "combo" else point.kind,
                                overrides=overrides, xla=xla)
 

@@ -121,16 +121,12 @@ def _run_jax_point(point: Point, args: argparse.Namespace, out: Path) -> dict[st
 def _run_profile_point(point: Point, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     import jax
     from vertex_jax import mesh as meshlib
-    from vertex_jax.bench.measure import _initial_state, _time, abstract_state, environment, make_step, random_batch
-    from vertex_jax.train.packing import StatePacking, pack_state_enabled
+    from vertex_jax.bench.measure import _time, abstract_state, environment, make_step, random_batch, stepped_state
 
     config = _config(point, args)
     mesh = meshlib.make_mesh()
     graphdef, _, _ = abstract_state(config)
-    state = _initial_state(config, mesh)
-    packing = StatePacking(state) if pack_state_enabled(config) else None
-    if packing is not None:
-        state = jax.jit(packing.pack)(state)
+    state, packing = stepped_state(config, point.what, mesh)
     batch = meshlib.to_global(random_batch(config, point.batch), mesh)
     t0 = time.perf_counter()
     compiled = make_step(config, point.what, graphdef, mesh, packing).lower(state, batch).compile()

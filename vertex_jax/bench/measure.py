@@ -30,10 +30,10 @@ from vertex_jax.bench.record import CpuClock, host, make_record, versions
 from vertex_jax.compile_cache import enable_compilation_cache
 from vertex_jax.models.build import build_model, tasks_of
 from vertex_jax.train.packing import StatePacking, pack_state_enabled
-from vertex_jax.train.state import build_optimizer
+from vertex_jax.train.state import build_optimizer, initialise
 from vertex_jax.train.step import make_eval_step, make_train_step
 
-__all__ = ["STEPS_PER_EPOCH", "random_batch", "environment", "make_step", "abstract_state", "measure", "measure_isolated",
+__all__ = ["STEPS_PER_EPOCH", "stepped_state", "random_batch", "environment", "make_step", "abstract_state", "measure", "measure_isolated",
            "run_isolated"]
 
 
@@ -90,10 +90,18 @@ def abstract_state(config: Any) -> tuple[nnx.GraphDef, nnx.State, int]:
 
 
 def _initial_state(config: Any, mesh) -> nnx.State:
-    """Random initial state, replicated: one jitted program (op by op, every initialiser
-    compiles on its own), without backend optimisation (it runs once; 3x faster to build)."""
-    init = jax.jit(lambda: nnx.split(_create(config))[1], out_shardings=meshlib.replicated(mesh))
-    return init.lower().compile({"xla_backend_optimization_level": 0})()
+    """Random initial state, replicated, made by one program (:func:`initialise`)."""
+    return initialise(lambda: _create(config), meshlib.replicated(mesh))[1]
+
+
+def stepped_state(config: Any, what: str, mesh) -> tuple[nnx.State | dict[str, jax.Array], StatePacking | None]:
+    """A random initial state as the ``what`` step takes it, and its packing: packed per
+    dtype for a training step when ``config.pack_state`` says so."""
+    state = _initial_state(config, mesh)
+    if what != "train" or not pack_state_enabled(config):
+        return state, None
+    packing = StatePacking(state)
+    return jax.jit(packing.pack, out_shardings=meshlib.replicated(mesh))(state), packing
 
 
 def _model_flops(config: Any, what: str, batch: dict[str, jax.Array], mesh) -> float:
@@ -192,11 +200,8 @@ def measure(config: Any, what: str, *, steps: int, repeats: int,
     meshlib.check_batch(batch_size, mesh)
     enable_compilation_cache()
     graphdef, _, params = abstract_state(config)
-    state = _initial_state(config, mesh)
+    state, packing = stepped_state(config, what, mesh)
     batch = meshlib.to_global(random_batch(config, batch_size), mesh)
-    packing = StatePacking(state) if what == "train" and pack_state_enabled(config) else None
-    if packing is not None:
-        state = jax.jit(packing.pack, out_shardings=meshlib.replicated(mesh))(state)
     step = make_step(config, what, graphdef, mesh, packing)
     model_flops = _model_flops(config, what, batch, mesh)
     t0 = time.perf_counter()

@@ -35,7 +35,7 @@ from vertex_jax.train.checkpoint import Checkpoints
 from vertex_jax.train.metrics import MetricWriter, Throughput, auroc_per_task
 from vertex_jax.train.packing import StatePacking, pack_state_enabled
 from vertex_jax.train.prefetch import DevicePrefetch
-from vertex_jax.train.state import TrainState, build_optimizer
+from vertex_jax.train.state import TrainState, build_optimizer, initialise
 from vertex_jax.train.step import make_eval_step, make_train_step
 
 
@@ -87,17 +87,13 @@ def evaluate(state, eval_step, dataset, mesh, tasks: tuple[str, ...]) -> dict[st
 
 def _initial_state(config: Any, steps_per_epoch: int) -> TrainState:
     """A fresh model (with ``model.init_weights`` in its backbone, then ``init_from``'s
-    parameters over it) and its optimizer. Initialised by one compiled program, without
-    backend optimisation (it runs once): op by op, every initialiser compiles on its own,
-    which takes tens of seconds for B4 on a GPU."""
+    parameters over it) and its optimizer, initialised by one program (:func:`initialise`)."""
     tx = build_optimizer(config, steps_per_epoch)
 
     def create() -> tuple[nnx.Module, nnx.Optimizer]:
         model = build_model(config, seed=config.seed)
         return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
-    graphdef, _ = nnx.split(nnx.eval_shape(create))
-    init = jax.jit(lambda: nnx.split(create())[1])
-    state = init.lower().compile({"xla_backend_optimization_level": 0})()
+    graphdef, state = initialise(create)
     if not (config.model.init_weights or config.init_from):
         return TrainState(graphdef, state)
     model, optimizer = nnx.merge(graphdef, state)
