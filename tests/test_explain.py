@@ -12,7 +12,7 @@ from flax import nnx
 from vertex_jax.data.preprocess import PreprocessConfig, preprocess
 from vertex_jax.explain import localization as loc
 from vertex_jax.explain.saliency import make_saliency
-from vertex_jax.models.evidence import evidence_map, pool_evidence, tap_strides
+from vertex_jax.models.evidence import evidence_map, pool_evidence, tap_names, tap_strides
 from vertex_jax.models.vertex import VertexNet
 
 
@@ -34,6 +34,9 @@ class SpatialLinear(nnx.Module):
         self.backbone = _Backbone()
         self.head = "gap" if evidence is None else "evidence"
         self.pooling, self.lse_r = "lse", 1.0
+
+    def score_layers(self):
+        return ("head",)
 
     def image_taps(self, image, taps=(), deltas=None):
         a = jnp.asarray(image, jnp.float32)
@@ -298,6 +301,54 @@ def test_evidence_head_model_predicts_and_explains_itself(tmp_path, capsys):
         assert summary["tasks"]["pvf"]["images"] == len(fractured)
         assert f"localisation of pvf ({method or 'hirescam'}" in capsys.readouterr().out
         assert (out / "review.html").exists()
+    # Grad-CAM at `head` of this (untrained) evidence model: the channel-mean gradients leave
+    # nothing after the ReLU, so every map is empty: reported as such, never as a peak
+    assert predict_main(["--checkpoint", str(run), "--input", str(tmp_path / "cohort" / "fractured.csv"),
+                         "--out", str(tmp_path / "s.csv"), "--gradcam", str(tmp_path / "gc"),
+                         "--no-progress"]) == 0
+    assert f"warning: {len(fractured)} pvf map(s) empty or constant" in capsys.readouterr().err
+    scores = pd.read_csv(tmp_path / "s.csv")
+    assert (scores["pvf_map"] == "empty").all() and "pvf_peak_x" not in scores
+
+
+def test_score_layers_are_the_layers_with_a_nonzero_gradient():
+    """The model's own list of layers its scores read agrees with autodiff: a tap after the
+    coarsest one the evidence head reads gets an exactly zero gradient, the others do not."""
+    model = VertexNet(variant="tiny", tasks=("pvf",), head="evidence", evidence_taps=("stage3", "stage2"),
+                      use_clinical=False, rngs=nnx.Rngs(0))
+    model.eval()
+    names = tap_names("tiny")
+    assert model.score_layers() == names[:names.index("stage3") + 1]
+    image = jax.random.uniform(jax.random.key(1), (1, 64, 32, 1))
+    shapes = jax.eval_shape(lambda: model.image_taps(image, names))
+    zeros = {n: jnp.zeros(shapes[n].shape, jnp.float32) for n in names}
+    grads = jax.grad(lambda d: model.classify_taps(model.image_taps(image, names, d), None, None)[0].sum())(zeros)
+    assert {n for n in names if float(jnp.abs(grads[n]).max()) > 0} == set(model.score_layers())
+    with pytest.raises(ValueError, match=r"do not depend on layer\(s\) head .*layers that work: stage0, "):
+        make_saliency(model, "pvf", "gradcam", ("head",))
+    gap = VertexNet(variant="tiny", tasks=("pvf",), use_clinical=False, rngs=nnx.Rngs(0))
+    assert gap.score_layers() == names
+
+
+def test_an_empty_map_reports_no_peak_and_is_counted(tmp_path):
+    """A task whose map is zero everywhere gets ``<task>_map = empty`` and no peak, region or
+    level; the other task's findings are unchanged."""
+    from vertex_jax.data.preprocess import Geometry
+    from vertex_jax.predict.explain_writer import ExplainWriter
+    from vertex_jax.predict.run import Prepared
+
+    rng = np.random.default_rng(0)
+    v = np.stack([np.zeros((4, 3)), rng.uniform(0.5, 2.0, (4, 3))])  # task t0 reads nothing
+    model = SpatialLinear(v, rng.normal(size=(2, 5)))
+    writer = ExplainWriter(model, model.tasks, ["a"], tmp_path, method="hirescam", layers=("head",),
+                           overlays=False)
+    geometry = Geometry(original=(4, 3), crop=(0, 0, 4, 3), resized=(4, 3), offset=(0, 0), canvas=(4, 3))
+    writer([Prepared(0, np.zeros((4, 3)), geometry, np.zeros((4, 3)))], rng.normal(size=(1, 4, 3, 5)),
+           None, None)
+    row = writer.findings["a"]
+    assert row["t0_map"] == "empty" and not any(k.startswith("t0_peak") for k in row)
+    assert "t1_peak_x" in row and "t1_map" not in row
+    assert writer.summary()["empty_maps"] == {"t0": ["a"]}
 
 
 def test_hirescam_reads_stage1_of_a_gap_model_and_the_finest_layer_of_an_evidence_head():

@@ -1,10 +1,15 @@
-"""Config files by name: ``load_config("configs/xray.py:demo")`` -> ``get_config("demo")``.
+"""Config files by name: ``load_config("xray:demo")`` -> ``get_config("demo")`` of ``xray.py``.
 
 The same rule as ml_collections' ``--config`` flag (``config_flags``): the text after the
 first ``:`` is passed to the file's ``get_config``; without one ``get_config()`` is
-called with no argument. A relative path is looked up in the current directory first
-(as ``config_flags`` does), then in this checkout (the folder holding ``vertex_jax/``),
-so ``configs/xray.py`` works from anywhere in a source checkout.
+called with no argument. A config is named by
+
+- a bare name (``xray``, ``vfa``): the configuration shipped inside the package
+  (``vertex_jax/configs``, the checkout's ``configs/``), so it works from any directory
+  after ``pip install``;
+- a path: looked up in the current directory first (as ``config_flags`` does), then in
+  this checkout, then by its file name among the shipped configs — so
+  ``configs/xray.py`` works from anywhere too.
 """
 
 from __future__ import annotations
@@ -18,16 +23,56 @@ from types import ModuleType
 import ml_collections
 
 CHECKOUT = Path(__file__).resolve().parents[1]
+SHIPPED = Path(__file__).resolve().parent / "configs"  # links to the checkout's configs/
+
+
+def shipped_names() -> list[str]:
+    """Names of the configurations shipped with the package (``xray``, ``vfa``)."""
+    return sorted(p.stem for p in SHIPPED.glob("*.py") if not p.stem.startswith("_"))
 
 
 def config_path(path: str | os.PathLike) -> Path:
-    """The config file ``path`` names: as given, else relative to the checkout."""
+    """The config file ``path`` names: a shipped name, a path, or a shipped file's name."""
     given = Path(path)
-    if given.is_file():
-        return given
-    if not given.is_absolute() and (CHECKOUT / given).is_file():
-        return CHECKOUT / given
-    raise FileNotFoundError(f"config file {path} not found (looked in {Path.cwd()} and {CHECKOUT})")
+    candidates = [given]
+    if not given.is_absolute():
+        candidates.append(CHECKOUT / given)
+    if given.suffix == "" and given.parent == Path("."):
+        candidates.append(SHIPPED / f"{given.name}.py")
+    elif given.suffix == ".py":
+        candidates.append(SHIPPED / given.name)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"config file {path} not found (looked in {Path.cwd()} and {CHECKOUT}; "
+                            f"shipped configs: {', '.join(shipped_names())})")
+
+
+def resolve_config_argument(argv: list[str], flag: str = "config") -> list[str]:
+    """``argv`` with ``--config=NAME[:variant]`` rewritten to the file's path.
+
+    For absl's ``config_flags.DEFINE_config_file``, which only knows paths. Arguments
+    that name no existing config are left as they are (the flag's parser reports them).
+    """
+    out, it = [], iter(range(len(argv)))
+    for i in it:
+        arg = argv[i]
+        if arg.startswith(f"--{flag}="):
+            out.append(f"--{flag}=" + _resolved(arg.split("=", 1)[1]))
+        elif arg == f"--{flag}" and i + 1 < len(argv):
+            out += [arg, _resolved(argv[i + 1])]
+            next(it, None)
+        else:
+            out.append(arg)
+    return out
+
+
+def _resolved(spec: str) -> str:
+    path, sep, variant = spec.partition(":")
+    try:
+        return os.fspath(config_path(path)) + sep + variant
+    except FileNotFoundError:
+        return spec
 
 
 def load_module(path: str | os.PathLike) -> ModuleType:

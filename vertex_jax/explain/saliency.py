@@ -43,6 +43,16 @@ def default_layers(method: str, model) -> tuple[str, ...]:
     return DEFAULT_LAYERS[method]
 
 
+def check_layers_read(model, layers: Sequence[str]) -> None:
+    """Refuse layers the model's scores do not depend on: their gradient is zero, so every
+    map would be empty (e.g. ``head`` under an evidence head, which reads earlier stages)."""
+    read = model.score_layers()
+    if unread := [name for name in layers if name not in read]:
+        raise ValueError(f"the model's scores do not depend on layer(s) {', '.join(unread)} (its "
+                         f"{model.head} head reads {', '.join(model.head_taps) or 'head'}), so their "
+                         f"maps would be empty; layers that work: {', '.join(read)}")
+
+
 Saliency = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
@@ -84,6 +94,7 @@ def make_saliency(model, tasks: str | Sequence[str], method: str = "hirescam",
         if method != "evidence" else ()
     if method in ("gradcam", "hirescam") and len(layers) != 1:
         raise ValueError(f"{method} takes one layer, got {layers}")
+    check_layers_read(model, layers)
     columns = [model.tasks.index(t) for t in tasks]
     graphdef, state = nnx.split(model)
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vertex_jax.models.efficientnet import HEAD, VARIANTS, EfficientNet, normalize_input
-from vertex_jax.models.evidence import (EvidenceHead, check_taps, pool_evidence, tap_channels,
+from vertex_jax.models.evidence import (EvidenceHead, check_taps, pool_evidence, tap_channels, tap_names,
                                         tap_strides, task_poolings)
 from vertex_jax.tasks import TASKS
 
@@ -104,6 +104,14 @@ class VertexNet(nnx.Module):
     def image_features(self, image: jax.Array) -> jax.Array:
         """Scale the raw image and return the backbone's last-stage feature map."""
         return self.backbone.features(normalize_input(image))
+
+    def score_layers(self) -> tuple[str, ...]:
+        """The feature taps the logits depend on, finest first: every layer up to the
+        coarsest one the head reads (``gap``: all of them, it pools ``head``)."""
+        names = tap_names(self.backbone.variant)
+        if not self.head_taps:
+            return names
+        return names[:max(names.index(t) for t in self.head_taps) + 1]
 
     def image_taps(self, image: jax.Array, taps: Sequence[str] = (),
                    deltas: dict[str, jax.Array] | None = None) -> dict[str, jax.Array]:

@@ -162,6 +162,11 @@ def _write_explanations(args: argparse.Namespace, backend, writer, scores) -> No
     (folder / "review.html").write_text(render_review(scores, backend.tasks, writer.pictures, thresholds,
                                                       title=f"{backend.name} ({args.method})"))
     print(f"review: {folder / 'review.html'}")
+    for task, ids in writer.flat.items():
+        if ids:
+            print(f"warning: {len(ids)} {task} map(s) empty or constant ({args.method} at "
+                  f"{', '.join(writer.layers) or 'the evidence head'}): no peak, region or level "
+                  f"reported for them (column {task}_map), e.g. {ids[0]}", file=sys.stderr)
     if not args.annotations:
         return
     summary = writer.summary()

@@ -26,6 +26,11 @@ LOCALISED_TASKS = ("pvf",)  # tasks whose evidence has a place: the fractured ve
 RANDOMISATION_IMAGES = 32
 
 
+def is_flat(saliency_map: np.ndarray, tolerance: float = 1e-6) -> bool:
+    """Whether a map (normalised to [0, 1]) is empty or constant: it points nowhere."""
+    return float(np.ptp(saliency_map)) <= tolerance
+
+
 def overlay_name(image_id: str, task: str) -> str:
     return f"{image_id.replace('/', '__')}_{task}.png"
 
@@ -50,6 +55,7 @@ class ExplainWriter:
         self.pictures: dict[tuple[str, str], str] = {}  # review.html thumbnails (data URIs)
         self.scored: dict[str, list[dict[str, Any]]] = {t: [] for t in self.tasks if t in LOCALISED_TASKS}
         self.correlations: dict[str, list[float]] = {t: [] for t in self.tasks}
+        self.flat: dict[str, list[str]] = {t: [] for t in self.tasks}  # images with an empty map
 
     def __call__(self, items: list[Prepared], image: np.ndarray, clinical: np.ndarray,
                  mask: np.ndarray) -> None:
@@ -69,6 +75,10 @@ class ExplainWriter:
         tolerance = loc.TOLERANCE_CANVAS_PX / float(np.mean(item.geometry.scale))
         row: dict[str, Any] = {}
         for task, canvas_map in zip(self.tasks, per_task):
+            if is_flat(canvas_map):  # nothing to point at: no peak, no region, no level
+                row[f"{task}_map"] = "empty"
+                self.flat[task].append(image_id)
+                continue
             heat = item.geometry.heatmap_to_original(canvas_map)
             peak = loc.peak(heat)
             box = loc.region(heat, peak)
@@ -97,7 +107,8 @@ class ExplainWriter:
             "method": self.method, "layers": list(self.layers),
             "tolerance": f"{loc.TOLERANCE_CANVAS_PX:g} canvas pixels, mapped to original pixels per image",
             "tasks": {task: {**loc.summarise(rows), "per_image": rows}
-                      for task, rows in self.scored.items()}}
+                      for task, rows in self.scored.items()},
+            "empty_maps": {task: ids for task, ids in self.flat.items() if ids}}
         if self.random is not None:
             out["randomization"] = {
                 task: {"images": len(c), "spearman_mean": float(np.mean(c)) if c else None,
