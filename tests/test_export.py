@@ -308,3 +308,41 @@ def test_evidence_map_is_exported_beside_the_scores(tmp_path):
     session = ort.InferenceSession(str(paths["onnx"] / "model.onnx"), providers=["CPUExecutionProvider"])
     got = dict(zip([o.name for o in session.get_outputs()], session.run(None, inputs)))
     np.testing.assert_allclose(got["evidence"], expected["evidence"], atol=1e-4)
+
+
+def test_wheel_scores_with_onnx_in_a_fresh_venv_without_jax(exported, tmp_path):
+    """The package as a user installs it: the wheel with the ``serve`` extra into a new
+    virtualenv (no JAX, no training stack), the ``vertex`` command scoring a folder of PNGs
+    with the exported model, from a directory outside the checkout; the scores equal those
+    of the same command run here."""
+    from conftest import write_png_cohort
+    from vertex_jax.predict.__main__ import main as predict_main
+
+    wheels, venv = tmp_path / "wheels", tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(REPO)],
+                   check=True, capture_output=True, cwd=tmp_path)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, cwd=tmp_path)
+    wheel = next(wheels.glob("vertex_jax-*.whl"))
+    install = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"{wheel}[serve]"],
+                             capture_output=True, text=True, cwd=tmp_path)
+    assert install.returncode == 0, install.stderr[-3000:]
+    python, vertex = str(venv / "bin" / "python"), str(venv / "bin" / "vertex")
+    assert subprocess.run([python, "-c", "import jax"], capture_output=True, cwd=tmp_path).returncode != 0
+    listing = subprocess.run([python, "-m", "vertex_jax"], capture_output=True, text=True, cwd=tmp_path)
+    assert listing.returncode == 0 and "predict" in listing.stdout and "train" in listing.stdout
+    train = subprocess.run([vertex, "train", "--help"], capture_output=True, text=True, cwd=tmp_path)
+    assert train.returncode == 2 and "pip install 'vertex_jax[train]'" in train.stderr
+    assert "Traceback" not in train.stderr
+
+    write_png_cohort(tmp_path / "cohort", 5)
+    model = str(exported["onnx"] / "model.onnx")
+    args = ["predict", "--backend", "onnx", "--model", model, "--input", str(tmp_path / "cohort" / "images"),
+            "--no-progress", "--out"]
+    run = subprocess.run([vertex, *args, str(tmp_path / "venv.csv")], capture_output=True, text=True,
+                         cwd=tmp_path, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert predict_main([*args[1:], str(tmp_path / "here.csv")]) == 0
+    there, here = pd.read_csv(tmp_path / "venv.csv"), pd.read_csv(tmp_path / "here.csv")
+    assert len(there) == 5 and list(there["image_id"]) == list(here["image_id"])
+    for task in TASKS:
+        np.testing.assert_allclose(there[f"{task}_prob"], here[f"{task}_prob"], atol=1e-6)

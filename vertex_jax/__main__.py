@@ -26,6 +26,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# a module some command imports -> the extra that installs it (pyproject.toml)
+EXTRA_OF = {**dict.fromkeys(("jax", "jaxlib", "flax", "optax", "orbax", "grain", "array_record",
+                             "ml_collections", "absl", "sklearn", "tensorboardX", "h5py",
+                             "safetensors", "matplotlib", "imagecodecs"), "train"),
+            "lifelines": "prognosis", "onnxruntime": "serve", "jax2onnx": "export", "onnx": "export",
+            "tensorflow": "export", "torch": "peer", "timm": "peer"}
+
+
 def usage() -> str:
     """The list of commands, as ``vertex`` alone prints it."""
     width = max(map(len, COMMANDS))
@@ -49,7 +57,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     module = COMMANDS[name][0]
     sys.argv = [f"vertex {name}", *rest]
-    runpy.run_module(module, run_name="__main__", alter_sys=True)
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except ModuleNotFoundError as error:
+        extra = EXTRA_OF.get((error.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"error: vertex {name} needs {error.name}, which this install lacks\n"
+              f"what to do: pip install 'vertex_jax[{extra}]'", file=sys.stderr)
+        return 2
     return 0
 
 
