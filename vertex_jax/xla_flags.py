@@ -19,6 +19,10 @@ PRESETS: dict[str, tuple[str, ...]] = {
     # fusions: autotuning then times a few cuBLAS algorithms instead of compiling dozens of
     # Triton configurations per dot.
     "fast-compile": ("--xla_gpu_enable_triton_gemm=false",),
+    # fast-compile with autotuning at level 1: every candidate still timed, without the
+    # buffer initialisation and the correctness check of each (levels 2-4); a cheaper cold
+    # compile, the same choices unless a candidate is wrong (measured by gpu_check).
+    "fast-compile-autotune1": ("--xla_gpu_enable_triton_gemm=false", "--xla_gpu_autotune_level=1"),
     # fast-compile without any autotuning: cuDNN's heuristics pick each convolution's
     # algorithm. The shortest cold compile, and a step some 25x slower: for measurements only.
     "no-autotune": ("--xla_gpu_enable_triton_gemm=false", "--xla_gpu_autotune_level=0"),

@@ -67,6 +67,9 @@ def plan(dry: bool, xla: str = "fast-compile") -> list[Point]:
         # Cold compile at the chosen flags (fresh cache), then the same in a second process.
         Point(first, "jax", batch=b, isolate=True, cap_s=cap + 150, estimate_s=10 if dry else 120),
         Point(f"{first}-warm", "jax", batch=b, isolate=True, cap_s=cap, estimate_s=10 if dry else 25),
+        # Autotuning at level 1 from a cold cache: its compile time and its step.
+        Point(f"{first}-autotune1-cold", "jax", batch=b, xla="fast-compile-autotune1",
+              cache="autotune1", isolate=True, cap_s=cap + 150, estimate_s=10 if dry else 100),
         Point(f"peer-compile-cl-b{b}", "peer", batch=b, cap_s=cap + 60, estimate_s=10 if dry else 30,
               peer_flags="" if dry else "--compile --channels-last"),
         # Levers, each against the baseline (bn-autodiff and unpacked: the previous defaults).
