@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vertex_jax.bench.measure import STEPS_PER_EPOCH
 from vertex_jax.bench.flops import Flops, count_flops
 from vertex_jax.bench.peer import peer_command
 from vertex_jax.bench.record import FIELDS
@@ -64,6 +65,11 @@ def test_cli_times_the_loop_beside_the_step(tmp_path):
     # one epoch of 3 steps: the first only starts the loop's clock
     assert [r["steps_timed"] for r in runs["runs"]] == [2] and runs["runs"][0]["status"] == "completed"
     assert loop["images_per_s"] == pytest.approx(runs["runs"][0]["images_per_s"])
+    # no data given: random canvases of the config's size, one step program's epoch of them
+    # (STEPS_PER_EPOCH training batches) plus one evaluation batch
+    assert runs["data"]["source"] == "random canvases"
+    assert runs["data"]["canvases"] == (STEPS_PER_EPOCH + 1) * 8 and runs["data"]["canvases_per_s"] > 0
+    assert runs["input"]["images_per_s"] > 0 and "input alone (config as given): cache -> device batch" in stdout
     ratio = loop["images_per_s"] / step["images_per_s"]
     assert f"= {ratio:.1%}" in stdout
 

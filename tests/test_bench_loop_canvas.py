@@ -10,10 +10,8 @@ import pytest
 
 from conftest import write_png_cohort
 from vertex_jax.bench.canvas_cohort import noise_canvases, write_random_cohort
-from vertex_jax.bench.measure import STEPS_PER_EPOCH
 from vertex_jax.bench.feed import measure_input
-from vertex_jax.bench.loop import format_input_rates, loop_data, measure_loop
-from vertex_jax.bench.record import FIELDS
+from vertex_jax.bench.loop import loop_data
 from vertex_jax.config_files import load_config
 from vertex_jax.data.cache import COMPLETE
 from vertex_jax.data.pipeline import read_options
@@ -65,24 +63,6 @@ def test_noise_canvases_are_distinct_canvases_of_the_dtype(dtype):
     assert all(c.shape == (16, 8) and c.dtype == dtype for c in canvases)
     assert len({c.tobytes() for c in canvases}) == 6
     assert max(c.max() for c in canvases) > np.iinfo(dtype).max // 2
-
-
-def test_loop_bench_dry_run_on_random_canvases(tiny):
-    environment, record, detail = measure_loop(tiny, steps=2, repeats=1, isolate=False)
-    assert environment["platform"] == "cpu"
-    assert tuple(record) == FIELDS and record["what"] == "loop" and record["batch"] == 8
-    assert record["images_per_s"] > 0
-    (run,) = detail["runs"]
-    assert run["status"] == "completed" and run["steps_timed"] == 1 and run["images_per_s"] > 0
-    # the isolated step's epoch (STEPS_PER_EPOCH batches of 8: one step program for both) for
-    # training, one evaluation batch of 8 for validation
-    assert detail["data"]["source"] == "random canvases"
-    assert detail["data"]["canvases"] == (STEPS_PER_EPOCH + 1) * 8
-    assert detail["data"]["canvases_per_s"] > 0
-    feed = detail["input"]
-    assert feed["batches"] == 2 and len(feed["images_per_s_runs"]) == 1 and feed["images_per_s"] > 0
-    line = format_input_rates([{"point": {}, **detail}])
-    assert line.startswith("input alone (config as given): cache -> device batch")
 
 
 def test_a_given_data_dir_is_used_not_random_canvases(tiny, tmp_path):

@@ -113,14 +113,9 @@ def test_interrupted_and_resumed_run_is_bit_identical(shared, baseline, tmp_path
     assert_same(model_arrays(reference, 6), model_arrays(tmp_path, 6))
 
 
-def test_four_devices_match_one(shared, tmp_path):
-    run_main(shared, tmp_path, "--config.max_steps=2", devices=4)
-    single = tmp_path / "single"
-    run_main(shared, single, "--config.max_steps=2", devices=1)
-    assert_equivalent(model_arrays(single, 2), model_arrays(tmp_path, 2))
-
-
 def test_two_processes_match_one(shared, tmp_path):
+    """The loop sharded over two processes equals one process with two devices (the step on
+    four devices against one: tests/test_step.py)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
