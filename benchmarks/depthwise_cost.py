@@ -10,7 +10,7 @@ kernel gradient, and the measured time of each. Part 2 (``--model``): the whole 
 step of that EfficientNet variant, analytic FLOPs (``vertex_jax.bench.flops``), the same
 count with every batch-grouped convolution (the depthwise kernel gradients) made dense —
 the rewrite a backend without grouped-convolution kernels applies — and XLA's figure for
-the compiled step. Findings: ``benchmarks/NOTES.md``.
+the compiled step. Findings: ``docs/performance-notes.md``.
 """
 
 from __future__ import annotations

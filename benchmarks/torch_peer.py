@@ -124,7 +124,7 @@ def conv_backward_flops(grad_out_shape, x_shape, w_shape, bias, stride, padding,
                         output_padding, groups, output_mask, out_shape, **kwargs) -> int:
     """torch's ``convolution_backward`` formula with the weight gradient counted per group:
     the stock one counts a grouped (depthwise) weight gradient as a dense convolution,
-    ``groups`` times too high (the same over-count XLA:CPU has; benchmarks/NOTES.md)."""
+    ``groups`` times too high (the same over-count XLA:CPU has; docs/performance-notes.md)."""
     args = (grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation, transposed,
             output_padding, groups)
     stock = conv_backward_flop.__wrapped__  # the formula on shapes

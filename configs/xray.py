@@ -44,7 +44,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                    bn_momentum=0.99,  # backbone BatchNorm running statistics (TF reference)
                    # Training-mode BatchNorm: "fused" (hand-written backward, one reduction
                    # pass) or "autodiff", the same function; auto: fused on GPUs, autodiff
-                   # on CPUs, the faster on each (benchmarks/NOTES.md §7).
+                   # on CPUs, the faster on each (docs/performance-notes.md §7).
                    batchnorm="auto",
                    # Strided convolutions: "tf" (TF SAME, as the Keras/timm weights were
                    # trained) or "symmetric" ((k-1)/2 each side; no explicit pad on GPUs).
@@ -57,7 +57,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.optim = dict(lr=1e-4, weight_decay=1e-4, warmup_epochs=1.0, min_lr_ratio=0.01,
                    clip_norm=1.0, pos_weight=(), grad_accum=1,
                    freeze_stages=0,  # keep the stem + first N backbone stages fixed
-                   flatten=False)  # moments as one vector each (optax.flatten; NOTES.md)
+                   flatten=False)  # moments as one vector each (optax.flatten; docs/performance-notes.md)
     c.batch_size = 30  # global, over all devices
     c.num_epochs = 100
     c.early_stop_patience = 10  # epochs without a better validation AUROC
@@ -73,7 +73,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.calibration = "platt"
     c.max_steps = 0  # >0 caps the run (smoke tests, benchmarks)
     # The step takes its state as one buffer per dtype (vertex_jax.train.packing): less host
-    # time per dispatch. auto: on accelerators, not on CPUs (slower there; NOTES.md §7).
+    # time per dispatch. auto: on accelerators, not on CPUs (slower there; docs/performance-notes.md §7).
     c.pack_state = "auto"
     # XLA:GPU flags (vertex_jax.xla_flags; ignored on CPU), set before the backend starts.
     c.xla_preset = "fast-compile"

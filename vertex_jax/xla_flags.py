@@ -1,4 +1,4 @@
-"""Named sets of XLA:GPU flags (``config.xla_preset``), measured in ``benchmarks/NOTES.md``.
+"""Named sets of XLA:GPU flags (``config.xla_preset``), measured in ``docs/performance-notes.md``.
 
 XLA reads ``XLA_FLAGS`` once, when the backend starts, so :func:`apply_preset` must run
 before the first device is touched; flags already in ``XLA_FLAGS`` win over the preset's
@@ -29,7 +29,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
 }
 # What main, bench and predict apply (config.xla_preset): on the H200, a cold compile of
 # 113 s and 336 images/s at batch 32; no-autotune compiled in 58 s but its step took over
-# 2 s (benchmarks/NOTES.md, section 7).
+# 2 s (docs/performance-notes.md, section 7).
 DEFAULT_PRESET = "fast-compile"
 
 
