@@ -1,130 +1,42 @@
 """One clear message per user error, without a traceback, for the command-line entry points.
 
     sys.exit(user_errors(main)())     # argparse entry points (predict, evaluate, ...)
-    app.run(user_errors(main))        # absl entry points (vertex_jax.main)
+    app.run(user_errors(main))        # absl entry points (vertex_jax.main, bench)
 
-A *user error* is one of the project's own error types (a manifest or score table with
-problems, an unreadable image or one that is not an image, an export that did not verify,
-a weight file that does not fit, a damaged cache, a full disk at a checkpoint save, a
-calibration that cannot be fitted, a diverged loss) or a ``ValueError`` /
-``FileNotFoundError`` that the project's code raised itself with a message (a split smaller
-than one batch, an invalid config value, a checkpoint that is not there). It is printed as
-one block: what is wrong, which file/line/field, what to do; the exit status is 2.
-Anything else is a bug and keeps its traceback. ``--verbosity=1`` (or more), or the
-environment variable ``VERTEX_TRACEBACK=1``, shows the traceback of user errors too.
+A *user error* is a :class:`vertex_jax.errors.UserError`, raised where the problem is found
+and carrying what is wrong, where and what to do. It is printed as one block; the exit
+status is 2. Anything else is a bug and keeps its traceback (exit status 1).
+``--verbosity=1`` (or more), or the environment variable ``VERTEX_TRACEBACK=1``, shows the
+traceback of user errors too.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import argparse
 import functools
-import linecache
 import os
 import re
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
-TRACEBACK_ENV = "VERTEX_TRACEBACK"
+from vertex_jax.errors import TRACEBACK_ENV, Explanation, UserError
+
 EXIT_USER_ERROR = 2
-MAX_PROBLEMS = 20  # problems listed in the block; the rest are counted
-_PACKAGE = str(Path(__file__).resolve().parent)
 _VERBOSITY = re.compile(r"^--verbosity(?:=(-?\d+))?$")
-_CONFIG_WORDS = re.compile(r"must be|expected one of|unknown|not supported|does not divide")
-
-
-@dataclasses.dataclass(frozen=True)
-class Explanation:
-    """What is wrong, where, what to do, and any listed problems."""
-
-    what: str
-    where: str = ""
-    todo: str = ""
-    details: tuple[str, ...] = ()
-
-    def render(self) -> str:
-        lines = [f"error: {self.what}"]
-        if self.where:
-            lines.append(f"  in: {self.where}")
-        lines += [f"  - {d}" for d in self.details[:MAX_PROBLEMS]]
-        if len(self.details) > MAX_PROBLEMS:
-            lines.append(f"  … and {len(self.details) - MAX_PROBLEMS} more")
-        if self.todo:
-            lines.append(f"what to do: {self.todo}")
-        lines.append(f"(for the traceback add --verbosity=1 or set {TRACEBACK_ENV}=1)")
-        return "\n".join(lines)
-
-
-def _own_classes(error: BaseException) -> set[str]:
-    return {c.__name__ for c in type(error).__mro__ if c.__module__.startswith("vertex_jax")}
-
-
-def _raised_by_project(error: BaseException) -> bool:
-    """Whether the innermost frame is a ``raise`` statement in this package."""
-    tb = error.__traceback__
-    if tb is None:
-        return False
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    filename = tb.tb_frame.f_code.co_filename
-    return (os.path.realpath(filename).startswith(_PACKAGE + os.sep)
-            and linecache.getline(filename, tb.tb_lineno).strip().startswith("raise"))
-
-
-def _problems(error: Any) -> Explanation:
-    manifest = "ManifestError" in _own_classes(error)
-    todo = ("fix these in the CSV (columns: README 'Manifest') and re-run; every problem is listed at once"
-            if manifest else "fix these and re-run; every problem is listed at once")
-    return Explanation(f"{len(error.problems)} problem(s) in {'the manifest' if manifest else error.source}",
-                       error.source, todo, tuple(error.problems))
-
-
-def _image(error: Any) -> Explanation:
-    recorded = re.search(r"\(recorded in (.+?);", error.reason)
-    listing = (f"{recorded.group(1)}/unreadable.csv" if recorded
-               else "unreadable.csv of the data cache (<data_dir>/cache/<fingerprint>/)")
-    kind = "not an image" if "NotAnImageError" in _own_classes(error) else "cannot read an image"
-    return Explanation(f"{kind}: {error.reason}", error.path,
-                       "re-run with --config.data.skip_unreadable=True to leave out unreadable images; "
-                       f"they are listed in {listing}")
-
-
-def _message(error: BaseException) -> Explanation | None:
-    """A ValueError / FileNotFoundError the project raised itself, by what it says."""
-    text = str(error)
-    if isinstance(error, FileNotFoundError):
-        if "checkpoint" in text or "training run" in text or "item" in text:
-            return Explanation(text, todo="give a run's workdir, its checkpoints folder or one step "
-                                          "folder (<workdir>/checkpoints/<step>) of a finished training run")
-        return Explanation(text, todo="check the path")
-    if "fewer than one batch" in text:
-        return Explanation(text, todo="use a smaller --config.batch_size, or give that split more images "
-                                      "(--config.data.split_fractions, or more rows in the manifest)")
-    if _CONFIG_WORDS.search(text):
-        return Explanation(f"invalid setting: {text}", todo="correct that value, on the command line "
-                           "(--config.<section>.<field>=...) or in the config file")
-    return Explanation(text)
 
 
 def explain(error: BaseException) -> Explanation | None:
     """What to tell the user about ``error``; None when it is not a user error (a bug)."""
-    own = _own_classes(error)
-    if "ProblemsError" in own:
-        return _problems(error)
-    if "ImageReadError" in own:
-        return _image(error)
-    if "ExportError" in own:
-        return Explanation(str(error), todo="nothing was written; install what the message names, or "
-                                            "look at the differences it reports")
-    if "WeightImportError" in own:
-        return Explanation(str(error), todo="check --config.model.init_weights (a Keras .h5 or timm "
-                                            ".safetensors file of the same EfficientNet variant)")
-    if own & {"CacheDamagedError", "NonFiniteLossError", "CheckpointSaveError", "CalibrationError"}:
-        return Explanation(str(error))
-    if isinstance(error, (ValueError, FileNotFoundError)) and _raised_by_project(error):
-        return _message(error)
-    return None
+    return error.explanation() if isinstance(error, UserError) else None
+
+
+def add_verbosity(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Show ``--verbosity`` in an argparse entry point's ``--help`` (:func:`user_errors`
+    takes it off the command line before the parser sees it)."""
+    parser.add_argument("--verbosity", type=int, default=0, metavar="N",
+                        help=f"1: show the traceback of a user error (or set {TRACEBACK_ENV}=1)")
+    return parser
 
 
 def traceback_wanted(argv: Sequence[str] | None = None) -> bool:
@@ -171,3 +83,68 @@ def user_errors(main: Callable[..., Any]) -> Callable[..., Any]:
             print(explanation.render(), file=sys.stderr, flush=True)
             return EXIT_USER_ERROR
     return run
+
+
+def _config_fields(config: Any, prefix: str = "") -> list[str]:
+    """Every dotted field path of a ConfigDict."""
+    out = []
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        out.append(path)
+        if hasattr(value, "items") and not isinstance(value, dict):
+            out += _config_fields(value, path + ".")
+    return out
+
+
+def _flag_error(error: BaseException, argv: Sequence[str], flag: str) -> Explanation:
+    """The block for a command line absl could not parse (``flag``: the config flag)."""
+    import difflib
+
+    from vertex_jax import config_files
+
+    if isinstance(error, (AttributeError, KeyError)):  # an override naming no config field
+        given = [a.split("=", 1)[0][len(f"--{flag}."):] for a in argv if a.startswith(f"--{flag}.")]
+        spec = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{flag}=")), None)
+        known = _config_fields(config_files.load_config(spec)) if spec else []
+        unknown = [g for g in given if known and g not in known] or given
+        close = difflib.get_close_matches(unknown[0], known, n=3) if unknown and known else []
+        hint = f"; closest: {', '.join(close)}" if close else ""
+        return Explanation(f"unknown config field --{flag}.{unknown[0] if unknown else '?'}{hint}",
+                           where=spec or "",
+                           todo="use a field the config file has (its get_config lists them)")
+    cause = error
+    while cause.__cause__ is not None or cause.__context__ is not None:
+        cause = cause.__cause__ or cause.__context__
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if cause is not error and str(cause) and str(cause).splitlines()[0] not in text:
+        text += f" ({str(cause).splitlines()[0]})"
+    return Explanation(f"invalid command line: {text}",
+                       todo=f"check the flags; --{flag}=NAME[:variant] names a shipped config "
+                            f"(xray, vfa) or a config file")
+
+
+def absl_flags_parser(flag: str = "config") -> Callable[[list[str]], list[str]]:
+    """A ``flags_parser`` for ``absl.app.run``: ``--config=xray:demo`` resolved to the shipped
+    file, and a command line absl cannot parse (an unknown or mistyped config field, a
+    config file that is not there) one block and exit status 2 instead of a traceback."""
+    def parse(argv: list[str]) -> list[str]:
+        from absl import flags
+
+        from vertex_jax.config_files import config_path, resolve_config_argument
+
+        argv = resolve_config_argument(list(argv), flag)
+        try:
+            for arg in argv[1:]:
+                if arg.startswith(f"--{flag}="):
+                    config_path(arg.split("=", 1)[1].partition(":")[0])  # a clear error if absent
+            rest = flags.FLAGS(argv)
+            if flag in flags.FLAGS:
+                getattr(flags.FLAGS, flag).keys  # a config file that failed to load raises here
+            return rest
+        except Exception as error:  # noqa: BLE001 - every parse failure is the user's command line
+            if traceback_wanted(argv[1:]):
+                raise
+            block = explain(error) or _flag_error(error, argv[1:], flag)
+            print(block.render(), file=sys.stderr, flush=True)
+            sys.exit(EXIT_USER_ERROR)
+    return parse

@@ -22,6 +22,8 @@ from types import ModuleType
 
 import ml_collections
 
+from vertex_jax.errors import MissingInputError
+
 CHECKOUT = Path(__file__).resolve().parents[1]
 SHIPPED = Path(__file__).resolve().parent / "configs"  # links to the checkout's configs/
 
@@ -44,7 +46,7 @@ def config_path(path: str | os.PathLike) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"config file {path} not found (looked in {Path.cwd()} and {CHECKOUT}; "
+    raise MissingInputError(f"config file {path} not found (looked in {Path.cwd()} and {CHECKOUT}; "
                             f"shipped configs: {', '.join(shipped_names())})")
 
 

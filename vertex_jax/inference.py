@@ -26,6 +26,7 @@ from vertex_jax.data.clinical import ClinicalStats
 from vertex_jax.data.preprocess import PreprocessConfig
 from vertex_jax.models.build import build_model
 from vertex_jax.models.vertex import VertexNet
+from vertex_jax.errors import InputDataError
 
 
 @dataclasses.dataclass
@@ -80,13 +81,13 @@ class TrainedModel:
 def load_trained(path: str | Path) -> TrainedModel:
     """Load the parameters and BatchNorm statistics of a checkpoint into a fresh model."""
     step_dir = runs.resolve_step_dir(path)
-    config = ConfigDict(runs.read_json_item(step_dir, "config"))
+    config = runs.with_defaults(runs.read_json_item(step_dir, "config"))
     card = runs.read_json_item(step_dir, "card")
     model = build_model(config, seed=0)
     report = runs.load_params(step_dir, model, kinds=(nnx.Param, nnx.BatchStat))
     problems = report["missing"] + report["mismatched"]
     if problems:
-        raise ValueError(f"checkpoint {step_dir} does not fit its own model: "
+        raise InputDataError(f"checkpoint {step_dir} does not fit its own model: "
                          + "; ".join(problems[:10]))
     model.eval()
     return TrainedModel(model=model, tasks=tuple(card["tasks"]),

@@ -14,6 +14,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from vertex_jax.errors import ConfigError
+
 DATA = "data"
 
 
@@ -70,7 +72,7 @@ def check_batch(global_batch: int, mesh: Mesh) -> None:
     n = mesh.devices.size
     if global_batch % n:
         lower, upper = global_batch // n * n, -(-global_batch // n) * n
-        raise ValueError(f"global batch {global_batch} does not divide over {n} devices; use "
+        raise ConfigError(f"global batch {global_batch} does not divide over {n} devices; use "
                          f"{lower or upper} or {upper} (--config.batch_size=...)")
 
 

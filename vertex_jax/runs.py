@@ -39,6 +39,11 @@ from ml_collections import ConfigDict
 
 from vertex_jax.data.prepare import synthetic_manifest_path
 from vertex_jax.models.build import build_model
+from vertex_jax.config_files import load_config
+from vertex_jax.errors import MissingInputError
+
+NO_RUN_TODO = ("give a run's workdir, its checkpoints folder or one step folder "
+               "(<workdir>/checkpoints/<step>) of a finished training run")
 
 CONFIG_FILE = "config.json"
 SPLITS_FILE = "splits.csv"
@@ -81,12 +86,25 @@ def workdir_of(step_dir: str | Path) -> Path:
     return Path(step_dir).parent.parent
 
 
+def with_defaults(saved: dict[str, Any]) -> ConfigDict:
+    """A saved run config over the base config (``configs/xray.py``): a field added since
+    the run was saved takes its default from the one home of defaults, not from the code."""
+    def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+        out = dict(base)
+        for key, value in over.items():
+            out[key] = merge(base[key], value) if isinstance(base.get(key), dict) and isinstance(value, dict) \
+                else value
+        return out
+
+    return ConfigDict(merge(load_config("xray").to_dict(), dict(saved)))
+
+
 def read_config(workdir: str | Path) -> ConfigDict:
     """The run's ``config.json``."""
     path = config_path(workdir)
     if not path.exists():
-        raise FileNotFoundError(f"{workdir} is not a training run (no {CONFIG_FILE})")
-    return ConfigDict(json.loads(path.read_text()))
+        raise MissingInputError(f"{workdir} is not a training run (no {CONFIG_FILE})", todo=NO_RUN_TODO)
+    return with_defaults(json.loads(path.read_text()))
 
 
 def read_splits(workdir: str | Path) -> pd.DataFrame:
@@ -156,7 +174,7 @@ def resolve_step_dir(path: str | Path) -> Path:
     """Step directory from a step dir, a checkpoints dir or a workdir (best, else latest)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise MissingInputError(f"checkpoint {path} does not exist", todo=NO_RUN_TODO)
     if (path / STATE).is_dir():
         return path
     if checkpoints_dir(path).is_dir():
@@ -164,7 +182,7 @@ def resolve_step_dir(path: str | Path) -> Path:
     manager = ocp.CheckpointManager(path.absolute(), options=ocp.CheckpointManagerOptions(read_only=True))
     step = best_step(manager)
     if step is None:
-        raise FileNotFoundError(f"no checkpoint found in {path}")
+        raise MissingInputError(f"no checkpoint found in {path}", todo=NO_RUN_TODO)
     return path.absolute() / str(step)
 
 
@@ -173,7 +191,7 @@ def read_json_item(step_dir: str | Path, item: str) -> dict:
     """A JSON item (``config``, ``card``, ``progress``) of a checkpoint step."""
     step_dir = Path(step_dir)
     if not (step_dir / item).exists():
-        raise FileNotFoundError(f"{step_dir} has no {item!r} item; is it a vertex_jax checkpoint?")
+        raise MissingInputError(f"{step_dir} has no {item!r} item; is it a vertex_jax checkpoint?", todo=NO_RUN_TODO)
     return ocp.JsonCheckpointHandler().restore(step_dir / item)
 
 
@@ -184,7 +202,7 @@ def write_json_item(step_dir: str | Path, item: str, value: dict) -> None:
 
     path = Path(step_dir) / item / JSON_ITEM_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; is {step_dir} a finished vertex_jax checkpoint?")
+        raise MissingInputError(f"{path} not found; is {step_dir} a finished vertex_jax checkpoint?", todo=NO_RUN_TODO)
     write_text(path, json.dumps(value))
 
 
@@ -227,7 +245,7 @@ def load_params(checkpoint: str | Path, model: nnx.Module, kinds: Any = nnx.Para
     ``unexpected`` in it and ``mismatched`` in shape, for the caller to report.
     """
     step_dir = resolve_step_dir(checkpoint)
-    saved = ConfigDict(read_json_item(step_dir, "config"))
+    saved = with_defaults(read_json_item(step_dir, "config"))
     source_model = nnx.eval_shape(lambda: build_model(saved, seed=0))
     source_names = set(_flat(nnx.state(source_model, kinds)))
     raw = _flat(restore_arrays(step_dir / STATE))

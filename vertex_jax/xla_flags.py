@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 
+from vertex_jax.errors import ConfigError
+
 __all__ = ["PRESETS", "DEFAULT_PRESET", "preset_flags", "apply_preset"]
 
 PRESETS: dict[str, tuple[str, ...]] = {
@@ -36,7 +38,7 @@ DEFAULT_PRESET = "fast-compile"
 def preset_flags(name: str) -> tuple[str, ...]:
     """The flags of preset ``name``."""
     if name not in PRESETS:
-        raise ValueError(f"xla_preset must be one of {sorted(PRESETS)}, got {name!r}")
+        raise ConfigError(f"xla_preset must be one of {sorted(PRESETS)}, got {name!r}")
     return PRESETS[name]
 
 

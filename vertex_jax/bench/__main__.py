@@ -24,11 +24,14 @@ from vertex_jax.bench.loop import format_input_rates, measure_loop
 from vertex_jax.bench.measure import measure, measure_isolated
 from vertex_jax.bench.peer import format_comparison, run_peer
 from vertex_jax.bench.record import document, format_table, host
+from vertex_jax.cli import absl_flags_parser, user_errors
+from vertex_jax.config_files import config_path
 from vertex_jax.compile_cache import enable_compilation_cache
 from vertex_jax.xla_flags import DEFAULT_PRESET, apply_preset
 from vertex_jax.models.build import tasks_of
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/xray.py", "Run configuration file.")
+_CONFIG = config_flags.DEFINE_config_file("config", str(config_path("xray")),
+                                          "Run configuration: a shipped name (xray, vfa) or a file, [:variant].")
 _WHAT = flags.DEFINE_enum("what", "train", ["train", "eval", "loop", "input", "export", "all"],
                           "Which step to time; loop: the training loop itself (train_and_evaluate "
                           "capped at --steps steps, vertex_jax.bench.loop) beside the isolated "
@@ -206,4 +209,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(user_errors(main), flags_parser=absl_flags_parser())

@@ -44,6 +44,7 @@ from vertex_jax.data.manifest import load_manifest
 from vertex_jax.data.preprocess import Geometry, PreprocessConfig
 from vertex_jax.files import write_text
 from vertex_jax.tasks import TASKS
+from vertex_jax.errors import ConfigError
 
 SHARD_SIZE = 128  # canvases per shard, as build_cache's default
 POOL_FROM = 2048  # canvases from which writing uses several processes (a pool takes ~1 s to start)
@@ -119,7 +120,7 @@ def write_random_cohort(config: Any, data_dir: str | os.PathLike, *, train: int,
     canvas and dtype, and its cache (module docstring). ``workers``: processes writing
     shards (default: 1 below :data:`POOL_FROM` canvases, else every core)."""
     if train < 1 or val < 0:
-        raise ValueError(f"need train >= 1 and val >= 0 canvases, got {train} and {val}")
+        raise ConfigError(f"need train >= 1 and val >= 0 canvases, got {train} and {val}")
     data = config.data
     pconfig = preprocess_config(data)
     (h, w), dtype = pconfig.canvas, pconfig.out_dtype

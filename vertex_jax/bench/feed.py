@@ -11,6 +11,8 @@ from typing import Any
 
 import jax
 
+from vertex_jax.errors import ConfigError
+
 __all__ = ["measure_input"]
 
 
@@ -27,7 +29,7 @@ def measure_input(config: Any, workdir: str, *, batches: int, repeats: int) -> d
     from vertex_jax.train.prefetch import DevicePrefetch
 
     if batches < 1 or repeats < 1:
-        raise ValueError(f"need batches >= 1 and repeats >= 1, got {batches} and {repeats}")
+        raise ConfigError(f"need batches >= 1 and repeats >= 1, got {batches} and {repeats}")
     mesh = meshlib.make_mesh()
     data = prepare(config.data, workdir, tasks=tasks_of(config))
     count = jax.process_count()

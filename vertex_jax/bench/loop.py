@@ -36,6 +36,7 @@ from vertex_jax.bench.canvas_cohort import write_random_cohort
 from vertex_jax.bench.feed import measure_input
 from vertex_jax.bench.measure import STEPS_PER_EPOCH, environment, run_isolated
 from vertex_jax.bench.record import make_record
+from vertex_jax.errors import ConfigError
 
 
 def _run_loop(config: Any, workdir: str, input_workdir: str | None = None, input_batches: int = 0,
@@ -72,7 +73,7 @@ def random_data(config: Any, data_dir: str, steps: int) -> dict[str, Any]:
 def loop_config(config: Any, steps: int, data_dir: str) -> Any:
     """``config`` capped at ``steps`` steps, never stopped early, not calibrated."""
     if steps < 2:
-        raise ValueError(f"the loop needs at least 2 steps (its clock leaves the first out), got {steps}")
+        raise ConfigError(f"the loop needs at least 2 steps (its clock leaves the first out), got {steps}")
     config = config.copy_and_resolve_references()
     config.max_steps = steps
     config.num_epochs = max(config.num_epochs, steps)  # at least one step per epoch

@@ -32,6 +32,7 @@ from vertex_jax.models.build import build_model, tasks_of
 from vertex_jax.train.packing import StatePacking, pack_state_enabled
 from vertex_jax.train.state import build_optimizer, initialise
 from vertex_jax.train.step import make_eval_step, make_train_step
+from vertex_jax.errors import ConfigError
 
 __all__ = ["STEPS_PER_EPOCH", "stepped_state", "random_batch", "environment", "make_step", "abstract_state", "measure", "measure_isolated",
            "run_isolated"]
@@ -193,7 +194,7 @@ def measure(config: Any, what: str, *, steps: int, repeats: int,
     is called once the step is compiled, before it runs; ``budget_s`` caps the timed
     runs (:func:`_time`; the record's ``step_s_each`` shows how many steps ran)."""
     if what not in ("train", "eval"):
-        raise ValueError(f"what must be 'train' or 'eval', got {what!r}")
+        raise ConfigError(f"what must be 'train' or 'eval', got {what!r}")
     config = config.copy_and_resolve_references()
     mesh = meshlib.make_mesh()
     batch_size = config.batch_size if what == "train" else config.eval_batch_size

@@ -15,6 +15,7 @@ import time
 from typing import Any, Sequence
 
 from vertex_jax.bench.plain_config import point_config
+from vertex_jax.errors import ConfigError
 
 __all__ = ["DEVICE_MEMORY", "fit_memory", "largest_batch", "saved_activation_bytes", "memory_plan",
            "print_plan"]
@@ -85,7 +86,7 @@ def memory_plan(spec: str, batches: Sequence[int], dtype: str) -> dict[str, Any]
     from vertex_jax.bench.measure import abstract_state, environment, make_step, random_batch
 
     if len(set(batches)) < 2:
-        raise ValueError(f"--batches: at least two sizes to fit, got {list(batches)}")
+        raise ConfigError(f"--batches: at least two sizes to fit, got {list(batches)}")
     mesh = meshlib.make_mesh()
     out: dict[str, Any] = {"batches": list(batches), "remat": {},
                            "compile_options": _PLAN_OPTIONS}

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from vertex_jax.train.augment import AugmentConfig
+from vertex_jax.errors import ConfigError, MissingInputError
 
 __all__ = ["PEER_SCRIPT", "peer_command", "run_peer", "format_comparison"]
 
@@ -27,7 +28,7 @@ def peer_command(record: dict[str, Any], flags: str, *, tasks: int, augment: Any
     """The peer's command line for the training configuration of ``record``; ``augment``
     is the run's ``config.augment``."""
     if record["dtype"] not in _AMP:
-        raise ValueError(f"the PyTorch peer has no counterpart for dtype {record['dtype']!r}; "
+        raise ConfigError(f"the PyTorch peer has no counterpart for dtype {record['dtype']!r}; "
                          f"use one of {sorted(_AMP)}")
     cmd = [sys.executable, str(PEER_SCRIPT), "--variant", record["variant"],
            "--height", str(record["height"]), "--width", str(record["width"]),
@@ -48,7 +49,7 @@ def run_peer(record: dict[str, Any], flags: str, **kwargs: Any) -> tuple[dict[st
     """(environment, record) of the peer at ``record``'s shapes, extra peer ``flags``
     (e.g. ``"--compile --channels-last"``)."""
     if not PEER_SCRIPT.is_file():
-        raise FileNotFoundError(f"{PEER_SCRIPT} not found: the PyTorch peer is part of the "
+        raise MissingInputError(f"{PEER_SCRIPT} not found: the PyTorch peer is part of the "
                                 f"source checkout, not of the installed package")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "peer.json"

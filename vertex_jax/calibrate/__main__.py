@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from vertex_jax.calibrate.maps import METHODS
-from vertex_jax.cli import user_errors
+from vertex_jax.cli import add_verbosity, user_errors
 
 
 def parser() -> argparse.ArgumentParser:
@@ -25,7 +25,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", help="split to fit on (default val; never test)")
     p.add_argument("--checkpoint", help="step directory to calibrate (default: the run's best)")
     p.add_argument("--no-progress", action="store_true")
-    return p
+    return add_verbosity(p)
 
 
 @user_errors

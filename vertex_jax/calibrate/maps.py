@@ -27,12 +27,14 @@ import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 from scipy.special import expit, log_expit
 
+from vertex_jax.errors import UserError
+
 METHODS = ("temperature", "platt", "isotonic")
 ISOTONIC_MIN_CASES = 1000
 ISOTONIC_MIN_GAP = 0.05  # logit units between served knots (odds resolution ~5%)
 
 
-class CalibrationError(ValueError):
+class CalibrationError(UserError, ValueError):
     """A calibration that cannot be fitted or read (named task, what is wrong)."""
 
 

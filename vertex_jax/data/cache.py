@@ -49,13 +49,14 @@ from vertex_jax.data.io import ImageReadError, read_image
 from vertex_jax.data.preprocess import Geometry, PreprocessConfig, preprocess
 from vertex_jax.files import atomic_path, write_text
 from vertex_jax.processes import die_with_parent
+from vertex_jax.errors import UserError
 
 CACHE_VERSION = 2  # 2: per-shard SHA-256 and size, shard size in COMPLETE.json
 COMPLETE = "COMPLETE.json"
 _VERIFIED: set[tuple] = set()  # stamps (_stamp) of caches this process has checked or built
 
 
-class CacheDamagedError(RuntimeError):
+class CacheDamagedError(UserError, RuntimeError):
     """A cache shard cannot be read; the message names the file and how to recover."""
 
     def __init__(self, shard: str | os.PathLike, error: str):

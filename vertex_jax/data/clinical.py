@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from vertex_jax.errors import InputDataError
+
 CLINICAL = ("age", "sex", "bmi")  # manifest columns, in the order of the network's inputs
 RANGES = {"age": (0.0, 120.0), "bmi": (8.0, 80.0)}  # plausible values; outside = a problem
 
@@ -28,7 +30,7 @@ class ClinicalStats:
         values = df[list(CLINICAL)].to_numpy(np.float64)
         if np.isnan(values).all(axis=0).any():
             empty = [c for c, e in zip(CLINICAL, np.isnan(values).all(axis=0)) if e]
-            raise ValueError(f"no training values at all for clinical column(s) {empty}")
+            raise InputDataError(f"no training values at all for clinical column(s) {empty}")
         mean = np.nanmean(values, axis=0)
         std = np.nanstd(values, axis=0)
         std = np.where(std > 0, std, 1.0)

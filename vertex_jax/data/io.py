@@ -97,6 +97,8 @@ from pydicom.uid import (
     MediaStorageDirectoryStorage,
 )
 
+from vertex_jax.errors import Explanation, UserError
+
 DEFAULT_MAX_PIXELS: int = 100_000_000
 """Decompression-bomb cap on rows * columns (100 M pixels, 200 MB as uint16). The largest
 radiographs in the VERTE-X cohorts are about 8383 x 3520 (29.5 M pixels), so real images pass
@@ -125,8 +127,10 @@ _CODESTREAM = {**dict.fromkeys(JPEGTransferSyntaxes, "JPEG"), **dict.fromkeys(JP
                **dict.fromkeys([*JPEG2000TransferSyntaxes, HTJ2K, HTJ2KLossless, HTJ2KLosslessRPCL], "JPEG 2000")}
 
 
-class ImageReadError(ValueError):
+class ImageReadError(UserError, ValueError):
     """One error type for every unreadable image; str() is '<path>: <reason>'."""
+
+    kind = "cannot read an image"
 
     def __init__(self, path: str | os.PathLike, reason: str):
         self.path = os.fspath(path)
@@ -136,10 +140,20 @@ class ImageReadError(ValueError):
     def __reduce__(self):  # picklable across worker processes despite the 2-argument init
         return type(self), (self.path, self.reason)
 
+    def explanation(self) -> Explanation:
+        recorded = re.search(r"\(recorded in (.+?);", self.reason)
+        listing = (f"{recorded.group(1)}/unreadable.csv" if recorded
+                   else "unreadable.csv of the data cache (<data_dir>/cache/<fingerprint>/)")
+        return Explanation(f"{self.kind}: {self.reason}", self.path,
+                           "re-run with --config.data.skip_unreadable=True to leave out unreadable images; "
+                           f"they are listed in {listing}")
+
 
 class NotAnImageError(ImageReadError):
     """A readable DICOM object that holds no image: a DICOMDIR, a structured report, a
     presentation state (the reason names its SOP class)."""
+
+    kind = "not an image"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

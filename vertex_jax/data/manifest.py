@@ -43,6 +43,11 @@ _LABEL = {"1": 1.0, "0": 0.0, "1.0": 1.0, "0.0": 0.0, "true": 1.0, "false": 0.0}
 class ManifestError(ProblemsError):
     """Every problem found in a manifest, one per line."""
 
+    todo = "fix these in the CSV (columns: docs/data.md, 'Manifest') and re-run; every problem is listed at once"
+
+    def subject(self) -> str:
+        return "the manifest"
+
 
 def _rows(mask: pd.Series, limit: int = 10) -> str:
     """CSV line numbers (header = line 1) of the rows where ``mask`` holds."""

@@ -36,6 +36,7 @@ import pandas as pd
 
 from vertex_jax.data.cache import Cache, CacheDamagedError
 from vertex_jax.data.clinical import ClinicalStats
+from vertex_jax.errors import ConfigError, InputDataError
 
 
 class CacheSource(grain.sources.RandomAccessDataSource):
@@ -134,7 +135,7 @@ class ProcessShard(grain.MapDataset):
 
 def _local_batch(global_batch: int, process_count: int) -> int:
     if global_batch % process_count:
-        raise ValueError(f"global batch {global_batch} does not divide over {process_count} "
+        raise ConfigError(f"global batch {global_batch} does not divide over {process_count} "
                          f"processes; use a multiple of {process_count}")
     return global_batch // process_count
 
@@ -168,7 +169,7 @@ def read_options(batch_bytes: int, *, threads: int = 0, buffer_mib: float = READ
     defaults (``python -m vertex_jax.bench.canvas_cohort``).
     """
     if threads < 0 or buffer_mib <= 0:
-        raise ValueError(f"read threads must be >= 0 and the read buffer > 0 MiB, got "
+        raise ConfigError(f"read threads must be >= 0 and the read buffer > 0 MiB, got "
                          f"{threads} and {buffer_mib}")
     threads = threads or max(1, min(READ_THREADS, os.cpu_count() or 1) // max(1, workers))
     fits = max(1, int(buffer_mib * 2**20) // max(1, batch_bytes))
@@ -207,8 +208,10 @@ def train_dataset(cache: Cache, df: pd.DataFrame, *, tasks: Sequence[str], stats
     """Shuffled, repeated training batches for this process (see module docstring);
     ``read_threads``, ``read_buffer_mib``: :func:`read_options`."""
     if len(df) < global_batch:
-        raise ValueError(f"training split has {len(df)} examples, fewer than one batch "
-                         f"({global_batch})")
+        raise InputDataError(f"training split has {len(df)} examples, fewer than one batch "
+                             f"({global_batch})",
+                             todo="use a smaller --config.batch_size, or give that split more images "
+                                  "(--config.data.split_fractions, or more rows in the manifest)")
     local = _local_batch(global_batch, process_count)
     tables = example_tables(df, tasks, stats)
     source = CacheSource(cache, cache.records_for(df["image_id"]), tables)

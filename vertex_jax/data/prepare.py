@@ -20,6 +20,7 @@ from vertex_jax.data.clinical import ClinicalStats
 from vertex_jax.data.pipeline import eval_dataset, train_dataset
 from vertex_jax.data.preprocess import PreprocessConfig
 from vertex_jax.data.splits import load_or_create_splits
+from vertex_jax.errors import InputDataError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +36,7 @@ class PreparedData:
     def split(self, name: str) -> pd.DataFrame:
         rows = self.frame[self.frame["split"] == name].reset_index(drop=True)
         if rows.empty:
-            raise ValueError(f"split {name!r} is empty in {self.manifest}")
+            raise InputDataError(f"split {name!r} is empty in {self.manifest}")
         return rows
 
     def train(self, *, global_batch: int, seed: int, split: str = "train", workers: int = 0,
@@ -62,7 +63,7 @@ def synthetic_manifest_path(data: Any, data_dir: Path) -> Path:
     """Where the configured synthetic cohort lives (its manifest is written last)."""
     syn = data.synthetic
     name = f"synthetic-{data.domain}-n{syn.num_patients}-s{syn.scale:g}-seed{syn.seed}"
-    options = dict(syn.get("options", {}))
+    options = dict(syn.options)
     if options:  # difficulty knobs (vertex_jax.synthetic.cohort.CohortConfig) name the cohort too
         name += "-" + "-".join(f"{k}{_token(v)}" for k, v in sorted(options.items()))
     return data_dir / name / "manifest.csv"
@@ -78,7 +79,7 @@ def ensure_synthetic(data: Any, data_dir: Path) -> Path:
         syn = data.synthetic
         generate_cohort(manifest.parent, num_patients=syn.num_patients, domain=data.domain,
                         scale=syn.scale, seed=syn.seed, workers=data.workers or None,
-                        **dict(syn.get("options", {})))
+                        **dict(syn.options))
     return manifest
 
 
@@ -96,10 +97,10 @@ def prepare(data: Any, workdir: str | Path, *, tasks: tuple[str, ...],
         ensure_synthetic(data, data_dir)
     barrier("data:manifest")
     manifest = Path(data.manifest) if data.manifest else synthetic_manifest_path(data, data_dir)
-    frame = load_manifest(manifest, clinical_from_dicom=data.get("clinical_from_dicom", False))
+    frame = load_manifest(manifest, clinical_from_dicom=data.clinical_from_dicom)
     frame = frame[frame["domain"] == data.domain].reset_index(drop=True)
     if frame.empty:
-        raise ValueError(f"{manifest}: no rows with domain {data.domain!r}")
+        raise InputDataError(f"{manifest}: no rows with domain {data.domain!r}")
     fractions = dict(data.split_fractions)
     if is_leader:
         load_or_create_splits(frame, workdir / "splits.csv", fractions, seed=data.split_seed)

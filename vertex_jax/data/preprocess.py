@@ -29,6 +29,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from vertex_jax.errors import ConfigError
+
 CANVAS: tuple[int, int] = (1024, 512)
 
 
@@ -43,11 +45,11 @@ class PreprocessConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.border_crop < 0.5:
-            raise ValueError(f"border_crop must be in [0, 0.5), got {self.border_crop}")
+            raise ConfigError(f"border_crop must be in [0, 0.5), got {self.border_crop}")
         if self.out_dtype not in ("uint8", "uint16"):
-            raise ValueError(f"out_dtype must be 'uint8' or 'uint16', got {self.out_dtype!r}")
+            raise ConfigError(f"out_dtype must be 'uint8' or 'uint16', got {self.out_dtype!r}")
         if len(self.canvas) != 2 or min(self.canvas) < 8:
-            raise ValueError(f"canvas must be (height, width) >= 8, got {self.canvas}")
+            raise ConfigError(f"canvas must be (height, width) >= 8, got {self.canvas}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"canvas": list(self.canvas), "border_crop": self.border_crop,

@@ -17,6 +17,7 @@ from sklearn.model_selection import train_test_split
 
 from vertex_jax.files import atomic_path
 from vertex_jax.tasks import TASKS
+from vertex_jax.errors import ConfigError, InputDataError
 
 XRAY_FRACTIONS = {"train": 0.70, "val": 0.15, "test": 0.15}
 VFA_FRACTIONS = {"finetune": 0.30, "test": 0.70}
@@ -49,7 +50,7 @@ def assign_splits(df: pd.DataFrame, fractions: dict[str, float], seed: int = 0) 
     ``fractions`` are of patients, in order; they must sum to 1.
     """
     if not np.isclose(sum(fractions.values()), 1.0):
-        raise ValueError(f"split fractions must sum to 1, got {fractions}")
+        raise ConfigError(f"split fractions must sum to 1, got {fractions}")
     strata = patient_strata(df)
     remaining, remaining_strata = strata.index.to_numpy(), strata.to_numpy()
     left = 1.0
@@ -83,7 +84,7 @@ def load_or_create_splits(df: pd.DataFrame, path: str | os.PathLike,
         lookup = dict(zip(saved["image_id"], saved["split"]))
         missing = [i for i in df["image_id"] if i not in lookup]
         if missing:
-            raise ValueError(f"{path}: no split for image_id(s) {missing[:5]} "
+            raise InputDataError(f"{path}: no split for image_id(s) {missing[:5]} "
                              f"({len(missing)} in all); delete the file to re-split")
         return df["image_id"].map(lookup).rename("split")
     split = assign_splits(df, fractions, seed)

@@ -17,9 +17,9 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from vertex_jax.cli import user_errors
+from vertex_jax.cli import add_verbosity, user_errors
 from vertex_jax.evaluate.report import build_report, format_summary
-from vertex_jax.evaluate.table import ScoresError, read_scores
+from vertex_jax.evaluate.table import read_scores
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -61,7 +61,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--age-bands", type=_floats, default=(60, 70, 80), help="age cut points (default 60,70,80)")
     p.add_argument("--bins", type=int, default=10, help="reliability diagram bins")
     p.add_argument("--title", default="")
-    return p
+    return add_verbosity(p)
 
 
 def load_scores(args: argparse.Namespace) -> pd.DataFrame:
@@ -86,16 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out = str(Path(args.workdir) / "evaluation")
     if args.compare_workdir and (not args.workdir or args.compare or args.compare_columns):
         p.error("--compare-workdir goes with --workdir and no other comparison")
-    try:
-        report = build_report(
-            load_scores(args), args.out, tasks=args.tasks, threshold_split=args.threshold_split,
-            eval_split=args.split, compare=args.compare, compare_columns=args.compare_columns,
-            labels=args.label, thresholds=args.thresholds, thresholds_on_eval=args.thresholds_on_eval,
-            age_bands=args.age_bands, bootstrap=args.bootstrap, seed=args.seed, n_bins=args.bins,
-            title=args.title)
-    except (ScoresError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    report = build_report(
+        load_scores(args), args.out, tasks=args.tasks, threshold_split=args.threshold_split,
+        eval_split=args.split, compare=args.compare, compare_columns=args.compare_columns,
+        labels=args.label, thresholds=args.thresholds, thresholds_on_eval=args.thresholds_on_eval,
+        age_bands=args.age_bands, bootstrap=args.bootstrap, seed=args.seed, n_bins=args.bins,
+        title=args.title)
     print(format_summary(report))
     print(f"wrote {args.out}/report.html and report.json")
     return 0

@@ -14,6 +14,7 @@ import pandas as pd
 from vertex_jax.evaluate.table import ScoresError, Table, match_cases, parse_scores, read_scores
 from vertex_jax.evaluate.thresholds import fixed_thresholds, read_thresholds
 from vertex_jax.tasks import TASKS
+from vertex_jax.errors import ConfigError
 
 PathLike = str | os.PathLike
 
@@ -41,7 +42,7 @@ def _frame(scores: pd.DataFrame | PathLike) -> pd.DataFrame:
 def _task_of(column: str) -> str:
     found = [t for t in TASKS if column.startswith(f"{t}_")]
     if len(found) != 1:
-        raise ValueError(f"compare column '{column}': cannot tell its task; name it "
+        raise ConfigError(f"compare column '{column}': cannot tell its task; name it "
                          f"{' or '.join(f'{t}_...' for t in TASKS)}")
     return found[0]
 
@@ -51,15 +52,15 @@ def _models(scores: pd.DataFrame | PathLike, compare: pd.DataFrame | PathLike | 
             labels: Sequence[str] | None) -> tuple[list[tuple[str, Table]], tuple[str, ...]]:
     """[(label, whole table)] for one or two models, and the tasks compared."""
     if compare is not None and compare_columns:
-        raise ValueError("give either a second score table (compare) or two score columns "
+        raise ConfigError("give either a second score table (compare) or two score columns "
                          "(compare_columns), not both")
     df = _frame(scores)
     if compare_columns:
         pairs = {_task_of(a): (a, b) for a, b in compare_columns}
         if len(pairs) != len(compare_columns):
-            raise ValueError(f"compare_columns: one pair per task, got {list(compare_columns)}")
+            raise ConfigError(f"compare_columns: one pair per task, got {list(compare_columns)}")
         if tasks and set(pairs) - set(tasks):
-            raise ValueError(f"compare_columns: task(s) {sorted(set(pairs) - set(tasks))} are not among "
+            raise ConfigError(f"compare_columns: task(s) {sorted(set(pairs) - set(tasks))} are not among "
                              f"the tasks asked for {list(tasks)}")
         compared = tuple(t for t in TASKS if t in pairs)
         a = parse_scores(df, tasks=compared, prob_columns={t: pairs[t][0] for t in compared})
@@ -80,7 +81,7 @@ def _models(scores: pd.DataFrame | PathLike, compare: pd.DataFrame | PathLike | 
         return [(labels[0] if labels else "model", parse_scores(df, tasks=tasks))], ()
     labels = list(labels or default)
     if len(labels) != 2 or labels[0] == labels[1]:
-        raise ValueError(f"comparison needs two distinct labels, got {labels}")
+        raise ConfigError(f"comparison needs two distinct labels, got {labels}")
     return [(labels[0], a), (labels[1], b)], compared
 
 

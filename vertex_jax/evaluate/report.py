@@ -24,6 +24,7 @@ from vertex_jax.evaluate.table import ScoresError, Table
 from vertex_jax.evaluate.thresholds import OPERATING_POINTS, choose_thresholds
 from vertex_jax.jsonable import jsonable
 from vertex_jax.tasks import TASKS
+from vertex_jax.errors import ConfigError
 
 def _meta(table: Table) -> dict:
     out: dict = {"source": table.source}
@@ -60,11 +61,11 @@ def build_report(scores: pd.DataFrame | PathLike, out_dir: PathLike, *, tasks: S
     seed: fixes every resample. age_bands: age cut points. n_bins: reliability diagram bins.
     """
     if bootstrap < 0 or n_bins < 1:
-        raise ValueError("bootstrap must be >= 0 and n_bins >= 1")
+        raise ConfigError("bootstrap must be >= 0 and n_bins >= 1")
     fixed = None
     if thresholds is not None:
         if compare is not None or compare_columns:
-            raise ValueError("fixed thresholds belong to one model: not available when comparing two")
+            raise ConfigError("fixed thresholds belong to one model: not available when comparing two")
         fixed, fixed_from = load_fixed_thresholds(thresholds)
     inputs = gather_inputs(scores, compare=compare, compare_columns=compare_columns, tasks=tasks, labels=labels,
                            eval_split=eval_split, threshold_split=None if fixed is not None else threshold_split,

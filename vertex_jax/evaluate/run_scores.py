@@ -12,6 +12,8 @@ from typing import Sequence
 
 import pandas as pd
 
+from vertex_jax.errors import InputDataError
+
 
 def score_run(workdir: str | Path, splits: Sequence[str], *, checkpoint: str | Path | None = None,
               batch: int = 32, progress: bool = True) -> pd.DataFrame:
@@ -30,9 +32,9 @@ def score_run(workdir: str | Path, splits: Sequence[str], *, checkpoint: str | P
     table = table.drop(columns="split").merge(saved[["image_id", "split"]], on="image_id")
     table = table[table["split"].isin(list(splits))].reset_index(drop=True)
     if table.empty:
-        raise ValueError(f"no images of split(s) {list(splits)} in {runs.splits_path(workdir)}")
+        raise InputDataError(f"no images of split(s) {list(splits)} in {runs.splits_path(workdir)}")
     scores, unreadable = score_table(table, backend, batch=batch, progress=progress)
     if len(unreadable):
-        raise ValueError(f"{len(unreadable)} image(s) of the run could not be read, e.g. "
+        raise InputDataError(f"{len(unreadable)} image(s) of the run could not be read, e.g. "
                          f"{unreadable['path'].iloc[0]}: {unreadable['reason'].iloc[0]}")
     return scores

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from vertex_jax.errors import ConfigError
+
 AGE_BANDS = (60, 70, 80)  # -> <60, 60-69, 70-79, >=80
 MIN_PER_CLASS = 10  # fewer positives or negatives than this: a note that estimates are unstable
 
@@ -40,7 +42,7 @@ def define_subgroups(cases: pd.DataFrame, age_bands: Sequence[float] = AGE_BANDS
     """
     edges = sorted(float(e) for e in age_bands)
     if len(set(edges)) != len(edges) or not edges:
-        raise ValueError(f"age bands must be distinct cut points, got {list(age_bands)}")
+        raise ConfigError(f"age bands must be distinct cut points, got {list(age_bands)}")
     out = []
     sex = cases["sex"].to_numpy()
     for code, name in (("F", "female"), ("M", "male"), ("", "unknown")):

@@ -31,6 +31,7 @@ import numpy as np
 from scipy import stats
 
 from vertex_jax.evaluate.intervals import percentile_interval, rng_for, wilson
+from vertex_jax.errors import InputDataError
 
 TOLERANCE_CANVAS_PX = 15.0
 
@@ -59,13 +60,13 @@ def load_boxes(path: str | Path) -> dict[str, list[Vertebra]]:
             reader = csv.DictReader(f)
             need = {"image_id", "level", "x0", "y0", "x1", "y1", "fractured"}
             if missing := need - set(reader.fieldnames or ()):
-                raise ValueError(f"{path}: box CSV lacks column(s) {sorted(missing)}")
+                raise InputDataError(f"{path}: box CSV lacks column(s) {sorted(missing)}")
             for line, row in enumerate(reader, start=2):
                 try:
                     box = tuple(float(row[k]) for k in ("x0", "y0", "x1", "y1"))
                     fractured = bool(int(row["fractured"]))
                 except ValueError as e:
-                    raise ValueError(f"{path}:{line}: {e}") from None
+                    raise InputDataError(f"{path}:{line}: {e}") from None
                 out.setdefault(row["image_id"], []).append(Vertebra(row["level"], box, fractured))
         return out
     for image_id, records in json.loads(path.read_text()).items():

@@ -29,6 +29,8 @@ from flax import nnx
 
 from vertex_jax.explain import METHODS
 from vertex_jax.models.evidence import HEAD, check_taps, evidence_map
+from vertex_jax.errors import ConfigError
+
 # Grad-CAM keeps its classic layer; HiResCAM and LayerCAM default to the layers that pointed
 # best on the demo (README, "Localisation"): HiResCAM at stage 1 (stride 4) for the `gap` head,
 # and for an evidence head at the finest layer the head reads (stage 2, stride 8, on the demo).
@@ -48,7 +50,7 @@ def check_layers_read(model, layers: Sequence[str]) -> None:
     map would be empty (e.g. ``head`` under an evidence head, which reads earlier stages)."""
     read = model.score_layers()
     if unread := [name for name in layers if name not in read]:
-        raise ValueError(f"the model's scores do not depend on layer(s) {', '.join(unread)} (its "
+        raise ConfigError(f"the model's scores do not depend on layer(s) {', '.join(unread)} (its "
                          f"{model.head} head reads {', '.join(model.head_taps) or 'head'}), so their "
                          f"maps would be empty; layers that work: {', '.join(read)}")
 
@@ -85,15 +87,15 @@ def make_saliency(model, tasks: str | Sequence[str], method: str = "hirescam",
     [B, T])`` for a model in evaluation mode; ``h, w``: the finest layer's grid."""
     tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
     if unknown := [t for t in tasks if t not in model.tasks]:
-        raise ValueError(f"the model has no task {unknown[0]!r}; it has {model.tasks}")
+        raise ConfigError(f"the model has no task {unknown[0]!r}; it has {model.tasks}")
     if method not in METHODS:
-        raise ValueError(f"saliency method must be one of {METHODS}, got {method!r}")
+        raise ConfigError(f"saliency method must be one of {METHODS}, got {method!r}")
     if method == "evidence" and model.head != "evidence":
-        raise ValueError("method 'evidence' needs a model trained with model.head=evidence")
+        raise ConfigError("method 'evidence' needs a model trained with model.head=evidence")
     layers = check_taps(model.backbone.variant, layers or default_layers(method, model)) \
         if method != "evidence" else ()
     if method in ("gradcam", "hirescam") and len(layers) != 1:
-        raise ValueError(f"{method} takes one layer, got {layers}")
+        raise ConfigError(f"{method} takes one layer, got {layers}")
     check_layers_read(model, layers)
     columns = [model.tasks.index(t) for t in tasks]
     graphdef, state = nnx.split(model)

@@ -16,8 +16,7 @@ import sys
 
 from absl import logging as absl_logging
 
-from vertex_jax.cli import user_errors
-from vertex_jax.export.errors import ExportError
+from vertex_jax.cli import add_verbosity, user_errors
 from vertex_jax.export.onnx_format import DEFAULT_OPSET
 from vertex_jax.export.run import export
 from vertex_jax.export.savedmodel import DEFAULT_PLATFORMS
@@ -41,20 +40,16 @@ def parser() -> argparse.ArgumentParser:
                    help="SavedModel version directory for TF Serving (default 1)")
     p.add_argument("--tolerance", type=float, default=TOLERANCE,
                    help="max |difference| of probabilities between runtimes (default %(default)g)")
-    return p
+    return add_verbosity(p)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     absl_logging.set_verbosity(absl_logging.ERROR)  # orbax's read-only notices
-    try:
-        export(args.checkpoint, args.out, args.format.split(","), thresholds=args.thresholds,
-               overwrite=args.overwrite, dtype=args.dtype, opset=args.opset,
-               platforms=tuple(p.strip() for p in args.platforms.split(",") if p.strip()),
-               serving_version=args.serving_version, tolerance=args.tolerance)
-    except (ExportError, FileNotFoundError, ValueError) as e:  # ValueError: unusable checkpoint
-        print(f"error: {e}\nnothing was written to {args.out}", file=sys.stderr)
-        return 1
+    export(args.checkpoint, args.out, args.format.split(","), thresholds=args.thresholds,
+           overwrite=args.overwrite, dtype=args.dtype, opset=args.opset,
+           platforms=tuple(p.strip() for p in args.platforms.split(",") if p.strip()),
+           serving_version=args.serving_version, tolerance=args.tolerance)
     return 0
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from vertex_jax.errors import UserError
+
 # What to install for each optional module (see the README's export section).
 INSTALL = {
     "jax2onnx": "jax2onnx==0.13.0 (the last release that accepts orbax-checkpoint 0.12)",
@@ -14,8 +16,10 @@ INSTALL = {
 }
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """An export that cannot be done or did not verify; nothing was written to --out."""
+
+    todo = "nothing was written; install what the message names, or look at the differences it reports"
 
 
 def require(module: str, purpose: str) -> ModuleType:

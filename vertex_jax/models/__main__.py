@@ -8,11 +8,13 @@ Nothing is initialised (abstract model), so this is quick even for B7 at full re
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 import jax.numpy as jnp
 from flax import nnx
 
+from vertex_jax.cli import add_verbosity, user_errors
 from vertex_jax.models.efficientnet import VARIANTS, EfficientNet
 from vertex_jax.models.summary import format_summary
 
@@ -28,6 +30,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="compute dtype (sets the activation-memory figure)")
     parser.add_argument("--remat", action="store_true", help="rematerialise each block")
     parser.add_argument("--no-xla", action="store_true", help="skip XLA cost analysis and memory count")
+    add_verbosity(parser)
     args = parser.parse_args(argv)
     if args.height < 32 or args.width < 32:
         parser.error("height and width must be at least 32")
@@ -38,4 +41,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(user_errors(main)())

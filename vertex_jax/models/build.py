@@ -12,8 +12,9 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
-from vertex_jax.models.efficientnet import BN_MOMENTUM, set_bn_impl, set_bn_momentum
+from vertex_jax.models.efficientnet import set_bn_impl, set_bn_momentum
 from vertex_jax.models.vertex import VertexNet
+from vertex_jax.errors import ConfigError
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -28,14 +29,12 @@ def build_model(config: Any, seed: int) -> VertexNet:
     """``VertexNet`` per ``config.model`` and ``config.tasks``, initialised from ``seed``."""
     m = config.model
     if m.dtype not in DTYPES:
-        raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {m.dtype!r}")
+        raise ConfigError(f"model.dtype must be one of {sorted(DTYPES)}, got {m.dtype!r}")
     model = VertexNet(variant=m.variant, tasks=tasks_of(config), use_clinical=m.use_clinical,
-                      dtype=DTYPES[m.dtype], remat=m.remat, depthwise=m.get("depthwise", "auto"),
-                      padding=m.get("padding", "tf"),
-                      head=m.get("head", "gap"),
-                      evidence_taps=tuple(t.strip() for t in m.get("evidence_taps", "head,stage4").split(",")),
-                      evidence_width=m.get("evidence_width", 64), pooling=m.get("pooling", "lse"),
-                      lse_r=m.get("lse_r", 1.0), rngs=nnx.Rngs(seed))
-    set_bn_momentum(model, m.get("bn_momentum", BN_MOMENTUM))  # backbone and evidence head
-    set_bn_impl(model, m.get("batchnorm", "auto"))
+                      dtype=DTYPES[m.dtype], remat=m.remat, depthwise=m.depthwise, padding=m.padding,
+                      head=m.head, evidence_taps=tuple(t.strip() for t in m.evidence_taps.split(",")),
+                      evidence_width=m.evidence_width, pooling=m.pooling, lse_r=m.lse_r,
+                      rngs=nnx.Rngs(seed))
+    set_bn_momentum(model, m.bn_momentum)  # backbone and evidence head
+    set_bn_impl(model, m.batchnorm)
     return model

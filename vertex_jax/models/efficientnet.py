@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from vertex_jax.errors import ConfigError
+
 __all__ = [
     "VARIANTS", "Variant", "BlockSpec", "block_specs", "round_filters", "round_repeats",
     "BatchNorm", "MBConv", "EfficientNet", "to_unit_float", "normalize_input", "IMAGENET_MEAN",
@@ -128,7 +130,7 @@ def _variant(name: str) -> Variant:
     try:
         return VARIANTS[name]
     except KeyError:
-        raise ValueError(f"unknown EfficientNet variant {name!r}; expected one of {sorted(VARIANTS)}") from None
+        raise ConfigError(f"unknown EfficientNet variant {name!r}; expected one of {sorted(VARIANTS)}") from None
 
 
 def block_specs(variant: str) -> tuple[tuple[BlockSpec, ...], ...]:
@@ -310,7 +312,7 @@ class BatchNorm(nnx.BatchNorm):
 def set_bn_impl(module: nnx.Module, impl: str) -> None:
     """Use BatchNorm implementation ``impl`` (:data:`BATCHNORM_IMPLS`) everywhere in ``module``."""
     if impl not in BATCHNORM_IMPLS:
-        raise ValueError(f"model.batchnorm must be one of {BATCHNORM_IMPLS}, got {impl!r}")
+        raise ConfigError(f"model.batchnorm must be one of {BATCHNORM_IMPLS}, got {impl!r}")
     for _, m in nnx.iter_modules(module):
         if isinstance(m, BatchNorm):
             m.impl = impl
@@ -332,7 +334,7 @@ def conv_padding(kernel: int, padding: str) -> str | tuple[tuple[int, int], tupl
     side (PyTorch's; the same output size for odd kernels, no explicit pad before
     strided convolutions on GPUs). The two differ only for strided convolutions."""
     if padding not in PADDINGS:
-        raise ValueError(f"model.padding must be one of {PADDINGS}, got {padding!r}")
+        raise ConfigError(f"model.padding must be one of {PADDINGS}, got {padding!r}")
     if padding == "tf":
         return "SAME"
     p = (kernel - 1) // 2
@@ -372,7 +374,7 @@ class DepthwiseConv(nnx.Conv):
     def __init__(self, channels: int, kernel: int, *, stride: int, impl: str, dtype: Any,
                  rngs: nnx.Rngs, padding: str = "tf"):
         if impl not in DEPTHWISE_IMPLS:
-            raise ValueError(f"depthwise impl must be one of {DEPTHWISE_IMPLS}, got {impl!r}")
+            raise ConfigError(f"depthwise impl must be one of {DEPTHWISE_IMPLS}, got {impl!r}")
         super().__init__(channels, channels, (kernel, kernel), strides=stride,
                          padding=conv_padding(kernel, padding),
                          feature_group_count=channels, use_bias=False, kernel_init=_dw_init,
@@ -398,7 +400,7 @@ def set_bn_momentum(module: nnx.Module, momentum: float) -> None:
     with statistics still near their initial values unless it is lowered (e.g. 0.9).
     """
     if not 0.0 <= momentum < 1.0:
-        raise ValueError(f"BatchNorm momentum must be in [0, 1), got {momentum}")
+        raise ConfigError(f"BatchNorm momentum must be in [0, 1), got {momentum}")
     for _, m in nnx.iter_modules(module):
         if isinstance(m, BatchNorm):
             m.momentum = momentum
@@ -475,7 +477,7 @@ class EfficientNet(nnx.Module):
                  padding: str = "tf", rngs: nnx.Rngs):
         v = _variant(variant)
         if in_channels < 1:
-            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+            raise ConfigError(f"in_channels must be >= 1, got {in_channels}")
         self.variant = variant
         self.in_channels = in_channels
         self.num_classes = num_classes

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vertex_jax.models.efficientnet import HEAD, BatchNorm, block_specs
+from vertex_jax.errors import ConfigError
 
 POOLINGS = ("lse", "max", "mean")
 
@@ -59,7 +60,7 @@ def tap_channels(variant: str, backbone_features: int) -> dict[str, int]:
 def check_taps(variant: str, taps: Sequence[str]) -> tuple[str, ...]:
     known = tap_names(variant)
     if not taps or (unknown := [t for t in taps if t not in known]):
-        raise ValueError(f"layers must be names from {known}, got {tuple(taps)}")
+        raise ConfigError(f"layers must be names from {known}, got {tuple(taps)}")
     return tuple(taps)
 
 
@@ -76,7 +77,7 @@ def task_poolings(pooling: str, num_tasks: int) -> tuple[str, ...]:
     if len(names) == 1:
         names = names * num_tasks
     if len(names) != num_tasks or (bad := [p for p in names if p not in POOLINGS]):
-        raise ValueError(f"evidence pooling must be one of {POOLINGS} or one per task ({num_tasks}), "
+        raise ConfigError(f"evidence pooling must be one of {POOLINGS} or one per task ({num_tasks}), "
                          f"got {pooling!r}")
     return names
 

@@ -23,6 +23,7 @@ from vertex_jax.models.efficientnet import HEAD, VARIANTS, EfficientNet, normali
 from vertex_jax.models.evidence import (EvidenceHead, check_taps, pool_evidence, tap_channels, tap_names,
                                         tap_strides, task_poolings)
 from vertex_jax.tasks import TASKS
+from vertex_jax.errors import ConfigError
 
 __all__ = ["HEADS", "ClinicalBranch", "VertexNet"]
 
@@ -66,16 +67,16 @@ class VertexNet(nnx.Module):
         tasks = tuple(tasks)
         unknown = [t for t in tasks if t not in TASKS]
         if not tasks or unknown or len(set(tasks)) != len(tasks):
-            raise ValueError(f"tasks must be distinct names from {TASKS}, got {tasks}")
+            raise ConfigError(f"tasks must be distinct names from {TASKS}, got {tasks}")
         if variant not in VARIANTS:
-            raise ValueError(f"unknown EfficientNet variant {variant!r}; expected one of {sorted(VARIANTS)}")
+            raise ConfigError(f"unknown EfficientNet variant {variant!r}; expected one of {sorted(VARIANTS)}")
         self.tasks = tasks
         self.use_clinical = use_clinical
         self.num_clinical = num_clinical
         self.backbone = EfficientNet(variant, in_channels=in_channels, num_classes=None, dtype=dtype,
                                      remat=remat, depthwise=depthwise, padding=padding, rngs=rngs)
         if head not in HEADS:
-            raise ValueError(f"model head must be one of {HEADS}, got {head!r}")
+            raise ConfigError(f"model head must be one of {HEADS}, got {head!r}")
         self.head = head
         self.pooling, self.lse_r = pooling, float(lse_r)
         if head == "gap":  # (creation order fixes the random initialisation: keep it)
@@ -91,7 +92,7 @@ class VertexNet(nnx.Module):
             self.head_taps = check_taps(variant, evidence_taps)
             strides = [tap_strides(variant)[t] for t in self.head_taps]
             if strides != sorted(strides, reverse=True):
-                raise ValueError(f"evidence_taps go from coarse to fine (strides {dict(zip(self.head_taps, strides))})")
+                raise ConfigError(f"evidence_taps go from coarse to fine (strides {dict(zip(self.head_taps, strides))})")
             task_poolings(pooling, len(tasks))  # a clear error now rather than at the first call
             self.evidence = EvidenceHead(tap_channels(variant, self.backbone.num_features),
                                          self.head_taps, len(tasks), width=evidence_width,

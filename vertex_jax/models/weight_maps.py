@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 
 from vertex_jax.models.efficientnet import BlockSpec, EfficientNet
+from vertex_jax.errors import UserError
 
 __all__ = [
     "WeightImportError", "ImportReport", "TensorMap", "LAYER_TENSORS",
@@ -32,8 +33,11 @@ LAYER_TENSORS = {
 _LIST_LIMIT = 25
 
 
-class WeightImportError(ValueError):
+class WeightImportError(UserError, ValueError):
     """A weight file does not fit the model (missing, unexpected or mis-shaped tensors)."""
+
+    todo = ("check --config.model.init_weights (a Keras .h5 or timm .safetensors file of the same "
+            "EfficientNet variant)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,6 +26,7 @@ from flax import nnx
 from vertex_jax.models import keras_weights, timm_weights
 from vertex_jax.models.efficientnet import EfficientNet
 from vertex_jax.models.weight_maps import ImportReport, WeightImportError
+from vertex_jax.errors import MissingInputError
 
 __all__ = ["WeightImportError", "ImportReport", "load_pretrained", "build_pretrained"]
 
@@ -38,7 +39,7 @@ def load_pretrained(model: EfficientNet, path: str | os.PathLike, *,
     `.pt`, `.bin`) weight file into `model` (for a `VertexNet`, pass `net.backbone`)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"weight file not found: {path}")
+        raise MissingInputError(f"weight file not found: {path}")
     lower = path.lower()
     if lower.endswith(".h5"):
         return keras_weights.load_keras(model, path, load_head=load_head)

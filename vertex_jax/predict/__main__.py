@@ -29,8 +29,9 @@ from pathlib import Path
 import pandas as pd
 
 from vertex_jax.explain import DEFAULT_METHOD, METHODS
-from vertex_jax.cli import user_errors
+from vertex_jax.cli import add_verbosity, user_errors
 from vertex_jax.data.dicom_clinical import source_summary
+from vertex_jax.errors import InputDataError
 from vertex_jax.predict.inputs import collect_inputs
 from vertex_jax.predict.run import account, score_table
 
@@ -64,6 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "point shown in review.html (youden)")
     p.add_argument("--no-overlays", action="store_true", help="with --explain: findings and metrics only")
     p.add_argument("--no-progress", action="store_true")
+    add_verbosity(p)
     args = p.parse_args(argv)
     if args.backend == "jax" and not args.checkpoint:
         p.error("--backend jax needs --checkpoint")
@@ -107,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.split:
         df = df[df["split"] == args.split].reset_index(drop=True)
         if df.empty:
-            raise SystemExit(f"no rows of split {args.split!r} in {args.input}")
+            raise InputDataError(f"no rows of split {args.split!r} in {args.input}",
+                                 todo="give a split the CSV (or --splits) has: train, val or test")
     writer = _explain_writer(args, backend, df) if args.explain else None
     scores, unreadable = score_table(df, backend, batch=args.batch, workers=args.workers,
                                      on_batch=writer, progress=not args.no_progress)

@@ -26,6 +26,7 @@ import pandas as pd
 from vertex_jax.data.dicom_clinical import fill_from_headers
 from vertex_jax.data.io import is_dicom
 from vertex_jax.data.manifest import REQUIRED, ManifestError, read_csv, validate
+from vertex_jax.errors import MissingInputError
 
 IMAGE_SUFFIXES = {".dcm", ".dicom", ".dic", ".png", ".jpg", ".jpeg", ".tif", ".tiff"}
 OPTIONAL_COLUMNS = ("split", "exam")
@@ -82,7 +83,7 @@ def collect_inputs(source: str | os.PathLike, domain: str, *, clinical_from_dico
     if source.is_dir():
         paths, skipped = scan_folder(source)
         if not paths:
-            raise FileNotFoundError(f"no DICOM/PNG/JPEG/TIFF files found under {source} "
+            raise MissingInputError(f"no DICOM/PNG/JPEG/TIFF files found under {source} "
                                     f"({len(skipped)} other file(s))")
         df = pd.DataFrame({"path": [str(p) for p in paths], "image_id": unique_ids(paths, source)})
         root = source
@@ -94,7 +95,7 @@ def collect_inputs(source: str | os.PathLike, domain: str, *, clinical_from_dico
         if "image_id" not in df.columns:
             df["image_id"] = unique_ids([root / p for p in df["path"]], root)
     else:
-        raise FileNotFoundError(f"input {source} is neither a folder nor a CSV file")
+        raise MissingInputError(f"input {source} is neither a folder nor a CSV file")
     if "patient_id" not in df.columns:
         df["patient_id"] = df["image_id"]
     if "domain" not in df.columns:

@@ -18,6 +18,7 @@ from vertex_jax.calibrate import Calibration
 from vertex_jax.data.clinical import ClinicalStats
 from vertex_jax.data.clinical import CLINICAL
 from vertex_jax.data.preprocess import PreprocessConfig
+from vertex_jax.errors import InputDataError, MissingInputError
 
 SCHEMA = "vertex_jax.export/1"
 DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
@@ -29,16 +30,16 @@ def read_model_json(path: Path) -> dict[str, Any]:
     try:
         meta = json.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path} not found: an exported model.onnx needs the model.json "
+        raise MissingInputError(f"{path} not found: an exported model.onnx needs the model.json "
                                 "written next to it by python -m vertex_jax.export") from None
     except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot read model metadata: {e}") from None
+        raise InputDataError(f"{path}: cannot read model metadata: {e}") from None
     if not isinstance(meta, dict) or meta.get("schema") != SCHEMA:
         got = meta.get("schema") if isinstance(meta, dict) else type(meta).__name__
-        raise ValueError(f"{path}: schema {got!r} is not {SCHEMA!r}")
+        raise InputDataError(f"{path}: schema {got!r} is not {SCHEMA!r}")
     missing = [k for k in ("tasks", "preprocess", "clinical_stats", "model") if k not in meta]
     if missing:
-        raise ValueError(f"{path}: missing key(s) {missing}")
+        raise InputDataError(f"{path}: missing key(s) {missing}")
     return meta
 
 
@@ -56,7 +57,7 @@ class OnnxBackend:
         if path.is_dir():
             path = path / "model.onnx"
         if not path.is_file():
-            raise FileNotFoundError(f"ONNX model {path} not found")
+            raise MissingInputError(f"ONNX model {path} not found")
         meta_path = path.with_name("model.json")
         self.metadata = read_model_json(meta_path)
         try:
@@ -66,7 +67,7 @@ class OnnxBackend:
             self.name: str = str(self.metadata["model"]["checkpoint"])
             step = self.metadata["model"].get("step")
         except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{meta_path}: malformed entry: {type(e).__name__}: {e}") from None
+            raise InputDataError(f"{meta_path}: malformed entry: {type(e).__name__}: {e}") from None
         self.step: int | None = None if step is None else int(step)
         self.domain: str | None = self.metadata.get("domain")
         self.thresholds: dict | None = self.metadata.get("thresholds")
@@ -83,11 +84,11 @@ class OnnxBackend:
         outputs = {o.name: o for o in self.session.get_outputs()}
         if set(inputs) != {"image", "clinical", "clinical_mask"} or \
                 not {"probabilities", "logits"} <= set(outputs):
-            raise ValueError(f"{meta_path}: the ONNX graph has inputs {sorted(inputs)} and outputs "
+            raise InputDataError(f"{meta_path}: the ONNX graph has inputs {sorted(inputs)} and outputs "
                              f"{sorted(outputs)}; expected an export of vertex_jax")
         width = outputs["probabilities"].shape[1]
         if width != len(self.tasks):
-            raise ValueError(f"{meta_path}: lists tasks {list(self.tasks)} but the ONNX model has "
+            raise InputDataError(f"{meta_path}: lists tasks {list(self.tasks)} but the ONNX model has "
                              f"{width} output column(s); the JSON belongs to another model")
         self._image_dtype = _ORT_DTYPES[inputs["image"].type]
 
@@ -110,7 +111,7 @@ class OnnxBackend:
             if feeds[key].shape != (n, len(CLINICAL)):
                 problems.append(f"{key} shape {feeds[key].shape}, expected ({n}, {len(CLINICAL)})")
         if problems:
-            raise ValueError(f"{self.name}: " + "; ".join(problems))
+            raise InputDataError(f"{self.name}: " + "; ".join(problems))
         if n == 0:
             empty = np.zeros((0, len(self.tasks)), np.float32)
             return empty, empty.copy()

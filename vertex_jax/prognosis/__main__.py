@@ -15,9 +15,9 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 
-from vertex_jax.cli import user_errors
+from vertex_jax.cli import add_verbosity, user_errors
 from vertex_jax.prognosis.analysis import Settings, analyse
-from vertex_jax.prognosis.data import CohortDataError, load_cohort
+from vertex_jax.prognosis.data import load_cohort
 from vertex_jax.prognosis.report import summary_text, write_outputs
 from vertex_jax.prognosis.thresholds import parse_overrides, resolve_thresholds
 
@@ -61,7 +61,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="keep only score rows of this split (e.g. test)")
     p.add_argument("--allow-missing-followup", action="store_true",
                    help="analyse scored patients with follow-up instead of refusing when some lack it")
-    return p
+    return add_verbosity(p)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,18 +71,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--covariates needs at least one clinical risk factor (the comparison model)")
     if args.horizon <= 0 or args.bootstrap < 0:
         p.error("--horizon must be > 0 and --bootstrap >= 0")
-    try:
-        cohort = load_cohort(args.scores, args.followup, score_columns=args.scores_columns,
-                             covariates=args.covariates, domain=args.domain, split=args.split,
-                             allow_missing_followup=args.allow_missing_followup)
-        thresholds, notes = resolve_thresholds(cohort.scores, path=args.thresholds, key=args.threshold_key,
-                                               overrides=parse_overrides(args.threshold))
-        cohort = dataclasses.replace(cohort, notes=(*cohort.notes, *notes))
-        result = analyse(cohort, thresholds, Settings(horizon=args.horizon, risk_cutoffs=args.risk_thresholds,
-                                                      bootstrap=args.bootstrap, seed=args.seed))
-    except CohortDataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cohort = load_cohort(args.scores, args.followup, score_columns=args.scores_columns,
+                         covariates=args.covariates, domain=args.domain, split=args.split,
+                         allow_missing_followup=args.allow_missing_followup)
+    thresholds, notes = resolve_thresholds(cohort.scores, path=args.thresholds, key=args.threshold_key,
+                                           overrides=parse_overrides(args.threshold))
+    cohort = dataclasses.replace(cohort, notes=(*cohort.notes, *notes))
+    result = analyse(cohort, thresholds, Settings(horizon=args.horizon, risk_cutoffs=args.risk_thresholds,
+                                                  bootstrap=args.bootstrap, seed=args.seed))
     result["inputs"] = {"scores": args.scores, "followup": args.followup, "thresholds_file": args.thresholds,
                         "threshold_key": args.threshold_key, "domain": args.domain, "split": args.split}
     paths = write_outputs(result, args.out)

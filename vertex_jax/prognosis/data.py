@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from pathlib import Path
 from collections.abc import Sequence
 
 import numpy as np
@@ -326,6 +327,8 @@ def load_cohort(score_paths: Sequence[str | os.PathLike], followup_path: str | o
                 domain: str | None = None, split: str | None = None,
                 allow_missing_followup: bool = False) -> Cohort:
     """Scores (baseline row per patient, files joined) + follow-up -> :class:`Cohort`."""
+    if missing := [str(p) for p in (*score_paths, followup_path) if not Path(p).is_file()]:
+        raise CohortDataError(", ".join(missing), [f"{p}: file not found" for p in missing])
     raw = [(str(p), read_table(p)) for p in score_paths]
     columns = resolve_score_columns(score_columns, [c for _, t in raw for c in t.columns])
     if absent := [c for c in columns if not any(c in t.columns for _, t in raw)]:

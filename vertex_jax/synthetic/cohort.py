@@ -59,10 +59,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from vertex_jax.cli import add_verbosity
 from vertex_jax.files import write_bytes
 from vertex_jax.processes import worker_initializer
 from vertex_jax.synthetic import phantom
 from vertex_jax.synthetic.dicom_write import write_dicom
+from vertex_jax.errors import ConfigError
 
 VERSION = "1.0"
 T_SCORE_MODEL = {"intercept": -2.2, "age_minus_65": -0.035, "male": 0.8, "bmi_minus_24": 0.09,
@@ -119,19 +121,19 @@ class CohortConfig:
 
     def __post_init__(self) -> None:
         if self.min_grade not in (1, 2, 3):
-            raise ValueError(f"min_grade must be 1, 2 or 3, got {self.min_grade}")
+            raise ConfigError(f"min_grade must be 1, 2 or 3, got {self.min_grade}")
         probs = tuple(float(p) for p in self.grade_probs)
         if len(probs) != 3 or min(probs) < 0 or sum(probs[self.min_grade - 1:]) <= 0:
-            raise ValueError(f"grade_probs must be 3 non-negative weights with some mass at "
+            raise ConfigError(f"grade_probs must be 3 non-negative weights with some mass at "
                              f">= min_grade, got {self.grade_probs}")
         object.__setattr__(self, "grade_probs", probs)
         for name in ("multiple_fractures", "cleft_fraction", "repeat_fraction",
                      "missing_clinical", "missing_label", "monochrome1_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         for name in ("osteo_effect", "density_noise", "compaction"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     @classmethod
     def from_kwargs(cls, **difficulty) -> "CohortConfig":
@@ -262,7 +264,7 @@ def parse_formats(formats: str) -> dict[str, float]:
         return dict(MIX)
     tokens = [t.strip() for t in formats.split(",") if t.strip()]
     if not tokens or any(t not in FORMATS for t in tokens):
-        raise ValueError(f"formats must be 'mix' or a comma-separated list of {list(FORMATS)}, "
+        raise ConfigError(f"formats must be 'mix' or a comma-separated list of {list(FORMATS)}, "
                          f"got {formats!r}")
     return {t: 1.0 for t in dict.fromkeys(tokens)}
 
@@ -345,9 +347,9 @@ def generate_cohort(out_dir: str | os.PathLike, *, num_patients: int, domain: st
     comma-separated list of ``png, dcm, rle, jpegls, jpeg2000, jpeg-lossless``.
     """
     if domain not in phantom.DOMAINS:
-        raise ValueError(f"domain must be one of {phantom.DOMAINS}, got {domain!r}")
+        raise ConfigError(f"domain must be one of {phantom.DOMAINS}, got {domain!r}")
     if num_patients < 1:
-        raise ValueError(f"num_patients must be >= 1, got {num_patients}")
+        raise ConfigError(f"num_patients must be >= 1, got {num_patients}")
     config = CohortConfig.from_kwargs(**difficulty)
     mix = tuple(parse_formats(formats).items())
     out = Path(out_dir)
@@ -461,6 +463,7 @@ def main(argv: list[str] | None = None) -> None:
         shown = ",".join(map(str, default)) if tuple_arg else default
         knobs.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=default,
                            help=f"{helps.get(f.name, '')} (default {shown})")
+    add_verbosity(parser)
     args = parser.parse_args(argv)
     if args.montage:
         print(f"wrote {make_montage(args.montage, seed=args.seed)}")

@@ -34,6 +34,8 @@ import math
 import cv2
 import numpy as np
 
+from vertex_jax.errors import ConfigError
+
 LEVELS: tuple[str, ...] = tuple([f"T{i}" for i in range(4, 13)] + [f"L{i}" for i in range(1, 5)])
 THORACIC = 9  # T4..T12 are LEVELS[:9]
 FRACTURE_TYPES: tuple[str, ...] = ("wedge", "biconcave", "crush")
@@ -188,9 +190,9 @@ def sample_acquisition(rng: np.random.Generator, domain: str = "xray", *, scale:
                        ) -> Acquisition:
     """Draw an exam. Full-size images follow the paper's size ranges; ``scale`` shrinks them."""
     if domain not in DOMAINS:
-        raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
+        raise ConfigError(f"domain must be one of {DOMAINS}, got {domain!r}")
     if not 0.01 <= scale <= 1.0:
-        raise ValueError(f"scale must be in [0.01, 1], got {scale}")
+        raise ConfigError(f"scale must be in [0.01, 1], got {scale}")
     if domain == "xray":
         h = float(np.clip(rng.normal(2700, 420), 1024, 8383))
         if rng.random() < 0.03:

@@ -40,12 +40,13 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from vertex_jax import runs
+from vertex_jax.errors import UserError
 
 CHECKSUM = "state_sha256"  # progress keys written by Checkpoints.save, removed on restore
 LAYOUT = "state_layout_sha256"
 
 
-class CheckpointSaveError(RuntimeError):
+class CheckpointSaveError(UserError, RuntimeError):
     """A checkpoint could not be written (full disk, lost mount...); the previous one stands."""
 
 

@@ -37,9 +37,10 @@ from vertex_jax.train.packing import StatePacking, pack_state_enabled
 from vertex_jax.train.prefetch import DevicePrefetch
 from vertex_jax.train.state import TrainState, build_optimizer, initialise
 from vertex_jax.train.step import make_eval_step, make_train_step
+from vertex_jax.errors import UserError
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """The loss or gradient became NaN/Inf; names the step and the examples of the batch."""
 
 

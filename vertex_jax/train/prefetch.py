@@ -12,13 +12,15 @@ from __future__ import annotations
 import collections
 from typing import Any, Callable, Iterator
 
+from vertex_jax.errors import ConfigError
+
 
 class DevicePrefetch:
     """``next(remaining)`` -> (host batch, device batch), keeping up to ``depth`` on the devices."""
 
     def __init__(self, iterator: Iterator[dict], put: Callable[[dict], Any], depth: int = 2):
         if depth < 1:
-            raise ValueError(f"prefetch depth must be >= 1, got {depth}")
+            raise ConfigError(f"prefetch depth must be >= 1, got {depth}")
         self.iterator, self.put, self.depth = iterator, put, depth
         self._queue: collections.deque = collections.deque()  # (host, device, iterator state after it)
         self._resume_state: Any = None

@@ -13,6 +13,7 @@ import optax
 from flax import nnx
 
 from vertex_jax.models.vertex import VertexNet
+from vertex_jax.errors import ConfigError
 
 
 def build_optimizer(config: Any, steps_per_epoch: int) -> optax.GradientTransformation:
@@ -27,9 +28,9 @@ def build_optimizer(config: Any, steps_per_epoch: int) -> optax.GradientTransfor
     schedule = optax.warmup_cosine_decay_schedule(0.0, o.lr, warmup, total, o.lr * o.min_lr_ratio)
     tx = optax.chain(optax.clip_by_global_norm(o.clip_norm) if o.clip_norm else optax.identity(),
                      optax.adamw(schedule, weight_decay=o.weight_decay))
-    if o.get("flatten", False):
+    if o.flatten:
         tx = optax.flatten(tx)
-    frozen = frozen_prefixes(o.get("freeze_stages", 0))
+    frozen = frozen_prefixes(o.freeze_stages)
     if frozen:
         tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
                                    lambda params: _labels(params, frozen))
@@ -40,7 +41,7 @@ def frozen_prefixes(freeze_stages: int) -> tuple[str, ...]:
     """Parameter-name prefixes kept fixed: the stem and the first ``freeze_stages`` stages
     of the backbone (0: train everything). Their BatchNorm statistics still update."""
     if freeze_stages < 0:
-        raise ValueError(f"optim.freeze_stages must be >= 0, got {freeze_stages}")
+        raise ConfigError(f"optim.freeze_stages must be >= 0, got {freeze_stages}")
     if not freeze_stages:
         return ()
     return ("backbone/stem_", *(f"backbone/stages/{i}/" for i in range(freeze_stages)))

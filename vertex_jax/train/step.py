@@ -39,7 +39,7 @@ def make_train_step(graphdef: nnx.GraphDef, config: Any, mesh: Mesh,
     aug = AugmentConfig.from_config(config.augment)
     pos_weight = tuple(config.optim.pos_weight)
     skip_nonfinite = config.nan_policy == "skip"
-    clinical_dropout = float(config.augment.get("clinical_dropout", 0.0))
+    clinical_dropout = float(config.augment.clinical_dropout)
 
     def step(state: nnx.State, batch: Batch):
         # copy=True: the update below must not write through to ``state`` (kept for "skip").
