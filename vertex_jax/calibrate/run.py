@@ -1,7 +1,7 @@
 """Fit a run's calibration and store it in its model card.
 
 Training calls :func:`calibrate_outputs` on its best checkpoint's validation outputs when it
-finishes; ``python -m vertex_jax.calibrate`` calls :func:`calibrate_run` to refit a finished
+finishes; ``python -m vertex_jax.calibrate`` (its ``calibrate_run``) refits a finished
 run (another method, another split). Either way the calibration goes into the step's
 ``card`` item (so a copied step directory carries it) and the run's ``model_card.json``;
 the arrays are never touched.
@@ -13,7 +13,6 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -53,27 +52,3 @@ def store(step_dir: str | Path, calibration: Calibration | None) -> None:
     run_card = runs.card_path(runs.workdir_of(step_dir))
     if run_card.is_file():
         write_text(run_card, json.dumps(card, indent=2))
-
-
-def calibrate_run(workdir: str | Path, method: str = "temperature", split: str = "val", *,
-                  checkpoint: str | Path | None = None, progress: bool = True,
-                  log: Callable[[str], None] = print) -> Calibration:
-    """Score ``split`` of the run with its best checkpoint (or ``checkpoint``), fit ``method``
-    per task on the logits, store it; returns the calibration."""
-    from vertex_jax.evaluate.run_scores import score_run
-
-    config = runs.read_config(workdir)
-    check_split(split, config.data.train_split)
-    step_dir = runs.resolve_step_dir(checkpoint or workdir)
-    card = runs.read_json_item(step_dir, "card")
-    tasks = tuple(card["tasks"])
-    scores = score_run(workdir, [split], checkpoint=step_dir, progress=progress)
-    labels = np.stack([scores[t].to_numpy(dtype=float, na_value=np.nan) for t in tasks], axis=1)
-    logits = np.stack([scores[f"{t}_logit"].to_numpy(float) for t in tasks], axis=1)
-    calibration = calibrate_outputs(method, logits, np.nan_to_num(labels), ~np.isnan(labels), tasks,
-                                    split=split, domain=card.get("domain", "xray"), step=int(step_dir.name))
-    if calibration is None:
-        raise CalibrationError(f"no task of {step_dir} could be calibrated on split '{split}' (see the warnings)")
-    store(step_dir, calibration)
-    log(f"calibrated {step_dir} on {len(scores)} '{split}' image(s): {calibration.describe()}")
-    return calibration

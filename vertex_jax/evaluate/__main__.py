@@ -69,7 +69,7 @@ def load_scores(args: argparse.Namespace) -> pd.DataFrame:
     set to the second run's scores when ``--compare-workdir`` is given)."""
     if args.scores:
         return read_scores(args.scores)
-    from vertex_jax.evaluate.run_scores import score_run
+    from vertex_jax.predict.run_scores import score_run
 
     splits = {args.split, args.threshold_split} - {"all"}
     if args.compare_workdir:

@@ -1,4 +1,4 @@
-"""Scores of a training run's own splits, for ``evaluate --workdir``.
+"""Scores of a training run's own splits, for ``evaluate --workdir`` and ``calibrate``.
 
 Loads the run's best checkpoint, reads the manifest it trained on with the run's saved
 splits (both through :mod:`vertex_jax.runs`), and scores the requested splits with the
