@@ -34,7 +34,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         skip_unreadable=False,
         clinical_from_dicom=False,  # blank manifest age/sex/bmi from DICOM headers (the CSV wins)
         shared_fs=True,  # multi-host: one process writes cohort/cache, the rest wait
-        synthetic=dict(num_patients=2000, scale=0.5, seed=0),
+        synthetic=dict(num_patients=2000, scale=0.5, seed=0,
+                       options=dict()),  # generate_cohort options (vertex_jax.synthetic.cohort)
     )
     c.augment = dict(enabled=True, max_rotation_deg=30.0, max_scale_delta=0.15, max_noise_std=0.03,
                      flip_prob=0.0,  # left-right mirror (not in the paper's list)
@@ -108,7 +109,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         c.augment.clinical_dropout = 0.5
     elif arg == "tiny":
         c.data.canvas = (64, 32)
-        c.data.synthetic = dict(num_patients=40, scale=0.1, seed=0)
+        c.data.synthetic = dict(num_patients=40, scale=0.1, seed=0, options=dict())
         c.model.variant = "tiny"
         c.batch_size = 8
         c.eval_batch_size = 8

@@ -18,6 +18,7 @@ from sklearn import metrics
 from sklearn.calibration import calibration_curve
 from sklearn.linear_model import LogisticRegression
 
+from vertex_jax.cli import user_errors
 from vertex_jax.evaluate import ScoresError, build_report, read_scores
 from vertex_jax.evaluate.__main__ import main
 from vertex_jax.evaluate.calibration import recalibration, reliability_bins
@@ -453,8 +454,9 @@ def test_cli_end_to_end(tmp_path, capsys):
     t = df[(df["split"] == "test") & (df["osteo"] != "")]
     assert report["models"]["model"]["tasks"]["osteo"]["overall"]["auroc"]["value"] == pytest.approx(
         metrics.roc_auc_score(t["osteo"].astype(int), t["osteo_prob"].astype(float)))
-    assert main(["--scores", str(tmp_path / "nope.csv"), "--out", str(out)]) == 2
-    assert "nope.csv: 1 problem(s)" in capsys.readouterr().err
+    assert user_errors(main)(["--scores", str(tmp_path / "nope.csv"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "error: 1 problem(s) in" in err and "nope.csv" in err and "file not found" in err
 
 
 def test_cli_compare_two_files(tmp_path, capsys):
@@ -498,8 +500,8 @@ def test_cli_compare_columns(tmp_path, capsys):
     single = report["models"]["pvf_prob_imageonly"]["tasks"]["pvf"]["overall"]["auroc"]["value"]
     assert single == pytest.approx(metrics.roc_auc_score(t["pvf"].astype(int), t["pvf_prob_imageonly"]))
     df.loc[3, "pvf_prob_imageonly"] = np.nan
-    assert main(["--scores", write(df, tmp_path / "s.csv"), "--out", str(out), "--compare-columns",
-                 "pvf_prob,pvf_prob_imageonly"]) == 2
+    assert user_errors(main)(["--scores", write(df, tmp_path / "s.csv"), "--out", str(out),
+                              "--compare-columns", "pvf_prob,pvf_prob_imageonly"]) == 2
     err = capsys.readouterr().err
     assert "'pvf_prob_imageonly': missing (NaN/blank) probability at line(s) 5 (img0003)" in err
 

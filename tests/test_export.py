@@ -29,6 +29,7 @@ from vertex_jax.calibrate.run import store as store_calibration
 from vertex_jax.data.clinical import ClinicalStats
 from vertex_jax.data.preprocess import PreprocessConfig, preprocess
 from vertex_jax.synthetic.cohort import render_exam, simulate_patients
+from vertex_jax.cli import user_errors
 from vertex_jax.export.__main__ import main as export_main
 from vertex_jax.export.errors import ExportError
 from vertex_jax.export.graph import Signature, export_model, reference_model, signature_of
@@ -248,7 +249,7 @@ def test_onnx_backend_rejects_wrong_inputs_and_missing_metadata(exported, tmp_pa
 ])
 def test_unsupported_options_are_clear_errors(tmp_path, capsys, args, message):
     out = tmp_path / "out"
-    assert export_main(["--checkpoint", str(tmp_path), "--out", str(out), *args]) == 1
+    assert user_errors(export_main)(["--checkpoint", str(tmp_path), "--out", str(out), *args]) == 2
     err = capsys.readouterr().err
     assert message in err and "nothing was written" in err
     assert not out.exists()
@@ -280,10 +281,10 @@ def test_differences_fail_on_missing_misshapen_or_nan_outputs():
 
 def test_failed_verification_writes_nothing(run_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    code = export_main(["--checkpoint", str(run_dir), "--out", str(out), "--format", "onnx",
+    code = user_errors(export_main)(["--checkpoint", str(run_dir), "--out", str(out), "--format", "onnx",
                         "--tolerance", "0"])  # bit-exact agreement cannot be met
     err = capsys.readouterr().err
-    assert code == 1 and "verification failed" in err and "onnxruntime_vs_jax" in err
+    assert code == 2 and "verification failed" in err and "onnxruntime_vs_jax" in err
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
 
 

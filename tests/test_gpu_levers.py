@@ -1,6 +1,8 @@
 """The GPU levers behind settings compute the same function as before (or, for symmetric
 padding, their own documented semantics), on CPU against independent references."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import optax
 import pytest
@@ -14,6 +16,7 @@ from vertex_jax.bench.gpu_points import Point
 from vertex_jax.models.efficientnet import (BatchNorm, DepthwiseConv, conv_padding,
                                             fused_batch_norm, set_bn_impl, _conv)
 from vertex_jax.train.packing import StatePacking
+from vertex_jax.config_files import load_config
 from vertex_jax.xla_flags import PRESETS, apply_preset
 
 EPS32 = 2.0 ** -24
@@ -212,11 +215,14 @@ def test_auto_settings_pick_the_faster_form_per_platform(monkeypatch):
     from vertex_jax.train.packing import pack_state_enabled
 
     assert jax.default_backend() == "cpu"
-    assert pack_state_enabled({"pack_state": "auto"}) is False and pack_state_enabled({}) is False
-    assert pack_state_enabled({"pack_state": True}) and pack_state_enabled({"pack_state": "true"})
-    assert not pack_state_enabled({"pack_state": "false"})
+    def setting(value):
+        return SimpleNamespace(pack_state=value)
+
+    assert pack_state_enabled(setting("auto")) is False and pack_state_enabled(load_config("xray")) is False
+    assert pack_state_enabled(setting(True)) and pack_state_enabled(setting("true"))
+    assert not pack_state_enabled(setting("false"))
     with pytest.raises(ValueError, match="pack_state"):
-        pack_state_enabled({"pack_state": "sometimes"})
+        pack_state_enabled(setting("sometimes"))
     calls = []
     monkeypatch.setattr(efficientnet, "fused_batch_norm",
                         lambda *a: calls.append(1) or fused_batch_norm(*a))

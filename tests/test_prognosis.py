@@ -444,8 +444,8 @@ def test_uninformative_scores_add_nothing():
 def test_cli_errors_and_no_jax(tmp_path):
     bad = _write(tmp_path / "fu.csv", "patient_id,followup_years,incident_fracture\nP1,-3,0\n")
     scores = _write(tmp_path / "s.csv", "patient_id,pvf_prob,age,sex,bmi\nP1,0.3,70,F,24\n")
-    code = ("import sys; from vertex_jax.prognosis.__main__ import main; "
-            f"rc = main(['--scores', r'{scores}', '--followup', r'{bad}', '--out', r'{tmp_path / 'o'}']); "
+    code = ("import sys; from vertex_jax.cli import user_errors; from vertex_jax.prognosis.__main__ import main; "
+            f"rc = user_errors(main)(['--scores', r'{scores}', '--followup', r'{bad}', '--out', r'{tmp_path / 'o'}']); "
             "import vertex_jax.prognosis.report, vertex_jax.prognosis.plots; "
             "assert not any(m == 'jax' or m.startswith('jax.') for m in sys.modules), 'jax imported'; "
             "sys.exit(rc)")
