@@ -16,6 +16,7 @@ import pydicom
 import pydicom.data
 import pytest
 
+from vertex_jax.explain import DEFAULT_METHOD
 from vertex_jax.explain import localization as loc
 from vertex_jax.explain.overlay import overlay
 from vertex_jax.explain.saliency import make_saliency
@@ -193,7 +194,7 @@ def test_predict_with_explanations_and_localisation(xray_run, tmp_path):
     manifest, cohort = _manifest(xray_run)
     manifest[manifest["pvf"] == "1"].head(3).to_csv(cohort / "fractured.csv", index=False)
     proc = run_module("vertex_jax.predict", "--checkpoint", xray_run, "--input",
-                      cohort / "fractured.csv", "--out", tmp_path / "s.csv", "--gradcam",
+                      cohort / "fractured.csv", "--out", tmp_path / "s.csv", "--explain",
                       tmp_path / "cam", "--annotations", cohort / "annotations.json", "--no-progress")
     assert proc.returncode == 0, proc.stderr[-3000:]
     pictures = sorted(p.name for p in (tmp_path / "cam").glob("*.png"))
@@ -204,7 +205,7 @@ def test_predict_with_explanations_and_localisation(xray_run, tmp_path):
     assert first.shape[:2] == shape
     summary = json.loads((tmp_path / "cam" / "localization.json").read_text())
     pvf = summary["tasks"]["pvf"]
-    assert summary["method"] == "gradcam" and pvf["images"] == 3 and len(pvf["per_image"]) == 3
+    assert summary["method"] == DEFAULT_METHOD and pvf["images"] == 3 and len(pvf["per_image"]) == 3
     assert 0 <= pvf["strict"]["rate"] <= pvf["tolerant"]["rate"] <= 1
     assert 0 <= pvf["energy"]["mean"] <= 1 and 0 < pvf["chance"]["image"] < pvf["chance"]["spine"] < 1
     assert summary["randomization"]["pvf"]["images"] == 3
