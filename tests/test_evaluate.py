@@ -24,9 +24,11 @@ from vertex_jax.evaluate.__main__ import main
 from vertex_jax.evaluate.calibration import recalibration, reliability_bins
 from vertex_jax.evaluate.compare import paired_bootstrap, paired_delong
 from vertex_jax.evaluate.intervals import stratified_weights, wilson
-from vertex_jax.evaluate.roc import auroc, auroc_summary, bootstrap_auroc, delong_covariance, roc_curve
+from vertex_jax.evaluate.roc import (auroc, auroc_summary, bootstrap_auroc, delong_covariance, roc_curve,
+                                     weighted_auroc)
 from vertex_jax.evaluate.subgroups import age_band_labels, define_subgroups
 from vertex_jax.evaluate.thresholds import choose_thresholds, operating_point
+from vertex_jax.train.metrics import auroc_per_task
 
 # pROC's aSAH data (Turck et al. 2010, 113 patients), from pROC's data/aSAH.RData: outcome
 # (1 = Poor), gender, WFNS grade, S100B and NDKA, one character / value per patient.
@@ -93,11 +95,33 @@ def test_auroc_and_roc_curve_match_sklearn():
     y = rng.random(300) < 0.3
     p = np.round(rng.random(300) * 0.6 + 0.4 * y, 2)  # many ties
     assert auroc(y, p) == pytest.approx(metrics.roc_auc_score(y, p), abs=1e-12)
+    diff = p[y][:, None] - p[~y][None, :]  # Mann-Whitney from the definition
+    assert auroc(y, p) == pytest.approx(np.mean((diff > 0) + 0.5 * (diff == 0)), abs=1e-12)
     fpr, tpr, thr = roc_curve(y, p)
     ref = metrics.roc_curve(y, p, drop_intermediate=False)
     for mine, theirs in zip((fpr, tpr, thr), ref):
         np.testing.assert_allclose(mine, theirs)
     assert np.isnan(auroc(np.zeros(5), np.arange(5)))
+
+
+def test_auroc_roc_curve_and_weighted_auroc_hand_worked():
+    # Positives 0.9, 0.4; negatives 0.4, 0.2, 0.1. 0.9 beats all three (3); 0.4 ties one and
+    # beats two (2.5): AUROC 5.5 / 6. Weights 2 and 1 on the positives: (2*3 + 2.5) / (3*3).
+    y, p = np.array([1, 1, 0, 0, 0]), np.array([0.9, 0.4, 0.4, 0.2, 0.1])
+    assert auroc(y, p) == pytest.approx(5.5 / 6)
+    assert weighted_auroc(p[:2], p[2:], np.array([2.0, 1.0])) == pytest.approx(8.5 / 9)
+    assert np.isnan(weighted_auroc(np.array([]), p[2:], np.array([])))
+    fpr, tpr, thr = roc_curve(y, p)
+    np.testing.assert_array_equal(thr, [np.inf, 0.9, 0.4, 0.2, 0.1])
+    np.testing.assert_allclose(tpr, [0, 0.5, 1, 1, 1])
+    np.testing.assert_allclose(fpr, [0, 0, 1 / 3, 2 / 3, 1])
+    # Training's validation AUROC per task: known labels only, NaN with one class.
+    labels = np.array([[1, 1], [1, 0], [0, 0], [0, 1], [0, 0]], float)
+    mask = np.array([[1, 1], [1, 1], [1, 1], [1, 0], [1, 0]], float)
+    probs = np.stack([p, p], axis=1)
+    per_task = auroc_per_task(labels, probs, mask, ("a", "b"))
+    assert per_task["a"] == pytest.approx(5.5 / 6) and per_task["b"] == pytest.approx(1.0)
+    assert np.isnan(auroc_per_task(labels, probs, mask * [1, 0], ("a", "b"))["b"])  # no known label
 
 
 def _direct_delong(y, scores):

@@ -1,42 +1,50 @@
 """AUROC, the ROC curve, DeLong variance/covariance and the stratified bootstrap of AUROC.
 
 Scores may be any real numbers (higher = more likely positive); labels are 0/1.
-DeLong et al. (1988) structural components are computed from mid-ranks (Sun & Xu 2014),
-O(n log n), and give the same numbers as pROC's ``var``, ``cov``, ``ci.auc`` and ``roc.test``.
+The AUROC and the ROC curve are scikit-learn's (``roc_auc_score``, ``roc_curve``): every
+AUROC of the package comes from :func:`auroc`. DeLong et al. (1988) structural components
+are computed from mid-ranks (Sun & Xu 2014), O(n log n), and give the same numbers as pROC's
+``var``, ``cov``, ``ci.auc`` and ``roc.test``.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from scipy.stats import rankdata
+from sklearn import metrics
+from sklearn.exceptions import UndefinedMetricWarning
 
 from vertex_jax.evaluate.intervals import LEVEL, percentile_interval, stratified_weights, z_value
 
 
 def roc_curve(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(fpr, tpr, thresholds) at every distinct score, highest first, rule ``p >= threshold``.
-
-    The first point is (0, 0) at threshold +inf (nothing called positive), as in
+    """(fpr, tpr, thresholds) at every distinct score, highest first, rule ``p >= threshold``:
     ``sklearn.metrics.roc_curve(..., drop_intermediate=False)``.
+
+    The first point is (0, 0) at threshold +inf (nothing called positive). With one class
+    the rates of the absent class are NaN.
     """
-    y, p = np.asarray(y, bool), np.asarray(p, float)
-    order = np.argsort(-p, kind="mergesort")
-    ps, ys = p[order], y[order]
-    last = np.r_[np.flatnonzero(np.diff(ps)), ps.size - 1]
-    tps = np.cumsum(ys)[last]
-    fps = last + 1 - tps
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    with np.errstate(invalid="ignore", divide="ignore"):
-        tpr = np.r_[0.0, tps / n_pos]
-        fpr = np.r_[0.0, fps / n_neg]
-    return fpr, tpr, np.r_[np.inf, ps[last]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        return metrics.roc_curve(np.asarray(y, bool), np.asarray(p, float), drop_intermediate=False)
 
 
-def delong_components(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """AUROCs (k,) and DeLong placement values V10 (k, n_pos), V01 (k, n_neg) for scores (k, n).
+def auroc(y: np.ndarray, p: np.ndarray, sample_weight: np.ndarray | None = None) -> float:
+    """Area under the ROC curve (``sklearn.metrics.roc_auc_score``: ties count one half),
+    cases weighted by ``sample_weight`` if given; NaN with only one class."""
+    y = np.asarray(y, bool)
+    if y.all() or not y.any():
+        return float("nan")
+    return float(metrics.roc_auc_score(y, np.asarray(p, float), sample_weight=sample_weight))
+
+
+def delong_components(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """DeLong placement values V10 (k, n_pos), V01 (k, n_neg) for scores (k, n).
 
     V10[i] is the fraction of negatives scored below positive i (ties count one half);
-    V01[j] the fraction of positives scored above negative j. AUROC = mean(V10) = mean(V01).
+    V01[j] the fraction of positives scored above negative j (their means are the AUROC).
     """
     y = np.asarray(y, bool)
     scores = np.atleast_2d(np.asarray(scores, float))
@@ -45,40 +53,33 @@ def delong_components(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np
     both = rankdata(np.concatenate([pos, neg], axis=1), axis=1)
     v10 = (both[:, :n_pos] - rankdata(pos, axis=1)) / n_neg
     v01 = 1.0 - (both[:, n_pos:] - rankdata(neg, axis=1)) / n_pos
-    return v10.mean(axis=1), v10, v01
+    return v10, v01
 
 
 def delong_covariance(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """AUROCs (k,) and their DeLong covariance matrix (k, k); needs >= 2 cases of each class."""
-    aucs, v10, v01 = delong_components(y, scores)
+    """AUROCs (k,) of the score rows (:func:`auroc`) and their DeLong covariance matrix (k, k);
+    needs >= 2 cases of each class."""
+    scores = np.atleast_2d(np.asarray(scores, float))
+    v10, v01 = delong_components(y, scores)
     s10 = np.atleast_2d(np.cov(v10))
     s01 = np.atleast_2d(np.cov(v01))
-    return aucs, s10 / v10.shape[1] + s01 / v01.shape[1]
-
-
-def auroc(y: np.ndarray, p: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney, ties count one half); NaN with only one class."""
-    y = np.asarray(y, bool)
-    if y.all() or not y.any():
-        return float("nan")
-    return float(delong_components(y, p)[0][0])
+    return np.array([auroc(y, row) for row in scores]), s10 / v10.shape[1] + s01 / v01.shape[1]
 
 
 def weighted_auroc(case_scores: np.ndarray, control_scores: np.ndarray,
                    case_weights: np.ndarray) -> float:
-    """P(case score > control score) with weighted cases, ties counting one half (as ``auroc``);
-    NaN without cases or controls. Controls count equally (a common weight cancels).
+    """P(case score > control score) with weighted cases, ties counting one half: :func:`auroc`
+    with ``case_weights`` and weight 1 for each control (a common weight cancels); NaN without
+    cases or controls.
 
     The prognosis time-dependent AUC is this with inverse-probability-of-censoring weights.
     """
-    controls = np.sort(np.asarray(control_scores, np.float64))
-    weight = np.asarray(case_weights, np.float64)
-    if not len(controls) or not len(weight):
+    cases, controls = np.asarray(case_scores, np.float64), np.asarray(control_scores, np.float64)
+    if not len(cases) or not len(controls):
         return float("nan")
-    case_scores = np.asarray(case_scores, np.float64)
-    below = np.searchsorted(controls, case_scores, side="left")
-    tied = np.searchsorted(controls, case_scores, side="right") - below
-    return float(np.sum(weight * (below + 0.5 * tied)) / (weight.sum() * len(controls)))
+    y = np.r_[np.ones(len(cases), bool), np.zeros(len(controls), bool)]
+    weight = np.r_[np.asarray(case_weights, np.float64), np.ones(len(controls))]
+    return auroc(y, np.r_[cases, controls], sample_weight=weight)
 
 
 def auroc_summary(y: np.ndarray, p: np.ndarray, *, n_boot: int, rng: np.random.Generator,

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
+
+from vertex_jax.evaluate.roc import auroc
 
 
 def auroc_per_task(labels: np.ndarray, probs: np.ndarray, mask: np.ndarray,
@@ -19,8 +19,7 @@ def auroc_per_task(labels: np.ndarray, probs: np.ndarray, mask: np.ndarray,
     out = {}
     for t, name in enumerate(tasks):
         known = mask[:, t] > 0
-        y = labels[known, t]
-        out[name] = float(roc_auc_score(y, probs[known, t])) if 0 < y.sum() < len(y) else math.nan
+        out[name] = auroc(labels[known, t], probs[known, t])
     return out
 
 
