@@ -144,6 +144,11 @@ def test_kaplan_meier_hand_worked_and_lifelines():
     np.testing.assert_allclose(step_value(curve, np.array([0.5, 1, 2.5, 3.5, 4.5, 5])),
                                [1, 5 / 6, 4 / 6, 8 / 18, 8 / 18, 0])
     assert step_value(curve, 2.0, left=True) == pytest.approx(5 / 6)
+    # Censoring curve: the fracture at 2 leaves first, so 4 are at risk of the censoring at 2
+    # -> 3/4 (5 at risk would give 4/5); at 4, 2 at risk -> 3/4 * 1/2.
+    censoring = kaplan_meier(time, event, reverse=True)
+    np.testing.assert_allclose(step_value(censoring, np.array([1.5, 2, 3.5, 4, 6])), [1, 3 / 4, 3 / 4, 3 / 8, 3 / 8])
+    assert step_value(censoring, 2.0, left=True) == 1
     km = km_by_group(time, event, np.ones(6, bool), horizon=3.5)
     assert km["groups"]["positive"]["at_horizon"]["survival"] == pytest.approx(8 / 18)
     t2, e2, _ = _survival_data(200, seed=5, ties=True)

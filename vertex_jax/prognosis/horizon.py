@@ -16,24 +16,23 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from lifelines import KaplanMeierFitter
 
 
 def kaplan_meier(time: np.ndarray, event: np.ndarray, *, reverse: bool = False
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Product-limit estimate: distinct times and the survival just after each.
+    """Product-limit estimate (lifelines' ``KaplanMeierFitter``): the times of its timeline and
+    the survival just after each.
 
     ``reverse``: the censoring distribution instead, with events at a tied time leaving
-    the risk set before the censorings there (as scikit-survival does).
+    the risk set before the censorings there (as scikit-survival does): each event is moved
+    to the float just below its time, where the censoring curve does not step.
     """
-    time, event = np.asarray(time, np.float64), np.asarray(event, np.float64)
-    order = np.argsort(time, kind="stable")
-    times, first = np.unique(time[order], return_index=True)
-    at_risk = (len(time) - first).astype(np.float64)
-    deaths = np.add.reduceat(event[order], first)
+    time, event = np.asarray(time, np.float64), np.asarray(event, bool)
     if reverse:
-        at_risk, deaths = at_risk - deaths, np.add.reduceat(1.0 - event[order], first)
-    hazard = np.divide(deaths, at_risk, out=np.zeros_like(deaths), where=at_risk > 0)
-    return times, np.cumprod(1.0 - hazard)
+        time, event = np.where(event, np.nextafter(time, -np.inf), time), ~event
+    curve = KaplanMeierFitter().fit(time, event).survival_function_
+    return curve.index.to_numpy(np.float64), curve.iloc[:, 0].to_numpy(np.float64)
 
 
 def step_value(curve: tuple[np.ndarray, np.ndarray], t: np.ndarray | float, *,
