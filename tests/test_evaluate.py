@@ -199,10 +199,19 @@ def test_bootstrap_is_a_stratified_resample_and_seeded(asah):
     assert boot["ci"][0] > 0 and boot["ci"][1] == pytest.approx(0.174, abs=0.03)
 
 
-def test_wilson_matches_scipy():
+def test_wilson_matches_the_formula_and_newcombe():
+    def formula(k, n, z):  # Wilson (1927), no continuity correction
+        centre, half = (k + z * z / 2) / (n + z * z), z / (n + z * z) * np.sqrt(k * (n - k) / n + z * z / 4)
+        return [centre - half, centre + half]
+
     for k, n in [(0, 10), (3, 10), (10, 10), (47, 113), (1, 1)]:
-        ci = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
-        assert wilson(k, n) == pytest.approx([ci.low, ci.high], abs=1e-12)
+        for level in (0.95, 0.9):
+            assert wilson(k, n, level) == pytest.approx(formula(k, n, stats.norm.ppf(0.5 + level / 2)), abs=1e-12)
+    assert wilson(0, 10)[0] == 0 and wilson(10, 10)[1] == 1
+    # Newcombe (1998), Stat Med 17:857, Table II, method 3 (score interval without correction).
+    for (k, n), ci in {(81, 263): [0.2553, 0.3662], (15, 148): [0.0624, 0.1605], (0, 20): [0.0, 0.1611],
+                       (1, 29): [0.0061, 0.1718]}.items():
+        assert wilson(k, n) == pytest.approx(ci, abs=5e-5)
     assert wilson(0, 0) is None
 
 

@@ -28,15 +28,12 @@ def rng_for(seed: int, *names: str) -> np.random.Generator:
 
 
 def wilson(k: int, n: int, level: float = LEVEL) -> list[float] | None:
-    """Wilson score interval for k successes out of n (no continuity correction); None if n == 0."""
+    """Wilson score interval for k successes out of n (no continuity correction): scipy's
+    ``binomtest(k, n).proportion_ci(level, method="wilson")``; None if n == 0."""
     if n == 0:
         return None
-    z = z_value(level)
-    centre = (k + z * z / 2) / (n + z * z)
-    half = z / (n + z * z) * np.sqrt(k * (n - k) / n + z * z / 4)
-    lo = 0.0 if k == 0 else max(0.0, centre - half)
-    hi = 1.0 if k == n else min(1.0, centre + half)
-    return [float(lo), float(hi)]
+    ci = stats.binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="wilson")
+    return [float(ci.low), float(ci.high)]
 
 
 def stratified_weights(n_pos: int, n_neg: int, n_boot: int, rng: np.random.Generator,
