@@ -626,6 +626,10 @@ def _sort_lines(text: str) -> tuple[list[str], str]:
     return list(dict.fromkeys(own or said)), "".join(other)
 
 
+# The sizes are read here, not by Pillow's lazy headers: Pillow 13 takes a big-endian BigTIFF
+# for a classic TIFF (its version test reads byte 2) and refuses it; it parses every PNG chunk
+# before IDAT, so a damaged one hides the size from the max_pixels check; its TIFF parser
+# logs and warns onto stderr; and it has no JPEG-LS parser, which _codestream_kind needs.
 def _png_dims(data: bytes) -> tuple[int, int]:
     if data[12:16] != b"IHDR":
         raise ValueError("no IHDR chunk")
