@@ -12,11 +12,14 @@ FORBIDDEN = {
     "evaluate": ({"predict", "explain", "bench", "export", "train", "main"}, "statistics never import prediction"),
     "prognosis": ({"predict", "explain", "bench", "export", "train", "main"}, "statistics never import prediction"),
     "calibrate": ({"predict", "explain", "bench", "export", "train", "main"}, "fitted maps are statistics"),
+    "validate": ({"predict", "explain", "bench", "export", "train", "main"},
+                 "validation statistics; only its command scores"),
     "data": ({"models", "train", "predict", "explain", "evaluate", "calibrate", "export", "bench", "runs",
               "inference"}, "data is the bottom of the pipeline"),
     "models": ({"data", "train", "predict", "explain", "evaluate", "calibrate", "export", "bench", "runs"},
                "the network knows nothing of data or training"),
     "errors": ({"*"}, "the error family imports nothing of the project"),
+    "html_page": ({"*"}, "the page helpers sit below every part that writes a page"),
 }
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import datetime, timezone
 from collections.abc import Sequence
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -34,19 +36,25 @@ def check_split(split: str, train_split: str = "train") -> None:
 
 
 def calibrate_outputs(method: str, logits: np.ndarray, labels: np.ndarray, label_mask: np.ndarray,
-                      tasks: Sequence[str], *, split: str, domain: str, step: int) -> Calibration | None:
-    """Fit ``method`` per task; None (with the reasons logged) when no task could be fitted."""
+                      tasks: Sequence[str], *, split: str, domain: str, step: int,
+                      **fitted_on: Any) -> Calibration | None:
+    """Fit ``method`` per task; None (with the reasons logged) when no task could be fitted.
+    ``fitted_on`` adds to where it was fitted (a site's manifest, its cases' keys)."""
     calibration, skipped = fit_calibration(method, logits, labels, label_mask, tasks,
-                                           {"split": split, "domain": domain, "step": int(step)})
+                                           {"split": split, "domain": domain, "step": int(step), **fitted_on})
     for task, why in skipped.items():
         logging.warning("calibration of %s not fitted (%s); its probabilities stay uncalibrated", task, why)
     return calibration if calibration.maps else None
 
 
 def store(step_dir: str | Path, calibration: Calibration | None) -> None:
-    """Write ``calibration`` (None: remove it) into the step's card and the run's model card."""
+    """Write ``calibration`` (None: remove it) into the step's card and the run's model card;
+    the calibration it replaces is kept in the card's ``calibration_history`` (oldest first)."""
     step_dir = Path(step_dir)
     card = runs.read_json_item(step_dir, "card")
+    if card.get("calibration"):
+        replaced = {**card["calibration"], "replaced_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        card["calibration_history"] = [*card.get("calibration_history", []), replaced]
     card["calibration"] = None if calibration is None else calibration.to_dict()
     runs.write_json_item(step_dir, "card", card)
     run_card = runs.card_path(runs.workdir_of(step_dir))

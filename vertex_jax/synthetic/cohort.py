@@ -105,6 +105,16 @@ class CohortConfig:
     missing_clinical: share of blank values, independently for age, sex and BMI.
     missing_label: share of blank values, independently for pvf and osteo.
     monochrome1_fraction: share of DICOM files stored as MONOCHROME1.
+    age_mean: mean age of the population (years; drawn N(age_mean, age_sd), clipped to [50, 90]).
+    age_sd: spread of the population's age (years).
+    female_fraction: share of women.
+    t_score_offset: added to every T-score (negative: a more osteoporotic population).
+    pvf_offset: added to the logit of a prevalent fracture (another fracture prevalence).
+    vendors: "train" (the training cohort's vendors) or "other" (vendors it never shows).
+    dose: relative exposure; quantum noise grows as 1 / sqrt(dose).
+    tilt_sd_deg: spread of the spine's in-plane rotation (degrees).
+    field_scale: magnification of the spine in the frame; above 1 its ends may be cut off.
+    id_prefix: put before every patient and image id (tells one cohort's cases from another's).
     """
 
     osteo_effect: float = 0.13
@@ -118,6 +128,16 @@ class CohortConfig:
     missing_clinical: float = 0.03
     missing_label: float = 0.02
     monochrome1_fraction: float = 0.3
+    age_mean: float = 68.0
+    age_sd: float = 9.0
+    female_fraction: float = 0.6
+    t_score_offset: float = 0.0
+    pvf_offset: float = 0.0
+    vendors: str = "train"
+    dose: float = 1.0
+    tilt_sd_deg: float = 2.5
+    field_scale: float = 1.0
+    id_prefix: str = ""
 
     def __post_init__(self) -> None:
         if self.min_grade not in (1, 2, 3):
@@ -128,12 +148,17 @@ class CohortConfig:
                              f">= min_grade, got {self.grade_probs}")
         object.__setattr__(self, "grade_probs", probs)
         for name in ("multiple_fractures", "cleft_fraction", "repeat_fraction",
-                     "missing_clinical", "missing_label", "monochrome1_fraction"):
+                     "missing_clinical", "missing_label", "monochrome1_fraction", "female_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("osteo_effect", "density_noise", "compaction"):
+        for name in ("osteo_effect", "density_noise", "compaction", "age_sd", "tilt_sd_deg"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.vendors not in phantom.VENDOR_SETS:
+            raise ConfigError(f"vendors must be one of {phantom.VENDOR_SETS}, got {self.vendors!r}")
+        if not (self.dose > 0 and 0.5 <= self.field_scale <= 1.5):
+            raise ConfigError(f"dose must be > 0 and field_scale in [0.5, 1.5], got {self.dose}, "
+                              f"{self.field_scale}")
 
     @classmethod
     def from_kwargs(cls, **difficulty) -> "CohortConfig":
@@ -185,14 +210,15 @@ def _sigmoid(x: float) -> float:
 def simulate_patient(index: int, seed: int = 0, config: CohortConfig = CohortConfig()) -> Patient:
     """Draw patient ``index``'s clinical values, labels, fractures and follow-up."""
     rng = _rng(seed, index, _CLINICAL)
-    age = float(np.clip(rng.normal(68.0, 9.0), 50.0, 90.0))
-    female = bool(rng.random() < 0.6)
+    age = float(np.clip(rng.normal(config.age_mean, config.age_sd), 50.0, 90.0))
+    female = bool(rng.random() < config.female_fraction)
     bmi = float(np.clip(rng.normal(24.0, 3.5), 15.0, 40.0))
     m = T_SCORE_MODEL
     t_score = float(m["intercept"] + m["age_minus_65"] * (age - 65.0) + m["male"] * (not female)
-                    + m["bmi_minus_24"] * (bmi - 24.0) + m["noise_sd"] * rng.standard_normal())
+                    + m["bmi_minus_24"] * (bmi - 24.0) + m["noise_sd"] * rng.standard_normal()
+                    + config.t_score_offset)
     p = PVF_MODEL
-    logit = (p["intercept"] + p["minus_t_score_minus_2"] * (-t_score - 2.0)
+    logit = (config.pvf_offset + p["intercept"] + p["minus_t_score_minus_2"] * (-t_score - 2.0)
              + p["age_minus_70_per_decade"] * (age - 70.0) / 10.0)
     fractures: tuple[phantom.Fracture, ...] = ()
     if rng.random() < _sigmoid(logit):
@@ -209,7 +235,7 @@ def simulate_patient(index: int, seed: int = 0, config: CohortConfig = CohortCon
     blank = rng.random(5)
     osteo = t_score <= m["osteoporosis_threshold"]
     return Patient(
-        index=index, patient_id=f"P{index:06d}", age=age, female=female, bmi=bmi, t_score=t_score,
+        index=index, patient_id=f"{config.id_prefix}P{index:06d}", age=age, female=female, bmi=bmi, t_score=t_score,
         fractures=fractures, followup_years=min(event, censor), incident_fracture=event <= censor,
         exams=1 + int(rng.random() < config.repeat_fraction),
         recorded_age=None if blank[0] < config.missing_clinical else round(age, 1),
@@ -254,7 +280,9 @@ def render_exam(patient: Patient, exam: int, *, domain: str = "xray", scale: flo
         t_score=patient.t_score, fractures=patient.fractures, osteo_effect=config.osteo_effect,
         density_noise=config.density_noise, compaction=config.compaction)
     rng = _rng(seed, patient.index, _EXAM, exam)
-    acquisition = phantom.sample_acquisition(rng, domain, scale=scale)
+    acquisition = phantom.sample_acquisition(
+        rng, domain, scale=scale, vendors=config.vendors, dose=config.dose,
+        tilt_sd_deg=config.tilt_sd_deg, field_scale=config.field_scale)
     return phantom.render(anatomy, acquisition, rng)
 
 

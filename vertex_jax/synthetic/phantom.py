@@ -54,6 +54,21 @@ _VFA_VENDORS = (
     ("Hologic Discovery", (8, 10), "PixelSpacing", (0.0, 0.2)),
     ("Hologic Horizon", (8, 12), "PixelSpacing", (0.0, 0.3)),
 )
+# Vendors the training cohort never shows (the ``scanner`` shift): stronger edge enhancement
+# and other bit depths. Each table has the same length and bit-depth choice counts as its
+# training twin, so both consume the same random draws and nothing but the look changes.
+_XRAY_OTHER_VENDORS = (
+    ("Siemens Healthineers", (12, 14, 16), "ImagerPixelSpacing", (0.9, 1.5)),
+    ("Fujifilm", (10, 12), "PixelSpacing", (1.0, 1.6)),
+    ("Philips", (12, 14, 16), "ImagerPixelSpacing", (0.7, 1.3)),
+    ("Canon", (12, 16), "ImagerPixelSpacing", (1.0, 1.6)),
+    ("Shimadzu", (10, 16), "PixelSpacing", (0.8, 1.4)),
+)
+_VFA_OTHER_VENDORS = (
+    ("GE Lunar iDXA", (8, 12), "PixelSpacing", (0.3, 0.6)),
+    ("GE Lunar Prodigy", (10, 12), "PixelSpacing", (0.4, 0.7)),
+)
+VENDOR_SETS: tuple[str, ...] = ("train", "other")
 _SHAPE_POINTS = 14  # points per endplate in a body outline
 _WALL_POINTS = 5  # points inside each body wall
 
@@ -186,9 +201,17 @@ class Acquisition:
     offset: float  # stored-value pedestal, fraction of full scale
 
 
-def sample_acquisition(rng: np.random.Generator, domain: str = "xray", *, scale: float = 0.25
-                       ) -> Acquisition:
-    """Draw an exam. Full-size images follow the paper's size ranges; ``scale`` shrinks them."""
+def sample_acquisition(rng: np.random.Generator, domain: str = "xray", *, scale: float = 0.25,
+                       vendors: str = "train", dose: float = 1.0, tilt_sd_deg: float = 2.5,
+                       field_scale: float = 1.0) -> Acquisition:
+    """Draw an exam. Full-size images follow the paper's size ranges; ``scale`` shrinks them.
+
+    The other arguments shift the acquisition without changing which random draws are made
+    (so everything else about the exam stays the same): ``vendors`` "other" takes the
+    vendors the training cohort never shows, ``dose`` scales the photon count (quantum
+    noise ~ 1/sqrt(dose)), ``tilt_sd_deg`` is the spread of the spine's in-plane rotation, and
+    ``field_scale`` > 1 magnifies the spine in the frame (tighter collimation: its ends
+    may be cut off)."""
     if domain not in DOMAINS:
         raise ConfigError(f"domain must be one of {DOMAINS}, got {domain!r}")
     if not 0.01 <= scale <= 1.0:
@@ -199,7 +222,7 @@ def sample_acquisition(rng: np.random.Generator, domain: str = "xray", *, scale:
             h = float(rng.uniform(3500, 8383))  # long-length / high-resolution detectors
         aspect = rng.normal(1.45, 0.1) if rng.random() > 0.08 else rng.uniform(0.85, 1.05)
         w = float(np.clip(h / aspect, 850, 3520))
-        vendors, fill, cx = _XRAY_VENDORS, rng.uniform(0.76, 0.86), rng.uniform(0.42, 0.58)
+        table, fill, cx = _XRAY_VENDORS, rng.uniform(0.76, 0.86), rng.uniform(0.42, 0.58)
         mirror, photons, blur = rng.random() < 0.5, rng.uniform(0.6, 1.6), rng.uniform(0.1, 0.25)
         heel, scatter = rng.uniform(-0.2, 0.2), rng.uniform(0.05, 0.2)
     else:
@@ -207,15 +230,19 @@ def sample_acquisition(rng: np.random.Generator, domain: str = "xray", *, scale:
         if rng.random() < 0.05:
             h = float(rng.uniform(1200, 1656))
         w = 378.0 if rng.random() < 0.93 else float(rng.uniform(379, 567))
-        vendors, fill, cx = _VFA_VENDORS, rng.uniform(0.84, 0.9), rng.uniform(0.47, 0.53)
+        table, fill, cx = _VFA_VENDORS, rng.uniform(0.84, 0.9), rng.uniform(0.47, 0.53)
         mirror, photons, blur = rng.random() < 0.9, rng.uniform(0.6, 1.4), rng.uniform(0.7, 1.1)
         heel, scatter = rng.uniform(-0.05, 0.05), rng.uniform(0.0, 0.05)
-    name, bits, tag, sharpen = vendors[int(rng.integers(len(vendors)))]
+    if vendors not in VENDOR_SETS:
+        raise ConfigError(f"vendors must be one of {VENDOR_SETS}, got {vendors!r}")
+    if vendors == "other":
+        table = _XRAY_OTHER_VENDORS if domain == "xray" else _VFA_OTHER_VENDORS
+    name, bits, tag, sharpen = table[int(rng.integers(len(table)))]
     return Acquisition(
         domain=domain, height=max(32, round(h * scale)), width=max(16, round(w * scale)),
         bits_stored=int(rng.choice(bits)), vendor=name, spacing_tag=tag, mirror=bool(mirror),
-        tilt=math.radians(rng.normal(0.0, 2.5)), fill=float(fill),
-        center=(float(cx), float(rng.uniform(0.48, 0.52))), photons=float(photons),
+        tilt=math.radians(rng.normal(0.0, tilt_sd_deg)), fill=float(fill * field_scale),
+        center=(float(cx), float(rng.uniform(0.48, 0.52))), photons=float(photons * dose),
         heel=float(heel), scatter=float(scatter), blur_mm=float(blur),
         sharpen=float(rng.uniform(*sharpen)),
         compression=float(rng.uniform(0.55, 0.85) if domain == "xray" else rng.uniform(0.2, 0.5)),
