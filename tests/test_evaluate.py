@@ -28,6 +28,7 @@ from vertex_jax.evaluate.roc import (auroc, auroc_summary, bootstrap_auroc, delo
                                      weighted_auroc)
 from vertex_jax.evaluate.subgroups import age_band_labels, define_subgroups
 from vertex_jax.evaluate.thresholds import choose_thresholds, operating_point
+from vertex_jax.html_page import page, png_image, table
 from vertex_jax.train.metrics import auroc_per_task
 
 # pROC's aSAH data (Turck et al. 2010, 113 patients), from pROC's data/aSAH.RData: outcome
@@ -464,6 +465,16 @@ def test_comparison_cases_must_match(tmp_path):
         build_report(a, tmp_path / "x", compare=relabelled, tasks=["pvf"], bootstrap=0)
     with pytest.raises(ValueError, match="cannot tell its task"):
         build_report(a, tmp_path / "x", compare_columns=[("prob_a", "prob_b")], bootstrap=0)
+
+
+def test_html_page_helpers():
+    html = page("A <b> & C", "<p>body</p>", "p{margin:0}")
+    assert html.startswith('<!DOCTYPE html><html><head><meta charset="utf-8"><title>A &lt;b&gt; &amp; C</title>')
+    assert "<style>p{margin:0}</style></head><body><p>body</p></body></html>" in html
+    assert table(["a", "b"], [["1", "<i>2</i>"]], ("l",)) == (
+        '<table><tr><th class="l">a</th><th>b</th></tr><tr><td class="l">1</td><td><i>2</i></td></tr></table>')
+    img = png_image(b"\x89PNG", 'x "y"')
+    assert img == '<img alt="x &quot;y&quot;" src="data:image/png;base64,iVBORw==">'
 
 
 # ---------------------------------------------------------------- command line

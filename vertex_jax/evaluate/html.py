@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping
 from html import escape
 
 from vertex_jax.evaluate.plots import FIGURES
 from vertex_jax.evaluate.thresholds import OPERATING_POINTS
+from vertex_jax.html_page import page, png_image, table
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:.6em 0 1.4em;font-size:13px}
@@ -52,11 +52,8 @@ def _value_ci(d: Mapping | None) -> str:
 
 
 def _table(head: list[str], rows: list[list[str]], left: int = 1) -> str:
-    def cells(tag: str, values: list[str]) -> str:
-        return "".join(f'<{tag}{" class=l" if i < left else ""}>{v}</{tag}>' for i, v in enumerate(values))
-    th = cells("th", head)
-    body = "".join(f"<tr>{cells('td', r)}</tr>" for r in rows)
-    return f"<table><tr>{th}</tr>{body}</table>"
+    """Right-aligned cells but for the first ``left`` columns (class ``l``)."""
+    return table(head, rows, ("l",) * left)
 
 
 def _why(g: Mapping) -> str:
@@ -112,8 +109,7 @@ def _task_section(task: str, report: Mapping, images: Mapping[str, bytes]) -> st
     for kind in FIGURES:
         png = images.get(f"{kind}_{task}.png")
         if png:
-            parts.append(f'<img alt="{kind} {escape(task)}" src="data:image/png;base64,'
-                         f'{base64.b64encode(png).decode()}">')
+            parts.append(png_image(png, f"{kind} {task}"))
     parts.append("<h3>Subgroups</h3>")
     sub_rows = []
     for label, r in models.items():
@@ -158,7 +154,6 @@ def render_html(report: Mapping, images: Mapping[str, bytes]) -> str:
                 f"bootstrap resamples: {s['bootstrap']} (seed {s['seed']}); "
                 f"age bands cut at {', '.join(f'{a:g}' for a in s['age_bands'])}")
     body = "\n".join(_task_section(t, report, images) for t in tasks)
-    return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{escape(report['title'])}</title>"
-            f"<style>{_CSS}</style></head><body><h1>{escape(report['title'])}</h1><ul>{''.join(meta)}</ul>"
-            f"<p>{settings}</p>{notes}{_METHODS}{body}"
-            f"<p class=\"small\">vertex_jax {escape(report['vertex_jax_version'])}</p></body></html>\n")
+    return page(report["title"], f"<h1>{escape(report['title'])}</h1><ul>{''.join(meta)}</ul>"
+                f"<p>{settings}</p>{notes}{_METHODS}{body}"
+                f"<p class=\"small\">vertex_jax {escape(report['vertex_jax_version'])}</p>", _CSS)

@@ -16,11 +16,14 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from vertex_jax.html_page import page, table
+
 MAX_CASES = 400  # per task: the top and bottom halves of the list beyond this
 _CSS = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ccc;padding:3px 8px;vertical-align:middle}
 th{background:#f2f2f2;position:sticky;top:0}td.n{text-align:right}img{height:160px;display:block}
 .pos{color:#b00;font-weight:600}.neg{color:#333}.small{color:#666;font-size:12px}"""
+_CLASSES = ("n", "", "", "n")  # rank and probability right-aligned
 
 
 def thumbnail(picture: np.ndarray, height: int = 160) -> str | None:
@@ -60,17 +63,15 @@ def _task_section(scores: pd.DataFrame, task: str, pictures: Mapping[tuple[str, 
         peak = (f"{r[f'{task}_peak_x']:.0f}, {r[f'{task}_peak_y']:.0f}"
                 if f"{task}_peak_x" in r and pd.notna(r[f"{task}_peak_x"]) else "&ndash;")
         level = escape(str(r.get(f"{task}_level", "") or "")) or "&ndash;"
-        rows.append(f"<tr><td class=n>{rank}</td><td>{img}</td><td>{escape(str(r['image_id']))}"
-                    f"<div class=small>{escape(str(r['path']))}</div></td><td class=n>{p:.3f}</td>"
-                    f"<td>{call}</td><td>{escape(label)}</td><td>{peak}</td><td>{level}</td></tr>")
+        image = f"{escape(str(r['image_id']))}<div class=small>{escape(str(r['path']))}</div>"
+        rows.append([str(rank), img, image, f"{p:.3f}", call, escape(label), peak, level])
     note = (f"<p class=small>{left_out} cases in the middle of the list are left out; all are in "
             f"scores.csv.</p>" if left_out else "")
     rule = ("operating point: positive when p &ge; " + f"{threshold:.3f}" if threshold is not None
             else "no operating point given (--thresholds thresholds.json)")
     return (f"<h2>{escape(task)}</h2><p class=small>{len(scores)} cases, highest score first; "
             f"{rule}. White box: the map's region around its peak; green: fractured vertebrae "
-            f"where boxes are known.</p>{note}<table><tr>"
-            + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(rows) + "</table>")
+            f"where boxes are known.</p>{note}" + table([escape(h) for h in head], rows, _CLASSES))
 
 
 def render_review(scores: pd.DataFrame, tasks: tuple[str, ...],
@@ -80,5 +81,4 @@ def render_review(scores: pd.DataFrame, tasks: tuple[str, ...],
     on the probability."""
     thresholds = thresholds or {}
     body = "".join(_task_section(scores, t, pictures, thresholds.get(t)) for t in tasks)
-    return (f"<!doctype html><html><head><meta charset=utf-8><title>Review {escape(title)}</title>"
-            f"<style>{_CSS}</style></head><body><h1>Review: {escape(title)}</h1>{body}</body></html>")
+    return page(f"Review {title}", f"<h1>Review: {escape(title)}</h1>{body}", _CSS)

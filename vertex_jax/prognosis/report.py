@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import math
@@ -11,9 +10,9 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-
-from vertex_jax.prognosis import plots
+from vertex_jax.html_page import page, png_image, table
 from vertex_jax.jsonable import jsonable
+from vertex_jax.prognosis import plots
 
 DEFINITIONS = (
     "Baseline: each patient's row with the lowest exam number (blank exam last; the first "
@@ -110,13 +109,8 @@ def summary_text(result: dict) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _img(png: bytes, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+    """A table of plain values (escaped)."""
+    return table([html.escape(str(h)) for h in header], [[html.escape(str(v)) for v in row] for row in rows])
 
 
 def html_report(result: dict, images: dict[str, bytes]) -> str:
@@ -139,7 +133,7 @@ def html_report(result: dict, images: dict[str, bytes]) -> str:
                     [(label, _hr(cr), _p(cr["p"]), _hr(ad), _p(ad["p"]), _p(ad["ph_p"]),
                       cr.get("n_positive", ""), cr.get("threshold_source", ""))
                      for label, cr, ad in _paired_rows(result)]),
-             _img(images["hazard_ratios.png"], "hazard ratios")]
+             png_image(images["hazard_ratios.png"], "hazard ratios")]
     for name, model in result["models"].items():
         parts += [f"<h3>Model: {html.escape(name)}</h3>",
                   _table(["term", "HR [95% CI]", "p", "PH test chi2", "PH p"],
@@ -159,10 +153,10 @@ def html_report(result: dict, images: dict[str, bytes]) -> str:
                         ("discrimination slope, clinical + DL", _ci(r["idi"]["slope_new"]))])]
     edges = [0.0, *r["risk_cutoffs"], 1.0]
     names = [f"{100 * a:g}-{100 * b:g}%" for a, b in zip(edges, edges[1:])]
-    for group, table in r["counts"].items():
+    for group, counts in r["counts"].items():
         parts += [f"<h3>Clinical (rows) vs clinical + DL (columns): {group}</h3>",
-                  _table(["", *names], [(names[i], *row) for i, row in enumerate(table)])]
-    parts += ["<h2>Decision curve</h2>", _img(images["decision_curve.png"], "decision curve"),
+                  _table(["", *names], [(names[i], *row) for i, row in enumerate(counts)])]
+    parts += ["<h2>Decision curve</h2>", png_image(images["decision_curve.png"], "decision curve"),
               "<h2>Kaplan-Meier by DL group</h2>"]
     for score, km in result["kaplan_meier"].items():
         rows = []
@@ -174,13 +168,12 @@ def html_report(result: dict, images: dict[str, bytes]) -> str:
                  f"log-rank p = {_p(km['logrank']['p'])}")
         parts += [f"<h3>{html.escape(title)}</h3>",
                   _table(["group", "n", "events", f"incidence by {h:g} y", "95% CI"], rows),
-                  _img(images[f"km_{_slug(score)}.png"], f"KM {score}")]
+                  png_image(images[f"km_{_slug(score)}.png"], f"KM {score}")]
     definitions = "".join(f"<li>{html.escape(x)}</li>" for x in DEFINITIONS)
     parts.append(f"<h2>Definitions</h2><ul>{definitions}</ul>")
     style = ("body{font-family:sans-serif;max-width:1000px;margin:auto}table{border-collapse:collapse;"
              "margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}img{max-width:100%}")
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Prognosis</title>"
-            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+    return page("Prognosis", "".join(parts), style)
 
 
 def _slug(name: str) -> str:
