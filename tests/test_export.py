@@ -33,6 +33,7 @@ from vertex_jax.cli import user_errors
 from vertex_jax.export.__main__ import main as export_main
 from vertex_jax.export.errors import ExportError
 from vertex_jax.export.graph import Signature, export_model, reference_model, signature_of
+from vertex_jax.export.metadata import read_thresholds
 from vertex_jax.export.run import export
 from vertex_jax.export.verify import jax_runner, max_differences
 from vertex_jax.inference import load_trained
@@ -268,6 +269,19 @@ def test_thresholds_of_another_model_are_rejected(run_dir, tmp_path):
     with pytest.raises(ExportError, match="task\\(s\\) \\['fracture'\\] the model does not have"):
         export(run_dir, tmp_path / "out", ("onnx",), thresholds=bad)
     assert not (tmp_path / "out").exists()
+
+
+def test_thresholds_file_is_read_and_checked_by_the_evaluation_reader(tmp_path):
+    path = tmp_path / "thresholds.json"
+    path.write_text(json.dumps(THRESHOLDS))
+    assert read_thresholds(path, ("pvf", "osteo")) == THRESHOLDS
+    for text, says in [("{", "cannot read JSON"), ('{"pvf": {"youden": 1.5}}', r"number in \[0, 1\]"),
+                       ('{"pvf": {"best": 0.3}}', "unknown operating point"), ("[]", "expected an object")]:
+        path.write_text(text)
+        with pytest.raises(ExportError, match=says):
+            read_thresholds(path, ("pvf",))
+    with pytest.raises(ExportError, match="file not found"):
+        read_thresholds(tmp_path / "missing.json", ("pvf",))
 
 
 def test_differences_fail_on_missing_misshapen_or_nan_outputs():

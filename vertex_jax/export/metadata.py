@@ -12,7 +12,6 @@ variant, dtypes), ``export`` (format options), ``versions``, ``verification``.
 from __future__ import annotations
 
 import importlib.metadata
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +20,11 @@ from vertex_jax import runs
 from vertex_jax.data.clinical import ClinicalStats
 from vertex_jax.data.clinical import CLINICAL
 from vertex_jax.data.preprocess import PreprocessConfig
-from vertex_jax.evaluate.thresholds import fixed_thresholds
+from vertex_jax.evaluate import thresholds as evaluation_thresholds
 from vertex_jax.export.errors import ExportError
 from vertex_jax.export.graph import EXPORT_DTYPE, INPUTS, Signature
 from vertex_jax.inference import TrainedModel
+from vertex_jax.problems import ProblemsError
 
 SCHEMA = "vertex_jax.export/1"
 METADATA_FILE = "model.json"
@@ -95,21 +95,16 @@ def default_thresholds_path(step_dir: Path) -> Path:
 
 
 def read_thresholds(path: Path, tasks: tuple[str, ...]) -> dict[str, dict[str, float | None]]:
-    """A thresholds.json (``{task: {operating point: value}}``) checked against the model's tasks."""
+    """A thresholds.json (``{task: {operating point: value}}``), read and checked by
+    :func:`vertex_jax.evaluate.thresholds.read_thresholds`, then against the model's tasks."""
     try:
-        spec = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ExportError(f"{path}: cannot read thresholds: {e}") from None
-    if not isinstance(spec, dict):
-        raise ExportError(f"{path}: expected {{task: {{operating point: value}}}}, got {type(spec).__name__}")
-    unknown = sorted(set(spec) - set(tasks))
+        checked = evaluation_thresholds.read_thresholds(path)
+    except ProblemsError as e:
+        raise ExportError(str(e)) from None
+    unknown = sorted(set(checked) - set(tasks))
     if unknown:
         raise ExportError(f"{path}: thresholds for task(s) {unknown} the model does not have "
                           f"(tasks {list(tasks)}); is it another run's file?")
-    try:
-        checked = fixed_thresholds(spec, str(path))
-    except ValueError as e:
-        raise ExportError(str(e)) from None
     return {t: {name: v["threshold"] for name, v in points.items()} for t, points in checked.items()}
 
 
