@@ -20,6 +20,7 @@ FORBIDDEN = {
                "the network knows nothing of data or training"),
     "errors": ({"*"}, "the error family imports nothing of the project"),
     "html_page": ({"*"}, "the page helpers sit below every part that writes a page"),
+    "run_layout": ({"*"}, "the run directory's names sit below every part that reads or writes a run"),
 }
 
 

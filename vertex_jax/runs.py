@@ -1,19 +1,6 @@
 """A training run's directory: where everything in it is, and reading it back.
 
-    <workdir>/
-      config.json           the run's configuration, written when training starts
-      splits.csv            the patient-level splits it drew (or reused)
-      model_card.json       tasks, clinical statistics, preprocessing, calibration (also in every step)
-      summary.json          how the run ended and its best checkpoint
-      checkpoints/<step>/   one Orbax step directory per save, with the items
-                              state     model + optimizer arrays
-                              data      the grain iterator
-                              progress  step, best metric, history (JSON)
-                              config    the configuration again (JSON)
-                              card      the model card again (JSON)
-      evaluation/           ``python -m vertex_jax.evaluate --workdir`` (thresholds.json)
-
-Training writes checkpoints through :class:`vertex_jax.train.checkpoint.Checkpoints`; everything
+The layout (the names of the files and folders) is :mod:`vertex_jax.run_layout`. Training writes checkpoints through :class:`vertex_jax.train.checkpoint.Checkpoints`; everything
 that reads a run (inference, predict, evaluate, export, and training's ``init_from``) comes here.
 The best checkpoint has one rule, :func:`improves`: training's progress and :func:`best_step`
 both take the **earliest** step with the highest validation metric.
@@ -41,16 +28,12 @@ from vertex_jax.data.prepare import synthetic_manifest_path
 from vertex_jax.models.build import build_model
 from vertex_jax.config_files import load_config
 from vertex_jax.errors import MissingInputError
+from vertex_jax.run_layout import (CARD_FILE, CHECKPOINTS, CONFIG_FILE, SUMMARY_FILE, THRESHOLDS_FILE, data_dir,
+                                   evaluation_dir, splits_path)
 
 NO_RUN_TODO = ("give a run's workdir, its checkpoints folder or one step folder "
                "(<workdir>/checkpoints/<step>) of a finished training run")
 
-CONFIG_FILE = "config.json"
-SPLITS_FILE = "splits.csv"
-CARD_FILE = "model_card.json"
-SUMMARY_FILE = "summary.json"
-CHECKPOINTS = "checkpoints"
-EVALUATION = "evaluation"
 STATE = "state"          # the arrays item of a step directory
 METRIC = "val_auroc"     # the validation metric saved with each step and ranked
 JSON_ITEM_FILE = "metadata"  # the file name JsonCheckpointHandler gives a JSON item
@@ -64,10 +47,6 @@ def config_path(workdir: str | Path) -> Path:
     return Path(workdir) / CONFIG_FILE
 
 
-def splits_path(workdir: str | Path) -> Path:
-    return Path(workdir) / SPLITS_FILE
-
-
 def card_path(workdir: str | Path) -> Path:
     return Path(workdir) / CARD_FILE
 
@@ -78,7 +57,7 @@ def summary_path(workdir: str | Path) -> Path:
 
 def thresholds_path(workdir: str | Path) -> Path:
     """The thresholds the run's evaluation chose (``evaluation/thresholds.json``)."""
-    return Path(workdir) / EVALUATION / "thresholds.json"
+    return evaluation_dir(workdir) / THRESHOLDS_FILE
 
 
 def workdir_of(step_dir: str | Path) -> Path:
@@ -118,8 +97,7 @@ def run_manifest(workdir: str | Path) -> Path:
     data = read_config(workdir).data
     if data.manifest:
         return Path(data.manifest)
-    data_dir = Path(data.data_dir) if data.data_dir else workdir / "data"
-    return synthetic_manifest_path(data, data_dir)
+    return synthetic_manifest_path(data, data_dir(workdir, data.data_dir))
 
 
 def improves(value: float, best: float) -> bool:

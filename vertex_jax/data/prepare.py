@@ -21,6 +21,7 @@ from vertex_jax.data.pipeline import eval_dataset, train_dataset
 from vertex_jax.data.preprocess import PreprocessConfig
 from vertex_jax.data.splits import load_or_create_splits
 from vertex_jax.errors import InputDataError
+from vertex_jax import run_layout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +93,7 @@ def prepare(data: Any, workdir: str | Path, *, tasks: tuple[str, ...],
     others wait at ``barrier`` before reading the same files.
     """
     workdir = Path(workdir)
-    data_dir = Path(data.data_dir) if data.data_dir else workdir / "data"
+    data_dir = run_layout.data_dir(workdir, data.data_dir)
     if is_leader and not data.manifest:
         ensure_synthetic(data, data_dir)
     barrier("data:manifest")
@@ -103,9 +104,9 @@ def prepare(data: Any, workdir: str | Path, *, tasks: tuple[str, ...],
         raise InputDataError(f"{manifest}: no rows with domain {data.domain!r}")
     fractions = dict(data.split_fractions)
     if is_leader:
-        load_or_create_splits(frame, workdir / "splits.csv", fractions, seed=data.split_seed)
+        load_or_create_splits(frame, run_layout.splits_path(workdir), fractions, seed=data.split_seed)
     barrier("data:splits")
-    frame["split"] = load_or_create_splits(frame, workdir / "splits.csv", fractions,
+    frame["split"] = load_or_create_splits(frame, run_layout.splits_path(workdir), fractions,
                                            seed=data.split_seed).to_numpy()
     config = PreprocessConfig(canvas=tuple(data.canvas), border_crop=data.border_crop,
                               out_dtype=data.cache_dtype)

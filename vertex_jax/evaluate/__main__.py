@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from collections.abc import Sequence
 
 import pandas as pd
@@ -20,6 +19,7 @@ import pandas as pd
 from vertex_jax.cli import add_verbosity, user_errors
 from vertex_jax.evaluate.report import build_report, format_summary
 from vertex_jax.evaluate.table import read_scores
+from vertex_jax.run_layout import evaluation_dir
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out is None:
         if not args.workdir:
             p.error("--out is required with --scores")
-        args.out = str(Path(args.workdir) / "evaluation")
+        args.out = str(evaluation_dir(args.workdir))
     if args.compare_workdir and (not args.workdir or args.compare or args.compare_columns):
         p.error("--compare-workdir goes with --workdir and no other comparison")
     report = build_report(
