@@ -74,6 +74,15 @@ def test_the_external_cohort_has_its_own_seed_ids_and_is_reused(tmp_path):
     assert "generating" in lines[-1] and len(pd.read_csv(manifest)) == 13
 
 
+def test_a_run_without_its_internal_evaluation_is_told_how_to_make_it(tmp_path, capsys):
+    from vertex_jax.validate.__main__ import main as validate
+
+    (tmp_path / "config.json").write_text(get_config("tiny").to_json_best_effort())
+    assert validate(["--workdir", str(tmp_path), "--out", str(tmp_path / "v")]) == 2
+    err = capsys.readouterr().err
+    assert "no internal evaluation" in err and f"python -m vertex_jax.evaluate --workdir {tmp_path}" in err
+
+
 def test_a_local_sample_is_whole_patients():
     patients = ["a", "a", "b", "c", "c", "c", "d", "e"]
     mask = draw_local(patients, 3, seed=1)
