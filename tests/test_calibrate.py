@@ -56,6 +56,28 @@ def test_platt_equals_scikit_learns_unpenalised_logistic_regression():
     np.testing.assert_allclose(got["intercept"], 1.2 / 2.5, atol=0.2)
 
 
+def test_an_intercept_update_keeps_the_slope_and_matches_the_prevalence():
+    """Recalibration in the large: the score equation of the intercept says the mean fitted
+    probability equals the observed rate; evaluate's calibration intercept (the same model,
+    written independently with Newton steps) is then zero on the fitting cases."""
+    from vertex_jax.evaluate.calibration import recalibration
+
+    z, y = miscalibrated(n=400, seed=3)
+    previous = fit_map("platt", z[:200], y[:200])
+    site_z, site_y = z[200:] + 0.8, y[200:]  # the site's logits run high
+    updated = maps.update_intercept(previous, site_z, site_y)
+    assert updated.method == "platt" and updated.params["slope"] == previous.params["slope"]
+    p = updated.probabilities(site_z)
+    assert p.mean() == pytest.approx(site_y.mean(), abs=1e-7)
+    assert recalibration(site_y, p)["intercept"] == pytest.approx(0.0, abs=1e-6)
+    temperature = fit_map("temperature", z, y)
+    from_t = maps.update_intercept(temperature, site_z, site_y)
+    assert from_t.params["slope"] == pytest.approx(1 / temperature.params["temperature"])
+    assert maps.update_intercept(None, site_z, site_y).params["slope"] == 1.0
+    with pytest.raises(CalibrationError, match="isotonic"):
+        maps.update_intercept(fit_map("isotonic", z, y), site_z, site_y)
+
+
 def test_isotonic_equals_scipys_pool_adjacent_violators_and_interpolates_like_sklearn(caplog):
     z, y = miscalibrated(n=300, seed=2)
     with caplog.at_level(logging.WARNING):

@@ -19,14 +19,16 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from vertex_jax.calibrate.maps import METHODS
+from vertex_jax.calibrate.maps import METHODS, UPDATES
 from vertex_jax.cli import add_verbosity, user_errors
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vertex_jax.calibrate", description=__doc__.splitlines()[0])
     p.add_argument("--workdir", required=True, help="training run")
-    p.add_argument("--method", default="temperature", choices=(*METHODS, "none"))
+    p.add_argument("--method", default="temperature", choices=(*METHODS, *UPDATES, "none"),
+                   help="map to fit; 'intercept' refits the current map's intercept only (small site "
+                        "samples); 'none' removes the calibration (default temperature)")
     p.add_argument("--split", default="val", help="split to fit on (default val; never test)")
     p.add_argument("--manifest", help="fit on a labelled local manifest instead of a split (site recalibration)")
     p.add_argument("--n", type=int, help="with --manifest: cases to draw from it, by patient (default all)")
@@ -76,7 +78,7 @@ def _fit_and_store(step_dir: Path, scores, method: str, fitted_on: dict, what: s
     import numpy as np
 
     from vertex_jax import runs
-    from vertex_jax.calibrate.maps import CalibrationError
+    from vertex_jax.calibrate.maps import Calibration, CalibrationError
     from vertex_jax.calibrate.run import calibrate_outputs, store
 
     card = runs.read_json_item(step_dir, "card")
@@ -85,7 +87,8 @@ def _fit_and_store(step_dir: Path, scores, method: str, fitted_on: dict, what: s
                        np.full(len(scores), np.nan) for t in tasks], axis=1)
     logits = np.stack([scores[f"{t}_logit"].to_numpy(float) for t in tasks], axis=1)
     calibration = calibrate_outputs(method, logits, np.nan_to_num(labels), ~np.isnan(labels), tasks,
-                                    domain=card.get("domain", "xray"), step=int(step_dir.name), **fitted_on)
+                                    domain=card.get("domain", "xray"), step=int(step_dir.name),
+                                    previous=Calibration.from_card(card), **fitted_on)
     if calibration is None:
         raise CalibrationError(f"no task of {step_dir} could be calibrated on the {what} (see the warnings)")
     store(step_dir, calibration)

@@ -30,6 +30,10 @@ from scipy.special import expit, log_expit
 from vertex_jax.errors import UserError
 
 METHODS = ("temperature", "platt", "isotonic")
+# Updates of a model's current map (a site's small sample): "intercept" keeps its slope and
+# refits its intercept (recalibration in the large, the first step of Steyerberg's updating
+# hierarchy); the result is served as a Platt map.
+UPDATES = ("intercept",)
 ISOTONIC_MIN_CASES = 1000
 ISOTONIC_MIN_GAP = 0.05  # logit units between served knots (odds resolution ~5%)
 
@@ -159,6 +163,33 @@ def fit_map(method: str, logits: np.ndarray, labels: np.ndarray, task: str = "ta
     return TaskMap(method, _FITS[method](z, y), int(y.size), positives)
 
 
+def update_intercept(previous: TaskMap | None, logits: np.ndarray, labels: np.ndarray,
+                     task: str = "task") -> TaskMap:
+    """``previous`` (temperature, Platt or none: sigmoid) with its intercept refitted on
+    (logits, labels) by maximum likelihood, the slope kept: afterwards the mean probability
+    on these cases equals their prevalence."""
+    z, y = np.asarray(logits, np.float64).ravel(), np.asarray(labels, np.float64).ravel()
+    if z.shape != y.shape or not np.all(np.isfinite(z)) or not np.isin(y, (0.0, 1.0)).all():
+        raise CalibrationError(f"task '{task}': calibration needs finite logits and 0/1 labels of equal length")
+    positives = int(y.sum())
+    if positives in (0, y.size):
+        raise CalibrationError(f"task '{task}': {y.size} labelled case(s), all of one class; "
+                               "an intercept cannot be fitted")
+    if previous is None:
+        slope, intercept = 1.0, 0.0
+    elif previous.method == "temperature":
+        slope, intercept = 1.0 / previous.params["temperature"], 0.0
+    elif previous.method == "platt":
+        slope, intercept = previous.params["slope"], previous.params["intercept"]
+    else:
+        raise CalibrationError(f"task '{task}': an intercept update keeps a linear map's slope, and the "
+                               "current map is isotonic", todo="refit with --method platt")
+    offset = slope * z + intercept
+    res = minimize_scalar(lambda d: _log_loss(offset + d, y), bounds=(-20.0, 20.0), method="bounded",
+                          options={"xatol": 1e-10})
+    return TaskMap("platt", {"slope": float(slope), "intercept": float(intercept + res.x)}, int(y.size), positives)
+
+
 @dataclasses.dataclass(frozen=True)
 class Calibration:
     """A model's calibration: one map per task, and where it was fitted."""
@@ -192,13 +223,19 @@ class Calibration:
 
 
 def fit_calibration(method: str, logits: np.ndarray, labels: np.ndarray, label_mask: np.ndarray,
-                    tasks: Sequence[str], fitted_on: Mapping[str, Any]) -> tuple[Calibration, dict[str, str]]:
-    """Fit one map per task on its labelled cases; returns (calibration, {task: why not fitted})."""
+                    tasks: Sequence[str], fitted_on: Mapping[str, Any], previous: Calibration | None = None
+                    ) -> tuple[Calibration, dict[str, str]]:
+    """Fit one map per task on its labelled cases (``method`` "intercept": update ``previous``'s
+    maps); returns (calibration, {task: why not fitted})."""
     maps, skipped = {}, {}
     for i, task in enumerate(tasks):
         keep = np.asarray(label_mask)[:, i] > 0
+        z, y = np.asarray(logits)[keep, i], np.asarray(labels)[keep, i]
         try:
-            maps[task] = fit_map(method, np.asarray(logits)[keep, i], np.asarray(labels)[keep, i], task)
+            if method == "intercept":
+                maps[task] = update_intercept(previous.maps.get(task) if previous else None, z, y, task)
+            else:
+                maps[task] = fit_map(method, z, y, task)
         except CalibrationError as e:
             skipped[task] = str(e)
     return Calibration(maps, {"method": method, **fitted_on}), skipped

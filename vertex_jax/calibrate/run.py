@@ -37,11 +37,13 @@ def check_split(split: str, train_split: str = "train") -> None:
 
 def calibrate_outputs(method: str, logits: np.ndarray, labels: np.ndarray, label_mask: np.ndarray,
                       tasks: Sequence[str], *, split: str, domain: str, step: int,
-                      **fitted_on: Any) -> Calibration | None:
-    """Fit ``method`` per task; None (with the reasons logged) when no task could be fitted.
-    ``fitted_on`` adds to where it was fitted (a site's manifest, its cases' keys)."""
+                      previous: Calibration | None = None, **fitted_on: Any) -> Calibration | None:
+    """Fit ``method`` per task (``intercept``: update ``previous``); None (with the reasons
+    logged) when no task could be fitted. ``fitted_on`` adds to where it was fitted (a
+    site's manifest, its cases' keys)."""
     calibration, skipped = fit_calibration(method, logits, labels, label_mask, tasks,
-                                           {"split": split, "domain": domain, "step": int(step), **fitted_on})
+                                           {"split": split, "domain": domain, "step": int(step), **fitted_on},
+                                           previous)
     for task, why in skipped.items():
         logging.warning("calibration of %s not fitted (%s); its probabilities stay uncalibrated", task, why)
     return calibration if calibration.maps else None

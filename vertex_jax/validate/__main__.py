@@ -38,7 +38,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1, help="the generated cohort's seed (not the training one)")
     p.add_argument("--recalibrate", type=int, default=0, metavar="N",
                    help="fit a site calibration on N local cases and judge it on the rest (default 0: no)")
-    p.add_argument("--method", help="site calibration method (default: the run's own)")
+    p.add_argument("--method", default="intercept", choices=("intercept", "platt", "temperature", "isotonic"),
+                   help="site calibration: 'intercept' keeps the model's slope and refits its intercept "
+                        "(default: the steadier on a few hundred cases, docs/validation.md), or a new map")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples per interval")
     p.add_argument("--workers", type=int, help="processes generating the cohort (default all CPUs)")
     p.add_argument("--no-progress", action="store_true")
@@ -64,6 +66,7 @@ def _site(args, scores, card: dict, tasks: Sequence[str], manifest: Path, thresh
     import pandas as pd
 
     from vertex_jax.calibrate.cases import draw_local
+    from vertex_jax.calibrate.maps import Calibration
     from vertex_jax.errors import ConfigError
     from vertex_jax.evaluate.report import build_report
     from vertex_jax.validate.differences import task_rows
@@ -82,9 +85,9 @@ def _site(args, scores, card: dict, tasks: Sequence[str], manifest: Path, thresh
     ids = set(scores["image_id"][local])
     rows[rows["image_id"].isin(ids)].to_csv(site / "local.csv", index=False)
     rows[~rows["image_id"].isin(ids)].to_csv(site / "rest.csv", index=False)
-    method = args.method or (card.get("calibration") or {}).get("fitted_on", {}).get("method") or "platt"
+    method = args.method
     fit = fit_site(scores, local, tasks, method, {"split": "site", "manifest": str(site / "local.csv"),
-                                                  "seed": args.seed})
+                                                  "seed": args.seed}, Calibration.from_card(card))
     (site / "calibration.json").write_text(json.dumps(fit.calibration.to_dict(), indent=1) + "\n")
     (site / "thresholds.json").write_text(json.dumps(fit.thresholds, indent=2) + "\n")
     options = {"eval_split": "all", "bootstrap": args.bootstrap}

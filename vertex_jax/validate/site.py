@@ -33,14 +33,15 @@ def _labels_logits(scores: pd.DataFrame, tasks: Sequence[str]) -> tuple[np.ndarr
 
 
 def fit_site(scores: pd.DataFrame, local: np.ndarray, tasks: Sequence[str], method: str,
-             fitted_on: dict) -> SiteFit:
-    """Fit ``method`` on the ``local`` rows' logits, choose thresholds on their new
-    probabilities, and rescore the other rows."""
+             fitted_on: dict, previous: Calibration | None) -> SiteFit:
+    """Fit ``method`` (``intercept``: update ``previous``, the model's calibration) on the
+    ``local`` rows' logits, choose thresholds on their new probabilities, and rescore the
+    other rows."""
     sample = scores[local]
     labels, logits = _labels_logits(sample, tasks)
     known = ~np.isnan(labels)
     calibration, skipped = fit_calibration(method, logits, np.nan_to_num(labels), known, tasks,
-                                           {**fitted_on, KEY: case_keys(sample["image_id"])})
+                                           {**fitted_on, KEY: case_keys(sample["image_id"])}, previous)
     for task, why in skipped.items():
         logging.warning("site calibration of %s not fitted (%s)", task, why)
     if not calibration.maps:
