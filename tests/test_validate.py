@@ -124,7 +124,7 @@ def validated(tmp_path_factory):
     build_report(scores, run / "evaluation", eval_split="all", thresholds_on_eval=True, bootstrap=50)
     out = root / "out"
     assert validate(["--workdir", str(run), "--out", str(out), "--shift", "scanner", "--n", "24", "--seed", "3",
-                     "--recalibrate", "8", "--method", "platt", "--bootstrap", "50", "--no-progress"]) == 0
+                     "--recalibrate", "8", "--bootstrap", "50", "--no-progress"]) == 0
     return run, out
 
 

@@ -225,15 +225,16 @@ class Calibration:
 def fit_calibration(method: str, logits: np.ndarray, labels: np.ndarray, label_mask: np.ndarray,
                     tasks: Sequence[str], fitted_on: Mapping[str, Any], previous: Calibration | None = None
                     ) -> tuple[Calibration, dict[str, str]]:
-    """Fit one map per task on its labelled cases (``method`` "intercept": update ``previous``'s
-    maps); returns (calibration, {task: why not fitted})."""
+    """Fit one map per task on its labelled cases (``method`` "intercept": update
+    ``previous``'s maps); returns (calibration, {task: why not fitted})."""
     maps, skipped = {}, {}
     for i, task in enumerate(tasks):
         keep = np.asarray(label_mask)[:, i] > 0
         z, y = np.asarray(logits)[keep, i], np.asarray(labels)[keep, i]
+        before = previous.maps.get(task) if previous else None
         try:
             if method == "intercept":
-                maps[task] = update_intercept(previous.maps.get(task) if previous else None, z, y, task)
+                maps[task] = update_intercept(before, z, y, task)
             else:
                 maps[task] = fit_map(method, z, y, task)
         except CalibrationError as e:

@@ -38,9 +38,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1, help="the generated cohort's seed (not the training one)")
     p.add_argument("--recalibrate", type=int, default=0, metavar="N",
                    help="fit a site calibration on N local cases and judge it on the rest (default 0: no)")
-    p.add_argument("--method", default="intercept", choices=("intercept", "platt", "temperature", "isotonic"),
-                   help="site calibration: 'intercept' keeps the model's slope and refits its intercept "
-                        "(default: the steadier on a few hundred cases, docs/validation.md), or a new map")
+    p.add_argument("--method", default="platt", choices=("platt", "intercept", "temperature", "isotonic"),
+                   help="site calibration (default platt: unbiased under every declared shift; 'intercept' "
+                        "keeps the model's slope, steadier when that slope holds; docs/validation.md)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples per interval")
     p.add_argument("--workers", type=int, help="processes generating the cohort (default all CPUs)")
     p.add_argument("--no-progress", action="store_true")
