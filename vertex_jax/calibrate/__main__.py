@@ -93,7 +93,18 @@ def _fit_and_store(step_dir: Path, scores, method: str, fitted_on: dict, what: s
         raise CalibrationError(f"no task of {step_dir} could be calibrated on the {what} (see the warnings)")
     store(step_dir, calibration)
     log(f"calibrated {step_dir} on {len(scores)} image(s) of the {what}: {calibration.describe()}")
+    _stale_thresholds_note(step_dir, log)
     return calibration
+
+
+def _stale_thresholds_note(step_dir: Path, log: Callable[[str], None]) -> None:
+    """Thresholds are probabilities: those the run's evaluation chose belong to the replaced map."""
+    from vertex_jax import runs
+
+    chosen = runs.thresholds_path(runs.workdir_of(step_dir))
+    if chosen.is_file():
+        log(f"note: {chosen} was chosen on the previous probabilities; choose them again with "
+            f"python -m vertex_jax.evaluate --workdir {runs.workdir_of(step_dir)}")
 
 
 @user_errors
@@ -111,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         step_dir = runs.resolve_step_dir(args.checkpoint or args.workdir)
         store(step_dir, None)
         print(f"removed the calibration of {step_dir}")
+        _stale_thresholds_note(step_dir, print)
     elif args.manifest:
         calibrate_site(args.workdir, args.manifest, args.method, n=args.n, seed=args.seed,
                        checkpoint=args.checkpoint, progress=not args.no_progress)
