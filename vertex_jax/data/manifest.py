@@ -28,13 +28,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vertex_jax.data.clinical import CLINICAL, RANGES
+from vertex_jax.data.clinical import RANGES
 from vertex_jax.data.dicom_clinical import fill_from_headers
 from vertex_jax.problems import ProblemsError
-from vertex_jax.tasks import TASKS
+from vertex_jax.tasks import DOMAINS, TASKS
 
 REQUIRED = ("image_id", "patient_id", "path", "domain", "pvf", "osteo", "age", "sex", "bmi")
-DOMAINS = ("xray", "vfa")
 SPLITS = ("train", "val", "test", "finetune")
 _SEX = {"f": 1.0, "female": 1.0, "1": 1.0, "m": 0.0, "male": 0.0, "0": 0.0}
 _LABEL = {"1": 1.0, "0": 0.0, "1.0": 1.0, "0.0": 0.0, "true": 1.0, "false": 0.0}

@@ -35,12 +35,12 @@ import cv2
 import numpy as np
 
 from vertex_jax.errors import ConfigError
+from vertex_jax.tasks import DOMAINS
 
 LEVELS: tuple[str, ...] = tuple([f"T{i}" for i in range(4, 13)] + [f"L{i}" for i in range(1, 5)])
 THORACIC = 9  # T4..T12 are LEVELS[:9]
 FRACTURE_TYPES: tuple[str, ...] = ("wedge", "biconcave", "crush")
 GENANT_LOSS: dict[int, tuple[float, float]] = {1: (0.20, 0.25), 2: (0.25, 0.40), 3: (0.40, 0.60)}
-DOMAINS: tuple[str, ...] = ("xray", "vfa")
 
 # (name, bits stored choices, spacing tag, edge-enhancement range)
 _XRAY_VENDORS = (
