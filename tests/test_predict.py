@@ -117,6 +117,10 @@ def test_predict_folder_of_dicom_and_png_lists_bad_files(xray_run, tmp_path):
     assert scores.loc["a.dcm", "clinical_source"] == "age=dicom;sex=dicom;bmi=missing"
     assert (float(scores.loc["a.dcm", "age"]), scores.loc["a.dcm", "sex"]) == (71.0, "F")
     assert scores.loc["a.dcm", "clinical_missing"] == "bmi"
+    header = pydicom.dcmread(folder / "a.dcm", stop_before_pixels=True)  # the identifiers, filed back
+    assert (scores.loc["a.dcm", "sop_instance_uid"], scores.loc["a.dcm", "study_instance_uid"]) == \
+        (header.SOPInstanceUID, header.StudyInstanceUID) and scores.loc["a.dcm", "patient_id"] == header.PatientID
+    assert scores.loc["a.png", "sop_instance_uid"] == ""
     assert "5 image(s) lacked some clinical value" in proc.stdout, proc.stdout
     bad = pd.read_csv(tmp_path / "scores_unreadable.csv")
     assert sorted(bad["image_id"]) == ["broken", "fake", "report"]
@@ -307,7 +311,8 @@ def _hostile_folder(folder: Path) -> None:
 
 
 def test_folder_inputs_are_unique_and_dicom_by_content(tmp_path):
-    from vertex_jax.predict.inputs import collect_inputs, find_images
+    from vertex_jax.data.folder import find_images
+    from vertex_jax.predict.inputs import collect_inputs
 
     _hostile_folder(tmp_path / "in")
     inputs = collect_inputs(tmp_path / "in", "xray")  # x.png and x.dcm no longer abort the run

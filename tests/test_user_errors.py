@@ -48,6 +48,7 @@ CASES = {
     "export-missing-checkpoint": ("export", ["--checkpoint", "{tmp}/no_run", "--out", "{tmp}/x"],
                                   ["{tmp}/no_run", "finished training run"]),
     "calibrate-not-a-run": ("calibrate", ["--workdir", "{tmp}/no_run"], ["{tmp}/no_run"]),
+    "manifest-not-a-folder": ("manifest", ["{tmp}/nothing", "--out", "{tmp}/m.csv"], ["{tmp}/nothing is not a folder"]),
     "validate-not-a-run": ("validate", ["--workdir", "{tmp}/no_run", "--out", "{tmp}/v"], ["{tmp}/no_run"]),
     "prognosis-both-files-missing": ("prognosis", ["--scores", "{tmp}/s.csv", "--followup", "{tmp}/f.csv",
                                                    "--out", "{tmp}/p"], ["{tmp}/s.csv", "{tmp}/f.csv"]),

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 # command -> (module run as __main__, one line on what it does)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "manifest": ("vertex_jax.manifest", "a training manifest from a folder of DICOMs, labels joined by any id"),
     "train": ("vertex_jax.main", "train (or resume) a model: --config=xray[:demo] --workdir=DIR"),
     "predict": ("vertex_jax.predict", "score a folder, a manifest or a run's split; maps and overlays"),
     "evaluate": ("vertex_jax.evaluate", "evaluation report of a run: AUROC with intervals, calibration"),

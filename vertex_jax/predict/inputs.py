@@ -4,7 +4,10 @@ The table has the manifest columns (:mod:`vertex_jax.data.manifest`), parsed the
 from a folder, or where a CSV leaves them out, clinical values and labels are blank
 (the model's missing-value path is used and the output says so), ``image_id`` is the
 file's path relative to the folder (or CSV) without its extension (with it, where two
-files differ only by extension), and ``patient_id`` defaults to the ``image_id``.
+files differ only by extension), and ``patient_id`` defaults to the DICOM PatientID, else
+the ``image_id``. Every DICOM input's identifiers (study, series and instance UIDs,
+accession number: :mod:`vertex_jax.data.dicom_ids`) are read from its header and go into
+the scores, so a score can be filed back to its study.
 
 A folder is searched recursively (hidden folders left out). Every file is accounted for:
 it is an input when its extension is an image one or its content is DICOM (preamble, or a
@@ -24,13 +27,12 @@ from pathlib import Path
 import pandas as pd
 
 from vertex_jax.data.dicom_clinical import fill_from_headers
-from vertex_jax.data.io import is_dicom
+from vertex_jax.data.dicom_ids import add_identifiers
+from vertex_jax.data.folder import scan_folder, unique_ids
 from vertex_jax.data.manifest import REQUIRED, ManifestError, read_csv, validate
 from vertex_jax.errors import MissingInputError
 
-IMAGE_SUFFIXES = {".dcm", ".dicom", ".dic", ".png", ".jpg", ".jpeg", ".tif", ".tiff"}
 OPTIONAL_COLUMNS = ("split", "exam")
-DICOMDIR_REASON = "DICOMDIR: the index of a DICOM CD or export folder, not an image (its images are read as files)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,40 +41,6 @@ class Inputs:
 
     table: pd.DataFrame
     skipped: pd.DataFrame  # path, reason
-
-
-def scan_folder(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """(inputs, skipped with the reason) for every file under ``folder``, in sorted order."""
-    found, skipped = [], []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            path = Path(root) / name
-            if name.upper() == "DICOMDIR":
-                skipped.append((path, DICOMDIR_REASON))
-            elif name.startswith("."):  # also macOS "._name" resource forks
-                skipped.append((path, "hidden file"))
-            elif path.suffix.lower() in IMAGE_SUFFIXES or is_dicom(path):
-                found.append(path)
-            else:
-                skipped.append((path, f"extension {path.suffix or '(none)'} is not an image one, "
-                                      f"and the content is not DICOM"))
-    return found, skipped
-
-
-def find_images(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursive): known suffixes, plus DICOM by content."""
-    return scan_folder(folder)[0]
-
-
-def unique_ids(paths: list[Path], root: Path) -> list[str]:
-    """Relative paths without extension, with it where that alone would repeat an id."""
-    full = [(p.relative_to(root) if p.is_relative_to(root) else Path(p.name)).as_posix() for p in paths]
-    ids = [Path(f).with_suffix("").as_posix() for f in full]
-    while len(set(ids)) < len(ids):  # ends: full relative paths are unique
-        counts = pd.Series(ids).value_counts()
-        ids = [f if counts[i] > 1 else i for i, f in zip(ids, full)]
-    return ids
 
 
 def collect_inputs(source: str | os.PathLike, domain: str, *, clinical_from_dicom: bool = False
@@ -96,8 +64,9 @@ def collect_inputs(source: str | os.PathLike, domain: str, *, clinical_from_dico
             df["image_id"] = unique_ids([root / p for p in df["path"]], root)
     else:
         raise MissingInputError(f"input {source} is neither a folder nor a CSV file")
-    if "patient_id" not in df.columns:
-        df["patient_id"] = df["image_id"]
+    df = add_identifiers(df, root)
+    if "patient_id" not in df.columns:  # PatientID where the header has it
+        df["patient_id"] = df["dicom_patient_id"].where(df["dicom_patient_id"] != "", df["image_id"])
     if "domain" not in df.columns:
         df["domain"] = domain
     for column in (*REQUIRED, *OPTIONAL_COLUMNS):

@@ -24,6 +24,7 @@ from vertex_jax.calibrate import Calibration
 from vertex_jax.data.clinical import ClinicalStats
 from vertex_jax.data.io import ImageReadError, NotAnImageError, read_image
 from vertex_jax.data.clinical import CLINICAL
+from vertex_jax.data.dicom_ids import COLUMNS as IDENTIFIERS
 from vertex_jax.data.preprocess import Geometry, PreprocessConfig, preprocess
 from vertex_jax.tasks import TASKS
 
@@ -128,7 +129,8 @@ def score_table(df: pd.DataFrame, backend: Backend, *, batch: int = 16, workers:
 def _scores_frame(df: pd.DataFrame, backend: Backend, rows: list, probs: list, logits: list,
                   mask: np.ndarray) -> pd.DataFrame:
     idx = np.concatenate(rows) if rows else np.zeros(0, int)
-    out = df.iloc[idx][["image_id", "patient_id", "path", "domain", "split", "exam"]].copy()
+    ids = [c for c in IDENTIFIERS if c in df.columns]
+    out = df.iloc[idx][["image_id", "patient_id", *ids, "path", "domain", "split", "exam"]].copy()
     src = df.iloc[idx]
     out["age"], out["bmi"] = src["age"].to_numpy(), src["bmi"].to_numpy()
     out["sex"] = src["sex"].map({1.0: "F", 0.0: "M"}).fillna("").to_numpy()
