@@ -365,3 +365,33 @@ def test_csv_values_win_over_the_header(tmp_path):
     row = load_inputs(tmp_path / "in.csv", "xray", clinical_from_dicom=True).iloc[0]
     assert (row["age"], row["sex"], row["clinical_source"]) == (55.0, 1.0, "age=csv;sex=dicom;bmi=missing")
     assert np.isnan(load_inputs(tmp_path / "in.csv", "xray").iloc[0]["sex"])  # only on request
+
+
+def test_images_unlike_the_training_ones_are_flagged_or_refused(xray_run, tmp_path):
+    from vertex_jax.data.input_check import geometry_finding, header_findings
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image = (np.random.default_rng(0).random((120, 80)) * 4095).astype(np.uint16)
+    for name, view, part in (("lateral", "LL", "SPINE"), ("chest", "AP", "CHEST"), ("plain", "", "")):
+        write_dicom(folder / f"{name}.dcm", image, bits_stored=12)
+        ds = pydicom.dcmread(folder / f"{name}.dcm")
+        ds.ViewPosition, ds.BodyPartExamined = view, part
+        ds.save_as(folder / f"{name}.dcm")
+    cv2.imwrite(str(folder / "wide.png"), image.T.copy())  # landscape: 80 x 120
+    assert header_findings(folder / "lateral.dcm") == header_findings(folder / "plain.dcm") == []
+    assert [f.split(" (")[0] for f in header_findings(folder / "chest.dcm")] == \
+        ["ViewPosition AP", "BodyPartExamined CHEST"]
+    assert geometry_finding((80, 120), "xray") and geometry_finding((120, 80), "xray") is None
+    out = tmp_path / "s.csv"
+    proc = run_module("vertex_jax.predict", "--checkpoint", xray_run, "--input", folder, "--out", out, "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    flagged = pd.read_csv(out, keep_default_na=False).set_index("image_id")["input_check"]
+    assert flagged["lateral"] == flagged["plain"] == "" and "ViewPosition AP" in flagged["chest"]
+    assert "height/width 0.67" in flagged["wide"]
+    assert "warning: 2 image(s) unlike the training images" in proc.stdout
+    proc = run_module("vertex_jax.predict", "--checkpoint", xray_run, "--input", folder, "--out", out,
+                      "--no-progress", "--refuse-unexpected")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(pd.read_csv(out)["image_id"]) == ["lateral", "plain"]
+    assert sorted(pd.read_csv(tmp_path / "s_refused.csv")["image_id"]) == ["chest", "wide"]

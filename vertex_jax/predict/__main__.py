@@ -36,6 +36,25 @@ from vertex_jax.predict.inputs import collect_inputs
 from vertex_jax.predict.run import account, score_table
 
 
+def _input_check(scores: pd.DataFrame, out: Path, *, refuse: bool) -> pd.DataFrame:
+    """Say how many images the input check flagged (:mod:`vertex_jax.data.input_check`); with
+    ``refuse``, move them to ``<out>_refused.csv`` and return the rest."""
+    listing = out.with_name(f"{out.stem}_refused.csv")
+    listing.unlink(missing_ok=True)
+    flagged = scores["input_check"] != ""
+    if not flagged.any():
+        return scores
+    reasons = scores.loc[flagged, "input_check"].str.split("; ").explode().str.split(" \\(").str[0]
+    counts = ", ".join(f"{r} ×{n}" for r, n in reasons.value_counts().items())
+    if not refuse:
+        print(f"warning: {int(flagged.sum())} image(s) unlike the training images ({counts}); their scores are "
+              "kept and flagged in column input_check (--refuse-unexpected withholds them)")
+        return scores
+    scores[flagged][["image_id", "path", "input_check"]].to_csv(listing, index=False)
+    print(f"refused {int(flagged.sum())} image(s) unlike the training images ({counts}): listed in {listing}")
+    return scores[~flagged].reset_index(drop=True)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m vertex_jax.predict", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,6 +69,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--domain", help="domain of folder inputs (default: the model's)")
     p.add_argument("--clinical-from-dicom", action="store_true", help="age, sex and BMI from the "
                    "DICOM headers where the CSV has none (PatientAge, PatientSex, PatientWeight/Size)")
+    p.add_argument("--refuse-unexpected", action="store_true",
+                   help="withhold the scores of images the input check flags (not a lateral view, not a "
+                        "spine, another shape; listed in <out>_refused.csv) instead of only flagging them")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--workers", type=int, default=4, help="threads reading and preprocessing")
     p.add_argument("--explain", metavar="DIR", help="folder for overlays, review.html and "
@@ -118,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         scores = scores.merge(writer.findings_frame(), on="image_id", how="left")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    scores = _input_check(scores, out, refuse=args.refuse_unexpected)
     if args.clinical_from_dicom:
         scores = scores.merge(df[["image_id", "clinical_source", "clinical_notes"]], on="image_id", how="left")
     scores.to_csv(out, index=False)

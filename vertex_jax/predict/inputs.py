@@ -29,6 +29,7 @@ import pandas as pd
 from vertex_jax.data.dicom_clinical import fill_from_headers
 from vertex_jax.data.dicom_ids import add_identifiers
 from vertex_jax.data.folder import scan_folder, unique_ids
+from vertex_jax.data.input_check import add_header_findings
 from vertex_jax.data.manifest import REQUIRED, ManifestError, read_csv, validate
 from vertex_jax.errors import MissingInputError
 
@@ -74,7 +75,7 @@ def collect_inputs(source: str | os.PathLike, domain: str, *, clinical_from_dico
             df[column] = ""
     if clinical_from_dicom:
         df = fill_from_headers(df, root)
-    table = validate(df, root, source=str(source), check_files=False)
+    table = add_header_findings(validate(df, root, source=str(source), check_files=False))
     return Inputs(table, pd.DataFrame({"path": [str(p) for p, _ in skipped],
                                        "reason": [r for _, r in skipped]}))
 

@@ -25,6 +25,7 @@ from vertex_jax.data.clinical import ClinicalStats
 from vertex_jax.data.io import ImageReadError, NotAnImageError, read_image
 from vertex_jax.data.clinical import CLINICAL
 from vertex_jax.data.dicom_ids import COLUMNS as IDENTIFIERS
+from vertex_jax.data.input_check import geometry_finding
 from vertex_jax.data.preprocess import Geometry, PreprocessConfig, preprocess
 from vertex_jax.tasks import TASKS
 
@@ -108,7 +109,7 @@ def score_table(df: pd.DataFrame, backend: Backend, *, batch: int = 16, workers:
     called after each batch (Grad-CAM overlays)."""
     clinical, mask = backend.stats.apply(df)
     failures: list[Failure] = []
-    rows, probs, logits = [], [], []
+    rows, probs, logits, shapes = [], [], [], {}
     bar = tqdm(total=len(df), unit="img", desc="scoring", disable=not progress)
     reported = 0  # failures already counted on the bar
     for items in _prepared_batches(df, backend.preprocess, batch, workers, on_batch is not None,
@@ -119,11 +120,26 @@ def score_table(df: pd.DataFrame, backend: Backend, *, batch: int = 16, workers:
         if on_batch is not None:
             on_batch(items, image, clinical[idx], mask[idx])
         rows.append(idx), probs.append(p), logits.append(lo)
+        shapes.update((it.row, it.geometry.original) for it in items)
         bar.update(len(items) + len(failures) - reported)
         reported = len(failures)
     bar.update(len(failures) - reported)
     bar.close()
-    return _scores_frame(df, backend, rows, probs, logits, mask), _failures_frame(df, failures)
+    scores = _scores_frame(df, backend, rows, probs, logits, mask)
+    scores["input_check"] = _input_check(df, np.concatenate(rows) if rows else [], shapes)
+    return scores, _failures_frame(df, failures)
+
+
+def _input_check(df: pd.DataFrame, rows, shapes: dict[int, tuple[int, int]]) -> list[str]:
+    """Per scored row: the header's findings (collect_inputs) and the image's geometry."""
+    header = df["input_check"] if "input_check" in df.columns else pd.Series("", index=df.index)
+    out = []
+    for row in rows:
+        notes = [header.iloc[row]] if header.iloc[row] else []
+        if (geometry := geometry_finding(shapes[row], df["domain"].iloc[row])) is not None:
+            notes.append(geometry)
+        out.append("; ".join(notes))
+    return out
 
 
 def _scores_frame(df: pd.DataFrame, backend: Backend, rows: list, probs: list, logits: list,
