@@ -70,6 +70,10 @@ _VFA_OTHER_VENDORS = (
 )
 VENDOR_SETS: tuple[str, ...] = ("train", "other")
 _SHAPE_POINTS = 14  # points per endplate in a body outline
+# The six-point morphometry of a body (Genant 1993; McCloskey 1993): the anterior, middle and
+# posterior points of its superior and inferior endplates, in this order.
+ENDPLATE_POINTS: tuple[str, ...] = ("superior_anterior", "superior_middle", "superior_posterior",
+                                    "inferior_anterior", "inferior_middle", "inferior_posterior")
 _WALL_POINTS = 5  # points inside each body wall
 
 
@@ -261,6 +265,7 @@ class Body:
     posterior: tuple[np.ndarray, ...]  # pedicle, lamina, spinous process polygons
     fracture: Fracture | None
     impaction: np.ndarray | None  # (K, 2) the collapsed endplate of a fractured body
+    endplates: np.ndarray | None = None  # (6, 2) the ENDPLATE_POINTS of the outline
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -277,7 +282,9 @@ class Layout:
 
 @dataclasses.dataclass(frozen=True)
 class VertebraAnnotation:
-    """Per-vertebra ground truth; ``box`` is (x0, y0, x1, y1) in image pixels."""
+    """Per-vertebra ground truth; ``box`` is (x0, y0, x1, y1) in image pixels; ``points`` the
+    outline's :data:`ENDPLATE_POINTS` (x, y) in image pixels (0.01 px), from whose heights
+    ``height_loss`` follows (``1 - min(ratios)`` of the actual over the body's normal heights)."""
 
     level: str
     box: tuple[int, int, int, int]
@@ -285,9 +292,11 @@ class VertebraAnnotation:
     fracture_type: str | None
     grade: int
     height_loss: float
+    points: tuple[tuple[float, float], ...] = ()
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self) | {"box": list(self.box)}
+        return dataclasses.asdict(self) | {"box": list(self.box), "points": {
+            name: list(xy) for name, xy in zip(ENDPLATE_POINTS, self.points)}}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -328,6 +337,24 @@ def _body_polygon(depth: float, normal: np.ndarray, actual: np.ndarray, top_shar
                           posterior])
     pts[:, 1] -= (top[0] + top[-1] + bottom[0] + bottom[-1]) / 4
     return pts
+
+
+def _endplate_points(depth: float, normal: np.ndarray, actual: np.ndarray, top_share: float
+                     ) -> np.ndarray:
+    """The :data:`ENDPLATE_POINTS` of :func:`_body_polygon`'s outline (no inset), body frame:
+    its corners (u = +-depth/2) and the endplates' middle (u = 0), in the same centring."""
+    s = np.array([1.0, 0.0, -1.0])  # anterior, middle, posterior
+
+    def profile(h: np.ndarray) -> np.ndarray:
+        a, m, p = h
+        return m + (a - p) / 2 * s + ((a + p) / 2 - m) * s**2
+
+    h0, h = profile(normal), profile(actual)
+    top = -h0 / 2 + top_share * (h0 - h)
+    bottom = h0 / 2 - (1.0 - top_share) * (h0 - h)
+    shift = (top[0] + top[-1] + bottom[0] + bottom[-1]) / 4
+    u = s * (depth / 2)
+    return np.concatenate([np.stack([u, top - shift], 1), np.stack([u, bottom - shift], 1)])
 
 
 def _posterior_elements(depth: float, height: float, lumbar: bool) -> tuple[np.ndarray, ...]:
@@ -414,9 +441,10 @@ def layout(anatomy: Anatomy, acq: Acquisition) -> Layout:
         if (f := fractures.get(level)) is not None:  # the endplate taking most of the collapse
             m, bottom = _SHAPE_POINTS, _SHAPE_POINTS + _WALL_POINTS
             impaction = to_px(inner[:m] if f.top_share >= 0.5 else inner[bottom:bottom + m])
+        endplates = to_px(_endplate_points(d, normal, actual, share))
         bodies.append(Body(level, _apply(affine, centers[k][None])[0], angle,
                            _apply(affine, outlines[k]), to_px(inner), tuple(to_px(p) for p in post),
-                           f, impaction))
+                           f, impaction, endplates))
     ribs = []
     t = np.linspace(0.0, 1.0, 24)[:, None]
     for k in range(THORACIC):
@@ -618,5 +646,7 @@ def _annotate(body: Body, h: int, w: int) -> VertebraAnnotation:
     box = (max(0, math.floor(lo[0])), max(0, math.floor(lo[1])),
            min(w - 1, math.ceil(hi[0])), min(h - 1, math.ceil(hi[1])))
     f = body.fracture
+    points = () if body.endplates is None else tuple(
+        (round(float(x), 2), round(float(y), 2)) for x, y in body.endplates)
     return VertebraAnnotation(body.level, box, f is not None, f.kind if f else None,
-                              f.grade if f else 0, round(f.loss, 4) if f else 0.0)
+                              f.grade if f else 0, round(f.loss, 4) if f else 0.0, points)
