@@ -18,6 +18,8 @@ FORBIDDEN = {
               "inference"}, "data is the bottom of the pipeline"),
     "models": ({"data", "train", "predict", "explain", "evaluate", "calibrate", "export", "bench", "runs"},
                "the network knows nothing of data or training"),
+    "serve": ({"train", "models", "explain", "bench", "export", "main", "inference", "mesh", "runs"},
+              "the service runs without JAX: predict's ONNX path, data, calibrate and the DICOM outputs"),
     "errors": ({"*"}, "the error family imports nothing of the project"),
     "html_page": ({"*"}, "the page helpers sit below every part that writes a page"),
     "run_layout": ({"*"}, "the run directory's names sit below every part that reads or writes a run"),

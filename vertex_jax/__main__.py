@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "calibrate": ("vertex_jax.calibrate", "fit the maps from scores to probabilities (a split or a site's cases)"),
     "validate": ("vertex_jax.validate", "external validation: a second cohort (or shift, or manifest) vs internal"),
     "export": ("vertex_jax.export", "export a checkpoint to ONNX and TF SavedModel, verified"),
+    "serve": ("vertex_jax.serve", "score uploads over HTTP with an exported ONNX model (no JAX)"),
     "prognosis": ("vertex_jax.prognosis", "incident fracture: do the scores add to clinical factors?"),
     "bench": ("vertex_jax.bench", "throughput of the training/eval step, the input and the loop"),
     "synthetic": ("vertex_jax.synthetic", "write a synthetic cohort (DICOM/PNG, manifest, annotations)"),
@@ -32,7 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 EXTRA_OF = {**dict.fromkeys(("jax", "jaxlib", "flax", "optax", "orbax", "grain", "array_record",
                              "ml_collections", "absl", "sklearn", "tensorboardX", "h5py",
                              "safetensors", "matplotlib", "imagecodecs"), "train"),
-            "lifelines": "prognosis", "onnxruntime": "serve", "jax2onnx": "export", "onnx": "export",
+            "lifelines": "prognosis", "onnxruntime": "serve", "fastapi": "serve", "uvicorn": "serve",
+            "starlette": "serve", "python_multipart": "serve", "jax2onnx": "export", "onnx": "export",
             "tensorflow": "export", "torch": "peer", "timm": "peer"}
 
 
