@@ -11,6 +11,7 @@ preprocessing shows.
 """
 
 import http.client
+import io
 import json
 import os
 import socket
@@ -21,7 +22,6 @@ import time
 import zlib
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import pydicom
@@ -328,6 +328,38 @@ def test_bad_uploads_are_refused_with_the_reason(server, images, tmp_path):
     assert server.json(("a.png", png))[0] == 200
     log = server.log.read_text()
     assert "bug:" not in log and "Traceback" not in log and " 500 " not in log, log[-3000:]
+
+
+def _content_items(dataset) -> list:
+    """Every content item of an SR tree, depth first."""
+    out = []
+    for item in dataset.get("ContentSequence", []):
+        out += [item, *_content_items(item)]
+    return out
+
+
+def test_the_structured_report_on_request_holds_the_json_scores(server, images):
+    pytest.importorskip("vertex_jax.dicom_out.report", reason="the DICOM outputs are not installed")
+    source = pydicom.dcmread(images["a"], stop_before_pixels=True)
+    status, headers, body = server.post((images["a"].name, images["a"].read_bytes()), path="/predict?report=sr")
+    assert status == 200 and headers["content-type"] == "application/dicom", body[:500]
+    sr = pydicom.dcmread(io.BytesIO(body))
+    assert sr.SOPClassUID == pydicom.uid.ComprehensiveSRStorage and sr.Modality == "SR"
+    assert (sr.StudyInstanceUID, sr.PatientID) == (source.StudyInstanceUID, source.PatientID)
+    status, scores = server.json((images["a"].name, images["a"].read_bytes()))
+    assert status == 200
+    items = _content_items(sr)
+    numbers = {i.ConceptNameCodeSequence[0].CodeValue: float(i.MeasuredValueSequence[0].NumericValue)
+               for i in items if i.ValueType == "NUM"}
+    calls = {i.ConceptNameCodeSequence[0].CodeValue: i.ConceptCodeSequence[0].CodeMeaning
+             for i in items if i.ValueType == "CODE"}
+    for task in TASKS:
+        for column in (f"{task}_prob", f"{task}_prob_raw"):
+            assert abs(numbers[column] - scores[column]) <= 1e-6, column
+        threshold = THRESHOLDS[task]["youden"]  # model.json's operating point
+        assert calls[f"{task}_call"] == ("Positive" if scores[f"{task}_prob"] >= threshold else "Negative")
+    status, answer = server.json((images["png"].name, images["png"].read_bytes()), path="/predict?report=sr")
+    assert status == 422 and "needs a DICOM upload" in answer["error"]
 
 
 def test_the_model_path_forms_and_a_bad_one(export_dir, tmp_path, capsys):

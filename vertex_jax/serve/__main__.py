@@ -17,6 +17,7 @@ import logging
 import sys
 
 from vertex_jax.cli import add_verbosity, user_errors
+from vertex_jax.errors import UserError
 from vertex_jax.serve.upload import DEFAULT_MAX_UPLOAD_MB, MB
 
 
@@ -44,9 +45,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import uvicorn
+    try:
+        import uvicorn
 
-    from vertex_jax.serve.app import create_app
+        from vertex_jax.serve.app import create_app
+    except ModuleNotFoundError as error:
+        raise UserError(f"python -m vertex_jax.serve needs {error.name}, which this install lacks",
+                        todo="pip install 'vertex_jax[serve]'") from None
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     app = create_app(args.model, max_upload_bytes=int(args.max_upload_mb * MB), threads=args.threads)

@@ -25,7 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
@@ -79,11 +79,15 @@ def create_app(model: str | Path, *, max_upload_bytes: int = int(DEFAULT_MAX_UPL
         if report is not None and report not in REPORTS:
             raise UploadError(400, f"report={report!r} is not one of {list(REPORTS)}",
                               "leave report out for the JSON scores, or ask report=sr (DICOM uploads)")
-        upload, clinical = await _read_form(request)
-        filename = safe_name(upload.filename)
+        form = await _read_form(request)
         with tempfile.TemporaryDirectory(prefix="vertex-serve-") as tmp:
-            path = Path(tmp) / stored_name(filename)
-            size = await run_in_threadpool(_store, upload, path)
+            try:
+                upload, clinical = _file_of(form), parse_clinical(form)
+                filename = safe_name(upload.filename)
+                path = Path(tmp) / stored_name(filename)
+                size = await run_in_threadpool(_store, upload, path)
+            finally:
+                await form.close()  # the spooled upload, on disk past 1 MB
             if size == 0:
                 raise UploadError(400, f"the uploaded file {filename} is empty", "send the image's bytes")
             fmt = sniff_format(path, filename)
@@ -102,8 +106,8 @@ def create_app(model: str | Path, *, max_upload_bytes: int = int(DEFAULT_MAX_UPL
     return app
 
 
-async def _read_form(request: Request) -> tuple[UploadFile, dict[str, str]]:
-    """The uploaded file and the checked clinical fields of a multipart request."""
+async def _read_form(request: Request) -> FormData:
+    """The form of a multipart request (at most one file, only the known fields)."""
     content_type = request.headers.get("content-type", "")
     if content_type.split(";")[0].strip().lower() != "multipart/form-data":
         raise UploadError(415, f"the request is {content_type or 'without a Content-Type'}, not "
@@ -114,14 +118,20 @@ async def _read_form(request: Request) -> tuple[UploadFile, dict[str, str]]:
     except ClientDisconnect:
         raise UploadError(400, "the client disconnected before the upload ended", "send the whole request") from None
     if unknown := unknown_fields(form):
+        await form.close()  # its spooled files
         raise UploadError(400, f"unknown form field(s) {unknown}; the fields are {list(FORM_FIELDS)}",
                           "send the image as 'file' and, where known, 'age', 'sex' (F/M) and 'bmi'")
+    return form
+
+
+def _file_of(form: FormData) -> UploadFile:
+    """The form's ``file`` part; 400 when it is missing or not a file."""
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
         what = "is a text field, not a file" if upload is not None else "is missing"
         raise UploadError(400, f"the form field 'file' {what}",
                           "send the image as a file part named 'file', e.g. curl -F file=@image.dcm")
-    return upload, parse_clinical(form)
+    return upload
 
 
 def _store(upload: UploadFile, path: Path) -> int:
@@ -136,17 +146,30 @@ def _structured_report(scorer: Scorer, path: Path, scored: Scored) -> Response:
     """The DICOM Structured Report of the scores, written from the upload's header."""
     import pydicom
 
-    from vertex_jax.dicom_out.report import structured_report
-
+    try:
+        from vertex_jax.dicom_out.report import structured_report
+    except ImportError as error:  # highdicom absent
+        raise UploadError(501, f"Structured Reports need {error.name}, which this install lacks",
+                          "install it on the server, or leave report out for the JSON scores") from None
     source = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-    thresholds = {task: entry["youden"] for task, entry in (scorer.backend.thresholds or {}).items()
-                  if isinstance(entry, dict) and entry.get("youden") is not None}
-    report = structured_report(source, scored.row, tasks=scorer.backend.tasks, thresholds=thresholds or None)
+    try:
+        report = structured_report(source, scored.row, tasks=scorer.backend.tasks,
+                                   thresholds=operating_points(scorer.backend.thresholds))
+    except (ValueError, AttributeError) as error:  # a header without what a reference needs
+        raise UploadError(422, f"cannot make a Structured Report of {scored.row.get('path')}: {error}",
+                          "send a DICOM image with its study, series and instance UIDs, or leave report out") from None
     buffer = io.BytesIO()
     report.save_as(buffer, enforce_file_format=True)
     name = f"{Path(str(scored.row.get('image_id') or 'upload')).name}_sr.dcm"
     return Response(buffer.getvalue(), media_type="application/dicom",
                     headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+def operating_points(thresholds: dict | None) -> dict[str, float] | None:
+    """Each task's Youden threshold of model.json's ``thresholds`` (chosen on validation)."""
+    points = {task: float(entry["youden"]) for task, entry in (thresholds or {}).items()
+              if isinstance(entry, dict) and entry.get("youden") is not None}
+    return points or None
 
 
 def _add_error_handlers(app: FastAPI) -> None:
