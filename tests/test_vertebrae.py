@@ -250,6 +250,35 @@ def test_naming_follows_the_image_order_and_drops_a_surplus():
     assert lv.name_levels(np.zeros((0, len(LEVELS)))).tolist() == []
 
 
+def test_order_names_noisy_evidence_on_synthetic_spines():
+    """Cropped spines (T4-T8 to L1-L4 first and last) with a missed vertebra in half of them,
+    level evidence so noisy that alone it names under 60% right: the order names > 90%
+    (measured over 300 spines: 98.9%; 94.8% without the spacing term; 46% alone)."""
+    rng = np.random.default_rng(0)
+    hits, alone = [], []
+    for p in synthetic.simulate_patients(100, seed=3):
+        bodies = phantom.layout(*_anatomy_and_acquisition(p)).bodies
+        keep = list(range(int(rng.integers(0, 5)), 13 - int(rng.integers(0, 4))))
+        if rng.random() < 0.5:
+            keep.pop(int(rng.integers(1, len(keep) - 1)))
+        logits = rng.normal(0.0, 1.0, (len(keep), len(LEVELS)))
+        logits[np.arange(len(keep)), keep] += 1.5
+        lp = lv.log_softmax(logits)
+        outlines = [bodies[k].outline for k in keep]
+        centres = np.array([(o.min(0) + o.max(0)) / 2 for o in outlines])
+        heights = np.array([np.ptp(o[:, 1]) for o in outlines])
+        hits += (lv.name_levels(lp, centres, heights) == keep).tolist()
+        alone += (lp.argmax(1) == keep).tolist()
+    assert np.mean(alone) < 0.6 and np.mean(hits) > 0.9
+
+
+def _anatomy_and_acquisition(patient):
+    rng = np.random.default_rng(patient.index)
+    anatomy = phantom.sample_anatomy(rng, age=patient.age, bmi=patient.bmi, t_score=patient.t_score,
+                                     fractures=patient.fractures)
+    return anatomy, phantom.sample_acquisition(rng, "xray", scale=0.05)
+
+
 # --- targets and decoding -----------------------------------------------------------------------
 
 def _maps(t, confidence=10.0):

@@ -33,7 +33,7 @@ Output folder::
 
     images/<image_id>.dcm|png   bone-bright pixels; DICOM MONOCHROME1/2, several lossless codecs
     manifest.csv                one row per image: vertex_jax.data.manifest schema + truth
-    annotations.json            image_id -> one record per vertebra (level, box, fracture)
+    annotations.json            image_id -> one record per vertebra (level, box, fracture, endplate points)
     followup.csv                patient_id, followup_years, incident_fracture
     truth.json                  seed, version, settings, model coefficients, observed rates
 
