@@ -331,6 +331,28 @@ def test_targets_of_unannotated_partial_and_ignored_vertebrae():
     assert batch["annotated"].tolist() == [1.0, 1.0, 0.0]
 
 
+@pytest.mark.parametrize("angle, scale, flip", [(0.0, 1.0, True), (25.0, 1.1, False), (-30.0, 0.85, True)])
+def test_warped_vertebrae_follow_the_augmentations_pixels(angle, scale, flip):
+    """Against cv2.warpAffine with the rotation matrix the training warp matches: a blob's
+    centre of mass lands where the warped point says."""
+    import cv2
+    h, w = 96, 64
+    ys, xs = np.mgrid[0:h, 0:w]
+    point = (20.3, 31.7)  # continuous (x, y): pixel i spans [i, i + 1)
+    blob = np.exp(-((xs + 0.5 - point[0]) ** 2 + (ys + 0.5 - point[1]) ** 2) / (2 * 2.0**2))
+    image = blob[:, ::-1] if flip else blob
+    m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, scale)
+    out = cv2.warpAffine(image.astype(np.float64), m, (w, h), flags=cv2.INTER_LINEAR)
+    seen = ((xs + 0.5) * out).sum() / out.sum(), ((ys + 0.5) * out).sum() / out.sum()
+    v = ann.Vertebra("T8", (15.0, 28.0, 25.0, 35.0), 0, points=(point,) * 6)
+    moved = tg.warp_vertebra(v, (h, w), angle, scale, flip=flip)
+    np.testing.assert_allclose(moved.points[0], seen, atol=0.02)
+    corners = tg.warp_vertebra(ann.Vertebra("T8", v.box, 0), (h, w), angle, scale, flip=flip).box
+    assert corners[0] < moved.points[0][0] < corners[2] and corners[1] < moved.points[0][1] < corners[3]
+    if angle == 0.0:
+        assert corners == pytest.approx((w - 25.0, 28.0, w - 15.0, 35.0))
+
+
 def _hand_maps(spec, vertebrae):
     """Head outputs with a peak per (row, col, level, grade) and a 40×32-pixel box."""
     h, w = spec.grid

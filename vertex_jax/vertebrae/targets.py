@@ -87,6 +87,35 @@ def map_vertebra(v: Vertebra, transform) -> Vertebra:
     return dataclasses.replace(v, box=(float(x0), float(y0), float(x1), float(y1)), points=points)
 
 
+def warp_vertebra(v: Vertebra, canvas: tuple[int, int], angle_deg: float, scale: float,
+                  flip: bool = False) -> Vertebra:
+    """A canvas-pixel vertebra through the training augmentation's geometry: an optional
+    left-right mirror, then rotation by ``angle_deg`` (counter-clockwise) and scaling about
+    the canvas centre, as :func:`vertex_jax.train.augment.warp` moves the pixels (the map of
+    ``cv2.getRotationMatrix2D(((W-1)/2, (H-1)/2), angle, scale)`` on pixel indices, here on
+    continuous coordinates whose pixel i spans [i, i+1)). Points move exactly; the box becomes
+    the bounding box of its turned corners (larger than the body's by up to a few pixels per
+    10 degrees)."""
+    h, w = canvas
+    theta = math.radians(angle_deg)
+    a, b = scale * math.cos(theta), scale * math.sin(theta)
+    centre = np.array([w / 2.0, h / 2.0])
+    forward = np.array([[a, b], [-b, a]])
+
+    def move(xy: np.ndarray) -> np.ndarray:
+        xy = np.asarray(xy, np.float64)
+        if flip:
+            xy = np.stack([w - xy[:, 0], xy[:, 1]], 1)
+        return (xy - centre) @ forward.T + centre
+
+    x0, y0, x1, y1 = v.box
+    corners = move(np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]))
+    lo, hi = corners.min(0), corners.max(0)
+    points = None if v.points is None else tuple((float(x), float(y)) for x, y in move(np.array(v.points)))
+    return dataclasses.replace(v, box=(float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])),
+                               points=points)
+
+
 def content_box(spec: HeadSpec, geometry: Geometry | None) -> tuple[float, float, float, float]:
     """(x0, y0, x1, y1) of the canvas that shows the image (all of it without a geometry)."""
     if geometry is None:
