@@ -23,6 +23,8 @@ FORBIDDEN = {
     "vertebrae": ({"models", "train", "predict", "explain", "bench", "export", "main", "inference", "runs",
                    "serve", "dicomweb", "dicom_out", "synthetic", "calibrate", "validate", "prognosis"},
                   "the vertebra head's numerical parts (NumPy) sit below the network and training"),
+    "dicom_out": ({"predict", "train", "models", "explain", "bench", "export", "inference", "main"},
+                  "the DICOM outputs serve the ONNX backend and the HTTP service: no model, no JAX"),
     "errors": ({"*"}, "the error family imports nothing of the project"),
     "html_page": ({"*"}, "the page helpers sit below every part that writes a page"),
     "run_layout": ({"*"}, "the run directory's names sit below every part that reads or writes a run"),

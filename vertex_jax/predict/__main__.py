@@ -12,6 +12,9 @@ into the scores, a ``review.html`` of the cases sorted by score and, with ``--an
 baselines, randomisation check). ``--method`` picks the map (default: HiResCAM for every head,
 at stage 1 for ``gap`` and at the finest layer an evidence head reads: it points best on
 both, README "Localisation"); ``--gradcam DIR`` is ``--explain DIR --method gradcam``.
+``--dicom-out DIR`` files, for every DICOM input, a Structured Report of the scores and (with
+``--explain``) a Secondary Capture of each overlay into the source's study, under
+``DIR/<StudyInstanceUID>/`` (:mod:`vertex_jax.dicom_out`; not for clinical use).
 """
 
 from __future__ import annotations
@@ -84,7 +87,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--annotations", help="vertebra boxes (annotations.json or a CSV image_id, level, "
                    "x0, y0, x1, y1, fractured): localisation metrics")
     p.add_argument("--thresholds", help="thresholds.json of an evaluation report: the operating "
-                   "point shown in review.html (youden)")
+                   "point (youden) shown in review.html and called in the --dicom-out reports")
+    p.add_argument("--dicom-out", metavar="DIR", help="folder for DICOM outputs of DICOM inputs: a "
+                   "Structured Report per image, a Secondary Capture per overlay (with --explain), "
+                   "in DIR/<StudyInstanceUID>/")
     p.add_argument("--no-overlays", action="store_true", help="with --explain: findings and metrics only")
     p.add_argument("--no-progress", action="store_true")
     add_verbosity(p)
@@ -99,8 +105,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.explain, args.method = args.gradcam, "gradcam"
     if args.backend == "onnx" and (args.explain or args.annotations):
         p.error("--explain/--annotations need the model itself: use --backend jax")
-    if (args.annotations or args.method or args.layers or args.thresholds) and not args.explain:
-        p.error("--annotations, --method, --layers and --thresholds need --explain DIR")
+    if (args.annotations or args.method or args.layers) and not args.explain:
+        p.error("--annotations, --method and --layers need --explain DIR")
+    if args.thresholds and not (args.explain or args.dicom_out):
+        p.error("--thresholds needs --explain DIR or --dicom-out DIR")
     if args.batch < 1:
         p.error("--batch must be >= 1")
     return args
@@ -121,6 +129,10 @@ def _backend(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     backend = _backend(args)
+    thresholds = _thresholds(args.thresholds, backend.tasks)  # a bad file stops the run before scoring
+    if args.dicom_out:
+        from vertex_jax.dicom_out.write import prepare_folder
+        prepare_folder(Path(args.dicom_out))
     domain = args.domain or getattr(backend, "domain", None) or "xray"
     inputs = collect_inputs(args.input, domain, clinical_from_dicom=args.clinical_from_dicom)
     df = inputs.table
@@ -153,8 +165,34 @@ def main(argv: list[str] | None = None) -> int:
         print(source_summary(scores["clinical_source"]))
     print("\n".join(account(out, len(scores), unreadable, inputs.skipped)))
     if writer is not None:
-        _write_explanations(args, backend, writer, scores)
+        _write_explanations(args, backend, writer, scores, thresholds)
+    if args.dicom_out:
+        _write_dicom(args, backend, writer, scores, thresholds)
     return 0 if len(scores) else 1
+
+
+def _thresholds(path: str | None, tasks) -> dict[str, float]:
+    """The youden cut-off per task of a thresholds.json (review.html, --dicom-out)."""
+    if not path:
+        return {}
+    from vertex_jax.evaluate.thresholds import read_thresholds
+
+    table = read_thresholds(path)
+    return {t: table[t]["youden"]["threshold"] for t in tasks
+            if table.get(t, {}).get("youden", {}).get("threshold") is not None}
+
+
+def _write_dicom(args: argparse.Namespace, backend, writer, scores: pd.DataFrame,
+                 thresholds: dict[str, float]) -> None:
+    from vertex_jax.dicom_out.write import write_outputs
+
+    overlay = None
+    if writer is not None and writer.overlays:
+        from vertex_jax.predict.explain_writer import overlay_name
+        overlay = lambda image_id, task: Path(args.explain) / overlay_name(image_id, task)  # noqa: E731
+    done = write_outputs(scores, args.dicom_out, tasks=backend.tasks, thresholds=thresholds,
+                         method=args.method if writer is not None else None, overlay=overlay)
+    print("\n".join(done.summary()))
 
 
 def _explain_writer(args: argparse.Namespace, backend, df):
@@ -175,16 +213,13 @@ def _explain_writer(args: argparse.Namespace, backend, df):
                          overlays=not args.no_overlays, random_model=random_model)
 
 
-def _write_explanations(args: argparse.Namespace, backend, writer, scores) -> None:
+def _write_explanations(args: argparse.Namespace, backend, writer, scores,
+                        thresholds: dict[str, float]) -> None:
     """review.html always; localization.json and its summary lines with boxes."""
-    from vertex_jax.evaluate.thresholds import read_thresholds
     from vertex_jax.explain.review import render_review
 
     folder = Path(args.explain)
     folder.mkdir(parents=True, exist_ok=True)
-    table = read_thresholds(args.thresholds) if args.thresholds else {}
-    thresholds = {t: table[t]["youden"]["threshold"] for t in backend.tasks
-                  if table.get(t, {}).get("youden", {}).get("threshold") is not None}
     (folder / "review.html").write_text(render_review(scores, backend.tasks, writer.pictures, thresholds,
                                                       title=f"{backend.name} ({args.method})"))
     print(f"review: {folder / 'review.html'}")
