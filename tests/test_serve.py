@@ -1,7 +1,7 @@
 """The scoring service (python -m vertex_jax.serve): a real server in a subprocess, talked to
 over HTTP. Its scores equal predict's on the same files (PNG, DICOM, form values, header
-values); every bad upload is a 4xx naming the problem and the server stays up; its import
-chain loads no JAX.
+values) and its Structured Report holds them; every bad upload is a 4xx naming the problem
+and the server stays up; its import chain loads no JAX.
 
 The model is a small ONNX graph of the export's signature and model.json schema, built here
 with onnx.helper (a linear map of the canvas and the clinical inputs): the real export of
@@ -339,7 +339,6 @@ def _content_items(dataset) -> list:
 
 
 def test_the_structured_report_on_request_holds_the_json_scores(server, images):
-    pytest.importorskip("vertex_jax.dicom_out.report", reason="the DICOM outputs are not installed")
     source = pydicom.dcmread(images["a"], stop_before_pixels=True)
     status, headers, body = server.post((images["a"].name, images["a"].read_bytes()), path="/predict?report=sr")
     assert status == 200 and headers["content-type"] == "application/dicom", body[:500]
