@@ -6,7 +6,6 @@ header without a study counted, the others written."""
 import contextlib
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import pandas as pd
 import pydicom
 import pytest
 
+import debian
 from checkpoints import write_checkpoint
 from vertex_jax.dicom_out import NOT_FOR_CLINICAL_USE
 from vertex_jax.dicom_out.capture import enlargement
@@ -31,20 +31,6 @@ TASKS = ("pvf", "osteo")
 THRESHOLDS = {"pvf": 0.5, "osteo": 0.3}
 LEVEL_ROW = {"pvf_peak_x": 10.0, "pvf_peak_y": 20.0, "pvf_region_x0": 5, "pvf_region_y0": 15,  # a map's findings
              "pvf_region_x1": 16, "pvf_region_y1": 26, "pvf_level": "L1", "saliency_method": "hirescam"}
-
-
-def _dciodvfy() -> str | None:
-    """dicom3tools' validator: on the PATH, or apt-installed when running as root."""
-    if found := shutil.which("dciodvfy"):
-        return found
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for args in (["install", "-y", "-q", "--no-install-recommends", "dicom3tools"], ["update", "-q"],
-                     ["install", "-y", "-q", "--no-install-recommends", "dicom3tools"]):
-            if subprocess.run(["apt-get", *args], capture_output=True, timeout=300, env=env).returncode == 0 \
-                    and shutil.which("dciodvfy"):
-                break  # a fresh machine may need the package lists first
-    return shutil.which("dciodvfy")
 
 
 def _image(seed: int) -> np.ndarray:
@@ -129,9 +115,8 @@ def test_every_dicom_image_gets_a_report_and_the_summary_counts_the_rest(run):
 
 def test_outputs_pass_dciodvfy(run, tmp_path):
     """Every SR and SC of the run, and an SR naming a vertebra: no Error (warnings allowed)."""
-    validator = _dciodvfy()
-    if validator is None:
-        pytest.skip("dciodvfy (dicom3tools) not installed and cannot be apt-installed here")
+    debian.require({"dciodvfy": "dicom3tools"})
+    validator = shutil.which("dciodvfy")
     source = pydicom.dcmread(run["folder"] / "a.dcm", stop_before_pixels=True)
     structured_report(source, {**run["frame"].iloc[0].to_dict(), **LEVEL_ROW}, tasks=TASKS).save_as(
         tmp_path / "SR_level.dcm", enforce_file_format=True)

@@ -25,6 +25,8 @@ FORBIDDEN = {
                   "the vertebra head's numerical parts (NumPy) sit below the network and training"),
     "dicom_out": ({"predict", "train", "models", "explain", "bench", "export", "inference", "main"},
                   "the DICOM outputs serve the ONNX backend and the HTTP service: no model, no JAX"),
+    "dicomweb": ({"predict", "train", "models", "explain", "bench", "export", "inference", "main", "serve"},
+                 "talking to a PACS needs no model: predict calls it, not the other way"),
     "errors": ({"*"}, "the error family imports nothing of the project"),
     "html_page": ({"*"}, "the page helpers sit below every part that writes a page"),
     "run_layout": ({"*"}, "the run directory's names sit below every part that reads or writes a run"),

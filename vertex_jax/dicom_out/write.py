@@ -45,6 +45,7 @@ class DicomOutputs:
     images: int = 0  # DICOM images with at least one output
     not_written: list[dict[str, str]] = dataclasses.field(default_factory=list)
     overlays: bool = True
+    written: list[Path] = dataclasses.field(default_factory=list)  # every file, in writing order
 
     def _count(self, kind: str) -> int:
         return sum(1 for r in self.not_written if r["kind"] == kind)
@@ -110,7 +111,7 @@ def _one(out: DicomOutputs, row: Mapping[str, Any], tasks: Sequence[str],
     wrote = False
     try:
         sr = structured_report(source, row, tasks=tasks, thresholds=thresholds)
-        _save(sr, out.folder, f"SR_{sr.SOPInstanceUID}.dcm")
+        out.written.append(_save(sr, out.folder, f"SR_{sr.SOPInstanceUID}.dcm"))
         out.reports, wrote = out.reports + 1, True
     except Exception as e:  # noqa: BLE001 - named and counted; the others go on
         failed("SR", e)
@@ -123,7 +124,7 @@ def _one(out: DicomOutputs, row: Mapping[str, Any], tasks: Sequence[str],
             if picture is None:
                 raise OSError(f"cannot read the overlay {picture_path}")
             sc = secondary_capture(source, row, task, cv2.cvtColor(picture, cv2.COLOR_BGR2RGB))
-            _save(sc, out.folder, f"SC_{task}_{sc.SOPInstanceUID}.dcm")
+            out.written.append(_save(sc, out.folder, f"SC_{task}_{sc.SOPInstanceUID}.dcm"))
             out.captures, wrote = out.captures + 1, True
         except Exception as e:  # noqa: BLE001
             failed(f"SC {task}", e)

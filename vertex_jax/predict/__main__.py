@@ -15,6 +15,9 @@ both, README "Localisation"); ``--gradcam DIR`` is ``--explain DIR --method grad
 ``--dicom-out DIR`` files, for every DICOM input, a Structured Report of the scores and (with
 ``--explain``) a Secondary Capture of each overlay into the source's study, under
 ``DIR/<StudyInstanceUID>/`` (:mod:`vertex_jax.dicom_out`; not for clinical use).
+``--input dicomweb://host:port/root?PatientID=…`` fetches the matching studies from a PACS
+(QIDO-RS, WADO-RS) into ``--spool DIR`` and scores them; ``--stow`` stores the
+``--dicom-out`` files back in their studies (STOW-RS) (:mod:`vertex_jax.dicomweb`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import pandas as pd
 from vertex_jax.explain import DEFAULT_METHOD, METHODS
 from vertex_jax.cli import add_verbosity, user_errors
 from vertex_jax.data.dicom_clinical import source_summary
+from vertex_jax.dicomweb.address import is_dicomweb
 from vertex_jax.errors import InputDataError
 from vertex_jax.predict.inputs import collect_inputs
 from vertex_jax.predict.run import account, score_table
@@ -64,7 +68,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--backend", choices=("jax", "onnx"), default="jax")
     p.add_argument("--checkpoint", help="jax: run workdir, checkpoints dir or step dir")
     p.add_argument("--model", help="onnx: exported model.onnx (its model.json beside it)")
-    p.add_argument("--input", required=True, help="folder of images, or a CSV with a 'path' column")
+    p.add_argument("--input", required=True, help="folder of images, a CSV with a 'path' column, or a "
+                   "DICOMweb server's studies: dicomweb://host:port/root[?StudyInstanceUID=…|PatientID=…]")
+    p.add_argument("--spool", metavar="DIR", help="DICOMweb input: folder the fetched instances are kept in "
+                   "(default: <out>_dicomweb/ beside --out; an instance already there is not fetched again)")
+    p.add_argument("--stow", action="store_true", help="DICOMweb input: store the --dicom-out files back on "
+                   "the server, in their studies (STOW-RS; the same UIDs on a re-run, so nothing doubles)")
     p.add_argument("--out", required=True, help="scores CSV to write")
     p.add_argument("--split", help="score only CSV rows of this split")
     p.add_argument("--splits", help="a run's splits.csv (image_id, split): the split of each row "
@@ -109,6 +118,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--annotations, --method and --layers need --explain DIR")
     if args.thresholds and not (args.explain or args.dicom_out):
         p.error("--thresholds needs --explain DIR or --dicom-out DIR")
+    if (args.spool or args.stow) and not is_dicomweb(args.input):
+        p.error("--spool and --stow need a DICOMweb --input (dicomweb://host:port/root)")
+    if args.stow and not args.dicom_out:
+        p.error("--stow stores the --dicom-out files: give --dicom-out DIR")
     if args.batch < 1:
         p.error("--batch must be >= 1")
     return args
@@ -128,14 +141,17 @@ def _backend(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    out = Path(args.out)
+    source = _fetch(args, out) if is_dicomweb(args.input) else None  # an unreachable PACS fails fast
     backend = _backend(args)
     thresholds = _thresholds(args.thresholds, backend.tasks)  # a bad file stops the run before scoring
     if args.dicom_out:
         from vertex_jax.dicom_out.write import prepare_folder
         prepare_folder(Path(args.dicom_out))
     domain = args.domain or getattr(backend, "domain", None) or "xray"
-    inputs = collect_inputs(args.input, domain, clinical_from_dicom=args.clinical_from_dicom)
-    df = inputs.table
+    inputs = collect_inputs(source.fetched.folder if source else args.input, domain,
+                            clinical_from_dicom=args.clinical_from_dicom)
+    df = inputs.table if source is None else source.rows(inputs.table)
     if args.splits:
         saved = pd.read_csv(args.splits, dtype=str, keep_default_na=False)[["image_id", "split"]]
         df = df.drop(columns="split", errors="ignore").merge(saved, on="image_id", how="left")
@@ -150,7 +166,6 @@ def main(argv: list[str] | None = None) -> int:
                                      on_batch=writer, progress=not args.no_progress)
     if writer is not None:
         scores = scores.merge(writer.findings_frame(), on="image_id", how="left")
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     scores = _input_check(scores, out, refuse=args.refuse_unexpected)
     if args.clinical_from_dicom:
@@ -167,7 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     if writer is not None:
         _write_explanations(args, backend, writer, scores, thresholds)
     if args.dicom_out:
-        _write_dicom(args, backend, writer, scores, thresholds)
+        written = _write_dicom(args, backend, writer, scores, thresholds)
+        if args.stow:
+            from vertex_jax.dicomweb.prediction import store_back
+            store_back(source, written)
     return 0 if len(scores) else 1
 
 
@@ -182,8 +200,15 @@ def _thresholds(path: str | None, tasks) -> dict[str, float]:
             if table.get(t, {}).get("youden", {}).get("threshold") is not None}
 
 
+def _fetch(args: argparse.Namespace, out: Path):
+    """The DICOMweb input's studies, fetched into the spool folder."""
+    from vertex_jax.dicomweb.prediction import fetch_input
+
+    return fetch_input(args.input, args.spool or out.with_name(f"{out.stem}_dicomweb"))
+
+
 def _write_dicom(args: argparse.Namespace, backend, writer, scores: pd.DataFrame,
-                 thresholds: dict[str, float]) -> None:
+                 thresholds: dict[str, float]) -> list[Path]:
     from vertex_jax.dicom_out.write import write_outputs
 
     overlay = None
@@ -193,6 +218,7 @@ def _write_dicom(args: argparse.Namespace, backend, writer, scores: pd.DataFrame
     done = write_outputs(scores, args.dicom_out, tasks=backend.tasks, thresholds=thresholds,
                          method=args.method if writer is not None else None, overlay=overlay)
     print("\n".join(done.summary()))
+    return done.written
 
 
 def _explain_writer(args: argparse.Namespace, backend, df):
