@@ -81,12 +81,28 @@ def warp(image: jax.Array, angle_deg: jax.Array, scale: jax.Array) -> jax.Array:
     return jax.scipy.ndimage.map_coordinates(image, [src_y, src_x], order=1, mode="constant")
 
 
+def draw_flip(key: jax.Array, config: AugmentConfig) -> jax.Array:
+    """Whether the example is mirrored left-right (always False when ``flip_prob`` is 0)."""
+    if config.flip_prob > 0.0:
+        return jax.random.bernoulli(stream(key, "flip"), config.flip_prob)
+    return jnp.bool_(False)
+
+
+def warp_params(keys: jax.Array, config: AugmentConfig) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per-example (angle in degrees, scale, mirror) of the warp :func:`augment_batch` applies
+    with ``keys``: what moves the vertebra annotations with the pixels
+    (:mod:`vertex_jax.train.vertebra_targets`)."""
+    def one(key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        angle, scale, _ = draw_params(key, config)
+        return angle, scale, draw_flip(key, config)
+    return jax.vmap(one)(keys)
+
+
 def augment_one(image: jax.Array, key: jax.Array, config: AugmentConfig) -> jax.Array:
     """[H, W, C] float in [0, 1] → augmented float in [0, 1]."""
     angle, scale, sigma = draw_params(key, config)
     if config.flip_prob > 0.0:
-        flip = jax.random.bernoulli(stream(key, "flip"), config.flip_prob)
-        image = jnp.where(flip, image[:, ::-1], image)
+        image = jnp.where(draw_flip(key, config), image[:, ::-1], image)
     warped = jax.vmap(lambda c: warp(c, angle, scale), in_axes=-1, out_axes=-1)(image)
     noise = jax.random.normal(stream(key, "noise"), warped.shape, warped.dtype)
     return jnp.clip(warped + sigma * noise, 0.0, 1.0)

@@ -144,6 +144,45 @@ def _cells(box: Sequence[float], spec: HeadSpec) -> tuple[slice, slice]:
             slice(max(0, math.floor(x0 / s)), min(w, math.ceil(x1 / s))))
 
 
+@dataclasses.dataclass(frozen=True)
+class Placed:
+    """One vertebra as the targets see it, in canvas pixels: ``box`` is the part of it the
+    canvas shows; ``target`` False for one the head is not asked about (a level outside
+    T4..L4, or less than ``min_visible`` of it shown), whose cells leave the heat-map loss.
+    ``points`` (6, 2) or None; ``level`` an index into LEVELS, ``grade`` and ``fractured``
+    class indices, -1 where unknown."""
+
+    box: tuple[float, float, float, float]
+    target: bool
+    points: np.ndarray | None
+    level: int
+    grade: int
+    fractured: int
+
+
+def place(vertebrae: Sequence[Vertebra], geometry: Geometry | None = None,
+          spec: HeadSpec = HeadSpec()) -> list[Placed]:
+    """Vertebrae (original pixels; canvas pixels when ``geometry`` is None) on the canvas,
+    clipped to the part that shows the image, in the order given; those wholly outside it
+    are left out."""
+    cx0, cy0, cx1, cy1 = content_box(spec, geometry)
+    out = []
+    for v in vertebrae:
+        c = v if geometry is None else map_vertebra(v, geometry.to_canvas)
+        x0, y0, x1, y1 = c.box
+        vis = (max(x0, cx0), max(y0, cy0), min(x1, cx1), min(y1, cy1))
+        area = (x1 - x0) * (y1 - y0)
+        shown = max(0.0, vis[2] - vis[0]) * max(0.0, vis[3] - vis[1])
+        target = not (c.level is not None and c.level not in LEVELS or shown < spec.min_visible * area)
+        if not target and shown <= 0:
+            continue
+        out.append(Placed(vis, target, None if c.points is None else np.array(c.points, np.float64),
+                          LEVELS.index(c.level) if target and c.level is not None else -1,
+                          -1 if c.grade is None else c.grade,
+                          -1 if c.fractured is None else int(c.fractured)))
+    return out
+
+
 def encode(vertebrae: Sequence[Vertebra] | None, geometry: Geometry | None = None,
            spec: HeadSpec = HeadSpec(), *, complete: bool = True) -> dict[str, np.ndarray]:
     """Dense targets of one image (see the module).
@@ -160,20 +199,14 @@ def encode(vertebrae: Sequence[Vertebra] | None, geometry: Geometry | None = Non
     t["annotated"] = np.float32(1.0)
     h, w = spec.grid
     s = spec.stride
-    cx0, cy0, cx1, cy1 = content_box(spec, geometry)
     if complete:
         t["heat_weight"][:] = 1.0
     ignore = np.zeros((h, w), bool)
     ys, xs = np.arange(h, dtype=np.float64)[:, None], np.arange(w, dtype=np.float64)[None, :]
-    for v in vertebrae:
-        c = v if geometry is None else map_vertebra(v, geometry.to_canvas)
-        x0, y0, x1, y1 = c.box
-        vis = (max(x0, cx0), max(y0, cy0), min(x1, cx1), min(y1, cy1))
-        area = (x1 - x0) * (y1 - y0)
-        shown = max(0.0, vis[2] - vis[0]) * max(0.0, vis[3] - vis[1])
-        if c.level is not None and c.level not in LEVELS or shown < spec.min_visible * area:
-            if shown > 0:
-                ignore[_cells(vis, spec)] = True
+    for p in place(vertebrae, geometry, spec):
+        vis = p.box
+        if not p.target:
+            ignore[_cells(vis, spec)] = True
             continue
         rows, cols = _cells(vis, spec)
         if not complete:
@@ -189,12 +222,12 @@ def encode(vertebrae: Sequence[Vertebra] | None, geometry: Geometry | None = Non
         t["centre"][i, j] = True
         t["size"][i, j] = (bw / s, bh / s)
         t["offset"][i, j] = (bx / s - j, by / s - i)
-        if c.points is not None:
-            t["points"][i, j] = ((np.array(c.points) - (bx, by)) / s).ravel()
+        if p.points is not None:
+            t["points"][i, j] = ((p.points - (bx, by)) / s).ravel()
             t["points_mask"][i, j] = True
-        t["level"][i, j] = LEVELS.index(c.level) if c.level is not None else -1
-        t["grade"][i, j] = -1 if c.grade is None else c.grade
-        t["fractured"][i, j] = -1 if c.fractured is None else int(c.fractured)
+        t["level"][i, j] = p.level
+        t["grade"][i, j] = p.grade
+        t["fractured"][i, j] = p.fractured
     t["heat_weight"][ignore & ~t["centre"]] = 0.0
     return t
 
