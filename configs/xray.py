@@ -34,6 +34,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         skip_unreadable=False,
         clinical_from_dicom=False,  # blank manifest age/sex/bmi from DICOM headers (the CSV wins)
         shared_fs=True,  # multi-host: one process writes cohort/cache, the rest wait
+        # Per-vertebra annotations (JSON or CSV, docs/vertebrae.md), read when model.vertebrae
+        # is on; empty: the synthetic cohort's annotations.json (none with a manifest).
+        # Images without annotations train the image-level tasks only.
+        annotations="",
+        annotations_complete=True,  # every T4-L4 vertebra an annotated image shows is boxed (False: lesion boxes)
         synthetic=dict(num_patients=2000, scale=0.5, seed=0,
                        options=dict()),  # generate_cohort options (vertex_jax.synthetic.cohort)
     )
@@ -54,7 +59,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                    # "gap": global average pool + fusion MLP (the paper's); "evidence": a map of
                    # per-position logits pooled into the score (README, "Localisation").
                    head="gap", evidence_taps="head,stage4", evidence_width=64, pooling="lse",
-                   lse_r=1.0)
+                   lse_r=1.0,
+                   vertebrae=False)  # the vertebra head (docs/vertebrae.md); off in the paper recipe
+    c.loss = dict(vertebrae_weight=1.0)  # the vertebra head's losses, added to the image-level loss
     c.optim = dict(lr=1e-4, weight_decay=1e-4, warmup_epochs=1.0, min_lr_ratio=0.01,
                    clip_norm=1.0, pos_weight=(), grad_accum=1,
                    freeze_stages=0,  # keep the stem + first N backbone stages fixed

@@ -11,6 +11,9 @@ Every batch is a dict of NumPy arrays for this process's share of the global bat
     epoch          [b] int64 training epoch of the example (augmentation key)
     valid          [b] bool, False for the padding that completes the last evaluation batch
 
+plus any ``extra`` per-example arrays a caller adds (the vertebra slots of
+:mod:`vertex_jax.vertebrae.slots` when the vertebra head trains).
+
 Training: a per-epoch reshuffle of the split (grain's index shuffle, reseeded each
 epoch), repeated, and cut into global batches of ``B`` consecutive examples; process ``p``
 of ``P`` reads only rows ``[p*B/P, (p+1)*B/P)`` of each (:class:`ProcessShard`), so the
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import grain
 from absl import flags
@@ -204,9 +207,11 @@ def _prefetch(ds: grain.IterDataset, workers: int, buffer: int = 2) -> grain.Ite
 def train_dataset(cache: Cache, df: pd.DataFrame, *, tasks: Sequence[str], stats: ClinicalStats,
                   global_batch: int, seed: int, num_epochs: int | None = None, workers: int = 0,
                   process_index: int = 0, process_count: int = 1, read_threads: int = 0,
-                  read_buffer_mib: float = READ_BUFFER_MIB) -> grain.IterDataset:
+                  read_buffer_mib: float = READ_BUFFER_MIB,
+                  extra: Mapping[str, np.ndarray] | None = None) -> grain.IterDataset:
     """Shuffled, repeated training batches for this process (see module docstring);
-    ``read_threads``, ``read_buffer_mib``: :func:`read_options`."""
+    ``read_threads``, ``read_buffer_mib``: :func:`read_options`; ``extra``: more per-example
+    arrays, one row per row of ``df``, batched under their names."""
     if len(df) < global_batch:
         raise InputDataError(f"training split has {len(df)} examples, fewer than one batch "
                              f"({global_batch})",
@@ -214,6 +219,11 @@ def train_dataset(cache: Cache, df: pd.DataFrame, *, tasks: Sequence[str], stats
                                   "(--config.data.split_fractions, or more rows in the manifest)")
     local = _local_batch(global_batch, process_count)
     tables = example_tables(df, tasks, stats)
+    for name, values in (extra or {}).items():
+        if name in tables or len(values) != len(df):
+            raise ValueError(f"extra table {name!r}: a new name with one row per example "
+                             f"({len(df)}) expected, got {len(values)} rows")
+        tables[name] = values
     source = CacheSource(cache, cache.records_for(df["image_id"]), tables)
     ds = (grain.MapDataset.source(source).seed(seed).shuffle().repeat(num_epochs)
           .map_with_index(_TagEpoch(len(source))))

@@ -9,9 +9,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import grain
+import numpy as np
 import pandas as pd
 
 from vertex_jax.data.cache import Cache, build_cache
@@ -41,10 +42,13 @@ class PreparedData:
         return rows
 
     def train(self, *, global_batch: int, seed: int, split: str = "train", workers: int = 0,
-              process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+              process_index: int = 0, process_count: int = 1,
+              extra: Mapping[str, np.ndarray] | None = None) -> grain.IterDataset:
+        """Training batches of ``split``; ``extra``: more per-example arrays (one row per row
+        of ``self.split(split)``), see :func:`train_dataset`."""
         return train_dataset(self.cache, self.split(split), tasks=self.tasks, stats=self.stats,
                              global_batch=global_batch, seed=seed, workers=workers,
-                             process_index=process_index, process_count=process_count)
+                             process_index=process_index, process_count=process_count, extra=extra)
 
     def evaluate(self, split: str, *, global_batch: int, workers: int = 0, process_index: int = 0,
                  process_count: int = 1) -> grain.IterDataset:

@@ -30,10 +30,15 @@ def build_model(config: Any, seed: int) -> VertexNet:
     m = config.model
     if m.dtype not in DTYPES:
         raise ConfigError(f"model.dtype must be one of {sorted(DTYPES)}, got {m.dtype!r}")
+    vertebra_channels = 0
+    if m.vertebrae:  # imported here: the paper's network needs none of it (nor OpenCV)
+        from vertex_jax.vertebrae.targets import HeadSpec
+        vertebra_channels = HeadSpec().channels
     model = VertexNet(variant=m.variant, tasks=tasks_of(config), use_clinical=m.use_clinical,
                       dtype=DTYPES[m.dtype], remat=m.remat, depthwise=m.depthwise, padding=m.padding,
                       head=m.head, evidence_taps=tuple(t.strip() for t in m.evidence_taps.split(",")),
                       evidence_width=m.evidence_width, pooling=m.pooling, lse_r=m.lse_r,
+                      vertebra_channels=vertebra_channels,
                       rngs=nnx.Rngs(seed))
     set_bn_momentum(model, m.bn_momentum)  # backbone and evidence head
     set_bn_impl(model, m.batchnorm)

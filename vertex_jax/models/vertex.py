@@ -22,6 +22,7 @@ from flax import nnx
 from vertex_jax.models.efficientnet import HEAD, VARIANTS, EfficientNet, normalize_input
 from vertex_jax.models.evidence import (EvidenceHead, check_taps, pool_evidence, tap_channels, tap_names,
                                         tap_strides, task_poolings)
+from vertex_jax.models.vertebra_head import VERTEBRA_TAPS, VertebraHead
 from vertex_jax.tasks import TASKS
 from vertex_jax.errors import ConfigError
 
@@ -55,6 +56,8 @@ class VertexNet(nnx.Module):
     shape, 1 where the value is present. Both may be None when `use_clinical=False`.
     Logit column i belongs to `tasks[i]`. Sizes: `image_projection` 100 as in the authors'
     code; their clinical hidden sizes are not published, (64, 32) is this code's default.
+    ``vertebra_channels`` > 0 adds the vertebra head (:mod:`vertex_jax.models.vertebra_head`),
+    whose map :meth:`outputs` returns; 0 (the paper's network) leaves it out.
     """
 
     def __init__(self, *, variant: str = "b4", tasks: Sequence[str] = ("pvf",), use_clinical: bool = True,
@@ -63,7 +66,7 @@ class VertexNet(nnx.Module):
                  dtype: Any = jnp.float32, remat: bool = False, depthwise: str = "auto",
                  padding: str = "tf", head: str = "gap", evidence_taps: Sequence[str] = (HEAD, "stage4"),
                  evidence_width: int = 64, pooling: str = "lse", lse_r: float = 1.0,
-                 rngs: nnx.Rngs):
+                 vertebra_channels: int = 0, vertebra_width: int = 64, rngs: nnx.Rngs):
         tasks = tuple(tasks)
         unknown = [t for t in tasks if t not in TASKS]
         if not tasks or unknown or len(set(tasks)) != len(tasks):
@@ -101,6 +104,11 @@ class VertexNet(nnx.Module):
             # image's score, never where its evidence lies.
             self.clinical_logits = (nnx.Linear(clinical_hidden[-1], len(tasks), rngs=rngs)
                                     if use_clinical else None)
+        # Created last, so the rest of the network initialises as without it.
+        self.vertebra_taps: tuple[str, ...] = VERTEBRA_TAPS if vertebra_channels else ()
+        self.vertebra_head = (VertebraHead(tap_channels(variant, self.backbone.num_features),
+                                           vertebra_channels, width=vertebra_width, dtype=dtype,
+                                           rngs=rngs) if vertebra_channels else None)
 
     def image_features(self, image: jax.Array) -> jax.Array:
         """Scale the raw image and return the backbone's last-stage feature map."""
@@ -118,7 +126,8 @@ class VertexNet(nnx.Module):
                    deltas: dict[str, jax.Array] | None = None) -> dict[str, jax.Array]:
         """Scale the raw image; the feature maps ``taps`` and those the head needs (with
         ``deltas`` added, see :meth:`EfficientNet.taps`)."""
-        return self.backbone.taps(normalize_input(image), (*taps, *self.head_taps), deltas)
+        return self.backbone.taps(normalize_input(image), (*taps, *self.head_taps, *self.vertebra_taps),
+                                  deltas)
 
     def _check_clinical(self, batch: int, clinical: jax.Array | None, clinical_mask: jax.Array | None) -> None:
         if self.clinical is None:
@@ -160,3 +169,15 @@ class VertexNet(nnx.Module):
         taps = self.image_taps(image)
         logits, _ = self.classify_taps(taps, clinical, clinical_mask)
         return (logits, taps[HEAD]) if return_features else logits
+
+    def outputs(self, image: jax.Array, clinical: jax.Array | None,
+                clinical_mask: jax.Array | None) -> dict[str, jax.Array]:
+        """``{"logits": [B, T]}``, and with the vertebra head ``"vertebrae"``: its raw map
+        [B, H/8, W/8, channels], float32 (:func:`vertex_jax.vertebrae.decode.split` names it)."""
+        self._check_clinical(image.shape[0], clinical, clinical_mask)
+        taps = self.image_taps(image)
+        logits, _ = self.classify_taps(taps, clinical, clinical_mask)
+        out = {"logits": logits}
+        if self.vertebra_head is not None:
+            out["vertebrae"] = self.vertebra_head(taps)
+        return out

@@ -37,6 +37,7 @@ from vertex_jax.train.packing import StatePacking, pack_state_enabled
 from vertex_jax.train.prefetch import DevicePrefetch
 from vertex_jax.train.state import TrainState, build_optimizer, initialise
 from vertex_jax.train.step import make_eval_step, make_train_step
+from vertex_jax.train.vertebra_data import training_tables
 from vertex_jax.errors import UserError
 
 
@@ -137,8 +138,12 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
     proc = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    vertebra_slots, vertebra_line = training_tables(config, data)
+    if leader and vertebra_line:
+        print(vertebra_line, flush=True)
     train_iter = iter(data.train(global_batch=config.batch_size, seed=config.seed,
-                                 split=config.data.train_split, workers=config.data.workers, **proc))
+                                 split=config.data.train_split, workers=config.data.workers,
+                                 extra=vertebra_slots, **proc))
 
     ts = _initial_state(config, steps_per_epoch)
     ckpt = Checkpoints(runs.checkpoints_dir(workdir), keep_latest=config.checkpoint.keep_latest,
@@ -233,6 +238,8 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
                 if progress.step % config.log_every_steps == 0:
                     loss, rate = float(metrics["loss"]), clock.images_per_s
                     scalars = {"train/loss": loss, "train/grad_norm": float(metrics["grad_norm"])}
+                    scalars.update({f"train/{k}": float(v) for k, v in metrics.items()
+                                    if k.startswith(("image_", "vertebra_"))})
                     if rate is not None:  # none yet when the first steps of the run are all logged
                         scalars["train/images_per_s"] = rate
                     bar.set_postfix(loss=f"{loss:.4f}", img_s="-" if rate is None else f"{rate:.1f}")

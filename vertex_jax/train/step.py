@@ -12,7 +12,7 @@ from jax.sharding import Mesh
 
 from vertex_jax.mesh import batch_sharded, replicated
 from vertex_jax.models.efficientnet import to_unit_float
-from vertex_jax.train.augment import AugmentConfig, augment_batch, example_keys, hide_clinical
+from vertex_jax.train.augment import AugmentConfig, augment_batch, example_keys, hide_clinical, warp_params
 from vertex_jax.train.packing import StatePacking
 
 Batch = dict[str, jax.Array]
@@ -40,6 +40,12 @@ def make_train_step(graphdef: nnx.GraphDef, config: Any, mesh: Mesh,
     pos_weight = tuple(config.optim.pos_weight)
     skip_nonfinite = config.nan_policy == "skip"
     clinical_dropout = float(config.augment.clinical_dropout)
+    spec, vertebrae_weight = None, float(config.loss.vertebrae_weight)
+    if config.model.vertebrae:  # imported here: the paper's network needs none of it (nor OpenCV)
+        from vertex_jax.train.vertebra_loss import vertebra_loss, vertebra_losses
+        from vertex_jax.train.vertebra_targets import encode_batch
+        from vertex_jax.vertebrae.targets import HeadSpec
+        spec = HeadSpec(canvas=tuple(config.data.canvas))
 
     def step(state: nnx.State, batch: Batch):
         # copy=True: the update below must not write through to ``state`` (kept for "skip").
@@ -51,19 +57,30 @@ def make_train_step(graphdef: nnx.GraphDef, config: Any, mesh: Mesh,
         else:
             images = to_unit_float(batch["image"])
         clinical_mask = hide_clinical(batch["clinical_mask"], keys, clinical_dropout)
+        targets = None
+        if spec is not None:  # the annotations move with the pixels: the same warp, drawn again
+            targets = encode_batch(batch, spec, warp_params(keys, aug) if config.augment.enabled else None)
 
         def loss_fn(model):
-            logits = model(images, batch["clinical"] * clinical_mask, clinical_mask)
-            return masked_bce(logits, batch["labels"], batch["label_mask"], pos_weight)
+            if targets is None:
+                logits = model(images, batch["clinical"] * clinical_mask, clinical_mask)
+                return masked_bce(logits, batch["labels"], batch["label_mask"], pos_weight), {}
+            out = model.outputs(images, batch["clinical"] * clinical_mask, clinical_mask)
+            image_loss = masked_bce(out["logits"], batch["labels"], batch["label_mask"], pos_weight)
+            terms = vertebra_losses(out["vertebrae"], targets, spec)
+            v_loss = vertebra_loss(terms)
+            return image_loss + vertebrae_weight * v_loss, {
+                "image_loss": image_loss, "vertebra_loss": v_loss,
+                **{f"vertebra_{k}": t for k, t in terms.items()}}
 
-        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        (loss, parts), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         optimizer.update(model, grads)
         new_state = nnx.state((model, optimizer))
         if skip_nonfinite:
             new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
-        return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
+        return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite, **parts}
 
     if packing is not None:
         unpacked_step = step
