@@ -330,8 +330,11 @@ def test_wheel_scores_with_onnx_in_a_fresh_venv_without_jax(exported, tmp_path):
     virtualenv (no JAX, no training stack), the ``vertex`` command scoring a folder of PNGs
     with the exported model, from a directory outside the checkout; the scores equal those
     of the same command run here."""
+    import cv2
+
     from conftest import write_png_cohort
     from vertex_jax.predict.__main__ import main as predict_main
+    from vertex_jax.synthetic.dicom_write import write_dicom
 
     wheels, venv = tmp_path / "wheels", tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(REPO)],
@@ -349,7 +352,13 @@ def test_wheel_scores_with_onnx_in_a_fresh_venv_without_jax(exported, tmp_path):
     assert train.returncode == 2 and "pip install 'vertex_jax[train]'" in train.stderr
     assert "Traceback" not in train.stderr
 
-    write_png_cohort(tmp_path / "cohort", 5)
+    # no GPL decoder in the install: a JPEG Lossless DICOM is read by libjpeg-turbo (imagecodecs)
+    assert subprocess.run([python, "-c", "import libjpeg"], capture_output=True, cwd=tmp_path).returncode != 0
+    cohort = write_png_cohort(tmp_path / "cohort", 5)
+    first = tmp_path / "cohort" / cohort["path"].iloc[0]
+    write_dicom(first.with_suffix(".dcm"), cv2.imread(str(first), cv2.IMREAD_UNCHANGED), bits_stored=12,
+                compression="jpeg-lossless")
+    first.unlink()
     model = str(exported["onnx"] / "model.onnx")
     args = ["predict", "--backend", "onnx", "--model", model, "--input", str(tmp_path / "cohort" / "images"),
             "--no-progress", "--out"]

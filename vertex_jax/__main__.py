@@ -32,7 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 # a module some command imports -> the extra that installs it (pyproject.toml)
 EXTRA_OF = {**dict.fromkeys(("jax", "jaxlib", "flax", "optax", "orbax", "grain", "array_record",
                              "ml_collections", "absl", "sklearn", "tensorboardX", "h5py",
-                             "safetensors", "matplotlib", "imagecodecs"), "train"),
+                             "safetensors", "matplotlib"), "train"),
             "lifelines": "prognosis", "dicomweb_client": "pacs", "onnxruntime": "serve", "fastapi": "serve",
             "uvicorn": "serve", "starlette": "serve", "python_multipart": "serve", "jax2onnx": "export", "onnx": "export",
             "tensorflow": "export", "torch": "peer", "timm": "peer"}
