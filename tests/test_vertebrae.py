@@ -471,3 +471,25 @@ def test_a_patient_bootstrap_draws_a_patients_images_together():
         met.evaluate(TRUTH, FOUND, n_boot=10, patients={"A": "P1"})
     with pytest.raises(ValueError, match="without annotations"):
         met.evaluate(TRUTH, {"Z": []}, n_boot=10)
+
+
+def test_a_batch_of_raw_outputs_decodes_per_image():
+    """``decode_outputs``: the head's raw (B, h, w, 34) map, as prediction gets it, per image."""
+    spec = tg.HeadSpec()
+    patient = synthetic.simulate_patients(5, seed=4)[1]
+    ph = synthetic.render_exam(patient, 0, domain="xray", scale=0.15, seed=4)
+    _, geometry = preprocess(ph.pixels)
+    truth = [ann.vertebra_from_dict(v.to_dict()) for v in ph.vertebrae]
+    raw = np.zeros((2, *spec.grid, spec.channels), np.float32)
+    raw[..., 0] = -8.0  # the second image: nothing above the threshold
+    p = np.clip(tg.encode(truth, geometry, spec)["heat"], 1e-6, 1 - 1e-6)
+    raw[0, ..., 0] = np.log(p / (1 - p))
+    for name, values in _maps(tg.encode(truth, geometry, spec)).items():
+        if name != "heat":
+            raw[0, ..., spec.slices()[name]] = values
+    found, empty = dec.decode_outputs(raw, spec, [geometry, None])
+    assert empty == [] and [d.level for d in found] == [v.level for v in truth]
+    single = dec.decode(dec.split(raw[0], spec), spec, geometry)
+    assert [d.box for d in found] == [d.box for d in single]
+    with pytest.raises(ValueError, match="geometries"):
+        dec.decode_outputs(raw, spec, [geometry])

@@ -13,7 +13,7 @@ grades are the grade head's most probable class, and ``fracture_probability`` is
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -140,3 +140,19 @@ def _to_original(det: Detection, geometry: Geometry) -> Detection:
     x0, y0, x1, y1 = v.box
     box = (max(0.0, x0), max(0.0, y0), min(float(w), x1), min(float(h), y1))
     return dataclasses.replace(det, box=box, points=v.points)
+
+
+def decode_outputs(outputs: np.ndarray, spec: HeadSpec = HeadSpec(),
+                   geometries: Sequence[Geometry | None] | None = None, **options: Any
+                   ) -> list[list[Detection]]:
+    """Vertebrae of each image of a batch of raw head outputs, ``(B, h, w, channels)`` (what
+    ``model.outputs(...)["vertebrae"]`` returns): :func:`split` then :func:`decode` per image,
+    ``geometries[i]`` mapping image ``i`` back to original pixels (None: canvas pixels);
+    ``options`` go to :func:`decode` (``threshold``, ``name``, level costs, ...)."""
+    outputs = np.asarray(outputs)
+    if outputs.ndim != 4:
+        raise ValueError(f"expected a batch of outputs (B, h, w, channels), got shape {outputs.shape}")
+    geometries = [None] * len(outputs) if geometries is None else list(geometries)
+    if len(geometries) != len(outputs):
+        raise ValueError(f"{len(outputs)} outputs but {len(geometries)} geometries")
+    return [decode(split(o, spec), spec, g, **options) for o, g in zip(outputs, geometries)]
