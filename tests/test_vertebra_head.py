@@ -21,9 +21,11 @@ from flax import nnx
 
 from vertex_jax.config_files import load_config
 from vertex_jax.data.cache import Cache
+from vertex_jax.data.prepare import synthetic_manifest_path
 from vertex_jax.data.preprocess import Geometry, PreprocessConfig
 from vertex_jax.errors import InputDataError, MissingInputError
 from vertex_jax.models.build import build_model
+from vertex_jax.synthetic.cohort import generate_cohort
 from vertex_jax.train import vertebra_targets as vt
 from vertex_jax.train.augment import AugmentConfig, augment_batch, example_keys, warp_params
 from vertex_jax.train.vertebra_data import annotations_path, vertebra_tables
@@ -244,11 +246,18 @@ def test_a_tiny_run_trains_the_head_and_resumes(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "1",
            "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jit"),
            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-    workdir = tmp_path / "run"
+    workdir, overrides = tmp_path / "run", ["--config.data.synthetic.num_patients=20",
+                                            "--config.batch_size=4", "--config.eval_batch_size=4"]
+    # the run's synthetic cohort, written here in one process (the run would start a pool)
+    config = load_config("xray", "tiny")
+    config.data.synthetic.num_patients = 20
+    manifest = synthetic_manifest_path(config.data, tmp_path / "data")
+    generate_cohort(manifest.parent, num_patients=20, domain="xray", scale=config.data.synthetic.scale,
+                    seed=config.data.synthetic.seed, workers=1)
 
     def run(steps: int) -> str:
         cmd = [sys.executable, "-m", "vertex_jax.main", "--config=configs/xray.py:tiny",
-               f"--workdir={workdir}", f"--config.data.data_dir={tmp_path / 'data'}",
+               f"--workdir={workdir}", f"--config.data.data_dir={tmp_path / 'data'}", *overrides,
                "--config.model.vertebrae=true", "--config.model.depthwise=conv",
                "--config.calibration=none", "--config.log_every_steps=1", f"--config.max_steps={steps}"]
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -256,7 +265,7 @@ def test_a_tiny_run_trains_the_head_and_resumes(tmp_path):
         return proc.stdout + proc.stderr
 
     out = run(2)
-    assert "training images annotated" in out and " 0 of " not in out
+    assert "generating" not in out and "vertebra head: 14 of 14 training images annotated" in out
     out = run(3)
     assert "resumed from" in out and "at step 2" in out
     logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
