@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from vertex_jax.vertebrae.slots import IGNORE, TARGET
+from vertex_jax.vertebrae.slots import IGNORE, KEYS, TARGET
 from vertex_jax.vertebrae.targets import HeadSpec
 
 Slots = dict[str, jax.Array]
@@ -119,6 +119,9 @@ def encode_batch(batch: Slots, spec: HeadSpec, warp: tuple[jax.Array, jax.Array,
     """Dense targets of a batch from its slots (the ``vertebra_*`` keys of a training batch);
     ``warp``: per-example (angle in degrees, scale, mirror) of the augmentation, or None."""
     slots = {k: v for k, v in batch.items() if k.startswith("vertebra_")}
+    if missing := [k for k in KEYS if k not in slots]:
+        raise ValueError(f"the batch lacks the vertebra slots {missing} (vertex_jax.vertebrae.slots): "
+                         "train with them, or with model.vertebrae off")
     if warp is not None:
         slots = jax.vmap(lambda sl, a, s, f: warp_slots(sl, spec.canvas, a, s, f))(slots, *warp)
     return jax.vmap(lambda sl: encode(sl, spec))(slots)
