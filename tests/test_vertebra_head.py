@@ -93,6 +93,8 @@ def test_device_targets_match_the_numpy_reference():
         _assert_targets(got, row, ref, atol=1e-5)
     ref = tg.encode(original + [cut], geometry, SPEC)
     assert ref["centre"].sum() == 4 and (ref["heat_weight"] == 0).any()  # the cases are exercised
+    with pytest.raises(ValueError, match="vertebra slots"):
+        vt.encode_batch({"image": jnp.zeros((1, 8, 8, 1))}, SPEC)
 
 
 def test_device_targets_follow_the_warp_as_warp_vertebra_does():
