@@ -60,7 +60,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                    # per-position logits pooled into the score (README, "Localisation").
                    head="gap", evidence_taps="head,stage4", evidence_width=64, pooling="lse",
                    lse_r=1.0,
-                   vertebrae=False)  # the vertebra head (docs/vertebrae.md); off in the paper recipe
+                   vertebrae=False,  # the vertebra head (docs/vertebrae.md); off in the paper recipe
+                   # Its grid, in canvas pixels per cell: at most a third of the vertebral
+                   # pitch (about 50 px at 1024×512; docs/vertebrae.md): 32, 16, 8 or 4.
+                   vertebra_stride=8)
     c.loss = dict(vertebrae_weight=1.0)  # the vertebra head's losses, added to the image-level loss
     c.optim = dict(lr=1e-4, weight_decay=1e-4, warmup_epochs=1.0, min_lr_ratio=0.01,
                    clip_norm=1.0, pos_weight=(), grad_accum=1,

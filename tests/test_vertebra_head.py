@@ -23,8 +23,9 @@ from vertex_jax.config_files import load_config
 from vertex_jax.data.cache import Cache
 from vertex_jax.data.prepare import synthetic_manifest_path
 from vertex_jax.data.preprocess import Geometry, PreprocessConfig
-from vertex_jax.errors import InputDataError, MissingInputError
-from vertex_jax.models.build import build_model
+from vertex_jax.errors import ConfigError, InputDataError, MissingInputError
+from vertex_jax.models.build import build_model, vertebra_spec
+from vertex_jax.models.vertebra_head import vertebra_taps
 from vertex_jax.synthetic.cohort import generate_cohort
 from vertex_jax.train import vertebra_targets as vt
 from vertex_jax.train.augment import AugmentConfig, augment_batch, example_keys, warp_params
@@ -61,11 +62,11 @@ def _spine(seed: int = 0, at=(10.0, 8.0)) -> list[Vertebra]:
     return out
 
 
-def _slots(*images) -> dict[str, jnp.ndarray]:
+def _slots(*images, spec: tg.HeadSpec = SPEC) -> dict[str, jnp.ndarray]:
     """A batch of slots from (vertebrae, geometry, complete) per image."""
     out = sl.empty_slots(len(images))
     for row, (vertebrae, geometry, complete) in enumerate(images):
-        sl.fill(out, row, vertebrae, geometry, SPEC, complete=complete)
+        sl.fill(out, row, vertebrae, geometry, spec, complete=complete)
     return {k: jnp.asarray(v) for k, v in out.items()}
 
 
@@ -76,25 +77,27 @@ def _assert_targets(got: dict, row: int, ref: dict, atol: float) -> None:
                                    np.asarray(ref[key], np.float64), atol=atol, err_msg=key)
 
 
-def test_device_targets_match_the_numpy_reference():
+@pytest.mark.parametrize("spec", [SPEC, tg.HeadSpec(stride=4, canvas=SPEC.canvas)], ids=["stride8", "stride4"])
+def test_device_targets_match_the_numpy_reference(spec):
     # an original image whose border crop and padding put part of the canvas outside the image,
     # one body cut by the crop to under half (ignored), one past the bottom (left out)
     geometry = Geometry(original=(300, 180), crop=(15, 9, 285, 171), resized=(128, 60),
-                        offset=(0, 2), canvas=SPEC.canvas)
+                        offset=(0, 2), canvas=spec.canvas)
     spine = _spine(1, at=(25.0, 20.0))
     original = [tg.map_vertebra(v, geometry.to_original) for v in spine]
     cut = Vertebra("T10", (40.0, 5.0, 90.0, 22.0), 0)
     gone = Vertebra("L4", (40.0, 290.0, 90.0, 299.0), 0)
     images = [(original + [cut, gone], geometry, True), (original[:3], geometry, False),
               (None, None, True), (spine, None, True)]
-    got = _run(lambda s: vt.encode_batch(s, SPEC), _slots(*images))
+    got = _run(lambda s: vt.encode_batch(s, spec), _slots(*images, spec=spec))
     for row, (vertebrae, geo, complete) in enumerate(images):
-        ref = tg.encode(vertebrae, geo, SPEC, complete=complete)
+        ref = tg.encode(vertebrae, geo, spec, complete=complete)
         _assert_targets(got, row, ref, atol=1e-5)
-    ref = tg.encode(original + [cut], geometry, SPEC)
+    ref = tg.encode(original + [cut], geometry, spec)
     assert ref["centre"].sum() == 4 and (ref["heat_weight"] == 0).any()  # the cases are exercised
+    assert ref["heat"].shape == spec.grid
     with pytest.raises(ValueError, match="vertebra slots"):
-        vt.encode_batch({"image": jnp.zeros((1, 8, 8, 1))}, SPEC)
+        vt.encode_batch({"image": jnp.zeros((1, 8, 8, 1))}, spec)
 
 
 def test_device_targets_follow_the_warp_as_warp_vertebra_does():
@@ -139,16 +142,19 @@ def test_the_head_adds_a_map_and_leaves_the_network_as_it_was():
     config = load_config("xray", "tiny")
     with_head = config.copy_and_resolve_references()
     with_head.model.vertebrae = True
+    fine = with_head.copy_and_resolve_references()
+    fine.model.vertebra_stride = 4
     image = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 64, 32, 1)), jnp.uint8)
     clinical, mask = jnp.zeros((2, 3)), jnp.ones((2, 3))
 
     def build_and_run(image, clinical, mask):
-        off, on = build_model(config, seed=0), build_model(with_head, seed=0)
-        off.eval(), on.eval()
+        off, on, on4 = (build_model(c, seed=0) for c in (config, with_head, fine))
+        off.eval(), on.eval(), on4.eval()
         return (nnx.state(off), nnx.state(on), off(image, clinical, mask),
-                on.outputs(image, clinical, mask), off.outputs(image, clinical, mask))
+                on.outputs(image, clinical, mask), off.outputs(image, clinical, mask),
+                on4.outputs(image, clinical, mask)["vertebrae"])
 
-    state_off, state_on, logits, out, plain = _run(build_and_run, image, clinical, mask)
+    state_off, state_on, logits, out, plain, out4 = _run(build_and_run, image, clinical, mask)
     flat_off = dict(nnx.to_flat_state(state_off))
     flat_on = dict(nnx.to_flat_state(state_on))
     assert not any("vertebra" in "/".join(map(str, k)) for k in flat_off)
@@ -164,6 +170,10 @@ def test_the_head_adds_a_map_and_leaves_the_network_as_it_was():
     spec = tg.HeadSpec(canvas=(64, 32))
     assert out["vertebrae"].shape == (2, *spec.grid, spec.channels) == (2, 8, 4, 34)
     assert out["vertebrae"].dtype == jnp.float32
+    assert out4.shape == (2, *vertebra_spec(fine).grid, 34) == (2, 16, 8, 34)  # stage 1's grid
+    assert vertebra_taps("tiny", 4) == ("stage6", "stage4", "stage2", "stage1")
+    with pytest.raises(ConfigError, match="vertebra_stride must be one of .4, 8, 16, 32., got 2"):
+        vertebra_taps("tiny", 2)
     assert spec.slices()["heat"] == slice(0, 1)
     bias = np.asarray(flat_on[("vertebra_head", "output", "bias")].get_value())
     assert bias[0] == pytest.approx(math.log(0.1 / 0.9), abs=1e-6) and not bias[1:].any()

@@ -7,7 +7,7 @@ builds the model here and then overwrites its arrays.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax.numpy as jnp
 from flax import nnx
@@ -15,6 +15,9 @@ from flax import nnx
 from vertex_jax.models.efficientnet import set_bn_impl, set_bn_momentum
 from vertex_jax.models.vertex import VertexNet
 from vertex_jax.errors import ConfigError
+
+if TYPE_CHECKING:
+    from vertex_jax.vertebrae.targets import HeadSpec
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -25,20 +28,25 @@ def tasks_of(config: Any) -> tuple[str, ...]:
     return tuple(t.strip() for t in tasks if t.strip())
 
 
+def vertebra_spec(config: Any) -> "HeadSpec":
+    """The vertebra head's grid and channel layout for ``config`` (its canvas and
+    ``model.vertebra_stride``): what training encodes and prediction decodes."""
+    # Imported here: the paper's network needs none of it (nor OpenCV).
+    from vertex_jax.vertebrae.targets import HeadSpec
+    return HeadSpec(stride=int(config.model.vertebra_stride), canvas=tuple(config.data.canvas))
+
+
 def build_model(config: Any, seed: int) -> VertexNet:
     """``VertexNet`` per ``config.model`` and ``config.tasks``, initialised from ``seed``."""
     m = config.model
     if m.dtype not in DTYPES:
         raise ConfigError(f"model.dtype must be one of {sorted(DTYPES)}, got {m.dtype!r}")
-    vertebra_channels = 0
-    if m.vertebrae:  # imported here: the paper's network needs none of it (nor OpenCV)
-        from vertex_jax.vertebrae.targets import HeadSpec
-        vertebra_channels = HeadSpec().channels
+    vertebra_channels = vertebra_spec(config).channels if m.vertebrae else 0
     model = VertexNet(variant=m.variant, tasks=tasks_of(config), use_clinical=m.use_clinical,
                       dtype=DTYPES[m.dtype], remat=m.remat, depthwise=m.depthwise, padding=m.padding,
                       head=m.head, evidence_taps=tuple(t.strip() for t in m.evidence_taps.split(",")),
                       evidence_width=m.evidence_width, pooling=m.pooling, lse_r=m.lse_r,
-                      vertebra_channels=vertebra_channels,
+                      vertebra_channels=vertebra_channels, vertebra_stride=m.vertebra_stride,
                       rngs=nnx.Rngs(seed))
     set_bn_momentum(model, m.bn_momentum)  # backbone and evidence head
     set_bn_impl(model, m.batchnorm)

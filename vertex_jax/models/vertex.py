@@ -22,7 +22,7 @@ from flax import nnx
 from vertex_jax.models.efficientnet import HEAD, VARIANTS, EfficientNet, normalize_input
 from vertex_jax.models.evidence import (EvidenceHead, check_taps, pool_evidence, tap_channels, tap_names,
                                         tap_strides, task_poolings)
-from vertex_jax.models.vertebra_head import VERTEBRA_TAPS, VertebraHead
+from vertex_jax.models.vertebra_head import VertebraHead, vertebra_taps
 from vertex_jax.tasks import TASKS
 from vertex_jax.errors import ConfigError
 
@@ -66,7 +66,8 @@ class VertexNet(nnx.Module):
                  dtype: Any = jnp.float32, remat: bool = False, depthwise: str = "auto",
                  padding: str = "tf", head: str = "gap", evidence_taps: Sequence[str] = (HEAD, "stage4"),
                  evidence_width: int = 64, pooling: str = "lse", lse_r: float = 1.0,
-                 vertebra_channels: int = 0, vertebra_width: int = 64, rngs: nnx.Rngs):
+                 vertebra_channels: int = 0, vertebra_stride: int = 8, vertebra_width: int = 64,
+                 rngs: nnx.Rngs):
         tasks = tuple(tasks)
         unknown = [t for t in tasks if t not in TASKS]
         if not tasks or unknown or len(set(tasks)) != len(tasks):
@@ -105,10 +106,12 @@ class VertexNet(nnx.Module):
             self.clinical_logits = (nnx.Linear(clinical_hidden[-1], len(tasks), rngs=rngs)
                                     if use_clinical else None)
         # Created last, so the rest of the network initialises as without it.
-        self.vertebra_taps: tuple[str, ...] = VERTEBRA_TAPS if vertebra_channels else ()
+        self.vertebra_taps: tuple[str, ...] = (vertebra_taps(variant, vertebra_stride)
+                                               if vertebra_channels else ())
         self.vertebra_head = (VertebraHead(tap_channels(variant, self.backbone.num_features),
-                                           vertebra_channels, width=vertebra_width, dtype=dtype,
-                                           rngs=rngs) if vertebra_channels else None)
+                                           vertebra_channels, taps=self.vertebra_taps,
+                                           width=vertebra_width, dtype=dtype, rngs=rngs)
+                              if vertebra_channels else None)
 
     def image_features(self, image: jax.Array) -> jax.Array:
         """Scale the raw image and return the backbone's last-stage feature map."""
@@ -173,7 +176,8 @@ class VertexNet(nnx.Module):
     def outputs(self, image: jax.Array, clinical: jax.Array | None,
                 clinical_mask: jax.Array | None) -> dict[str, jax.Array]:
         """``{"logits": [B, T]}``, and with the vertebra head ``"vertebrae"``: its raw map
-        [B, H/8, W/8, channels], float32 (:func:`vertex_jax.vertebrae.decode.split` names it)."""
+        [B, H/S, W/S, channels] float32, S = ``model.vertebra_stride``
+        (:func:`vertex_jax.vertebrae.decode.split` names it)."""
         self._check_clinical(image.shape[0], clinical, clinical_mask)
         taps = self.image_taps(image)
         logits, _ = self.classify_taps(taps, clinical, clinical_mask)

@@ -11,6 +11,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from vertex_jax.mesh import batch_sharded, replicated
+from vertex_jax.models.build import vertebra_spec
 from vertex_jax.models.efficientnet import to_unit_float
 from vertex_jax.train.augment import AugmentConfig, augment_batch, example_keys, hide_clinical, warp_params
 from vertex_jax.train.packing import StatePacking
@@ -44,8 +45,7 @@ def make_train_step(graphdef: nnx.GraphDef, config: Any, mesh: Mesh,
     if config.model.vertebrae:  # imported here: the paper's network needs none of it (nor OpenCV)
         from vertex_jax.train.vertebra_loss import vertebra_loss, vertebra_losses
         from vertex_jax.train.vertebra_targets import encode_batch
-        from vertex_jax.vertebrae.targets import HeadSpec
-        spec = HeadSpec(canvas=tuple(config.data.canvas))
+        spec = vertebra_spec(config)
 
     def step(state: nnx.State, batch: Batch):
         # copy=True: the update below must not write through to ``state`` (kept for "skip").

@@ -20,6 +20,7 @@ from vertex_jax.data.cache import Cache
 from vertex_jax.data.prepare import PreparedData
 from vertex_jax.data.preprocess import Geometry
 from vertex_jax.errors import MissingInputError
+from vertex_jax.models.build import vertebra_spec
 from vertex_jax.vertebrae.annotations import Vertebra, read_annotations
 from vertex_jax.vertebrae.slots import empty_slots, fill
 from vertex_jax.vertebrae.targets import HeadSpec
@@ -60,7 +61,7 @@ def training_tables(config: Any, data: PreparedData) -> tuple[dict[str, np.ndarr
     path = annotations_path(config.data, data.manifest)
     annotations = read_annotations(path) if path is not None else {}
     frame = data.split(config.data.train_split)
-    tables = vertebra_tables(frame, data.cache, annotations, HeadSpec(canvas=tuple(config.data.canvas)),
+    tables = vertebra_tables(frame, data.cache, annotations, vertebra_spec(config),
                              complete=config.data.annotations_complete)
     annotated = int(tables["vertebra_annotated"].sum())
     line = (f"vertebra head: {annotated} of {len(frame)} training images annotated "
