@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import grain
 import jax
 import numpy as np
+import pandas as pd
 from flax import nnx
 
 from configs.xray import get_config
@@ -45,7 +46,9 @@ def write_checkpoint(workdir: Path, step: int = 3, canvas: tuple[int, int] = CAN
     net = build_model(config, seed=1)
     randomise_batch_stats(net)
     state = TrainState.create(net, build_optimizer(config, steps_per_epoch=1)).state
-    data = SimpleNamespace(tasks=TASKS, stats=STATS,
+    frame = pd.DataFrame({"patient_id": ["P0", "P0", "P1", "P2"], "split": ["train", "train", "train", "val"],
+                          "pvf": [1.0, 0.0, np.nan, 1.0], "osteo": [0.0, 0.0, 1.0, np.nan]})
+    data = SimpleNamespace(tasks=TASKS, stats=STATS, frame=frame, manifest=Path("synthetic/manifest.csv"),
                            cache=SimpleNamespace(config=PreprocessConfig(canvas=canvas)))
     ckpt = Checkpoints(workdir / "checkpoints")
     ckpt.save(step, state, iter(grain.MapDataset.range(4).to_iter_dataset()),

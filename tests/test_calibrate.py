@@ -21,6 +21,7 @@ from vertex_jax.calibrate import Calibration, CalibrationError, TaskMap, fit_cal
 from vertex_jax.calibrate.run import calibrate_outputs, check_split, store
 from vertex_jax.evaluate.calibration import expected_calibration_error
 from vertex_jax.inference import load_trained
+from vertex_jax.runs import read_json_item
 
 
 def miscalibrated(n: int = 600, seed: int = 0, scale: float = 2.5, shift: float = -1.2):
@@ -170,8 +171,12 @@ def test_card_round_trip_predict_and_evaluate_use_the_calibration(tmp_path):
     labels = np.stack([y, 1 - y], axis=1)
     cal = calibrate_outputs("platt", np.stack([z, -z], axis=1), labels, np.ones_like(labels), TASKS,
                             split="val", domain="xray", step=3)
+    (run / "model_card.json").write_text(json.dumps(read_json_item(step, "card")))  # as training writes it
     store(step, cal)
     assert _digest(step / "state") == arrays  # a new card, the same arrays
+    card_page = (run / "model_card.md").read_text()  # the Markdown card rendered again
+    assert "Method `platt`, fitted on split `val` (xray) with the outputs of step 3" in card_page
+    assert "**Synthetic data only**" in card_page and "not for clinical use" in card_page
     trained = load_trained(step)
     assert trained.calibration == cal and trained.card["calibration"]["fitted_on"]["split"] == "val"
     assert Calibration.from_card(json.loads(json.dumps(trained.card))) == cal
@@ -196,6 +201,7 @@ def test_card_round_trip_predict_and_evaluate_use_the_calibration(tmp_path):
 
     store(step, None)  # removed again: the model says it has none
     assert load_trained(run).calibration is None
+    assert "None: the probabilities are the network's sigmoid outputs" in (run / "model_card.md").read_text()
 
 
 def test_taskmap_dict_round_trip_and_unknown_method():

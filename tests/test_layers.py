@@ -30,6 +30,9 @@ FORBIDDEN = {
     "errors": ({"*"}, "the error family imports nothing of the project"),
     "html_page": ({"*"}, "the page helpers sit below every part that writes a page"),
     "run_layout": ({"*"}, "the run directory's names sit below every part that reads or writes a run"),
+    "model_card": ({"train", "models", "predict", "explain", "bench", "export", "main", "inference", "runs", "mesh",
+                    "serve", "data", "evaluate", "calibrate"},
+                   "the card's Markdown is rendered from JSON: training, evaluate, calibrate and export call it"),
 }
 
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from vertex_jax.runs import model_arrays as runs_model_arrays
@@ -87,8 +88,15 @@ def baseline(shared, tmp_path_factory):
 def test_run_trains_logs_and_summarises(baseline):
     workdir, out = baseline
     assert "epoch 1: validation AUROC pvf" in out and "done (completed)" in out
-    for name in ("config.json", "metrics.jsonl", "summary.json", "splits.csv", "model_card.json"):
+    for name in ("config.json", "metrics.jsonl", "summary.json", "splits.csv", "model_card.json", "model_card.md"):
         assert (workdir / name).exists(), name
+    # The Markdown card, rewritten at the end: the synthetic cohort, the best validation AUROC, the calibration.
+    page = (workdir / "model_card.md").read_text()
+    data = json.loads((workdir / "model_card.json").read_text())["training_data"]
+    assert data["synthetic"] and data["generator"]["built_in"]
+    assert sum(s["images"] for s in data["splits"].values()) == len(pd.read_csv(workdir / "splits.csv"))
+    assert "**Synthetic data only**" in page and "not for clinical use" in page
+    assert "No evaluation report yet. Validation AUROC at step" in page and "Method `temperature`" in page
     assert list((workdir / "tensorboard").iterdir())
     assert steps(workdir)[-1] == 6
     # calibrated on the best checkpoint's validation outputs, stored in that step's card

@@ -6,7 +6,10 @@ reads a run back).
       config.json           the run's configuration, written when training starts
       splits.csv            the patient-level splits it drew (or reused)
       data/                 the data_dir when none is configured: synthetic cohort, image cache
-      model_card.json       tasks, clinical statistics, preprocessing, calibration (also in every step)
+      model_card.json       tasks, clinical statistics, preprocessing, training data, calibration
+                              (also in every step)
+      model_card.md         the clinical model card (vertex_jax.model_card), rewritten by training,
+                              evaluate and calibrate
       summary.json          how the run ended and its best checkpoint
       checkpoints/<step>/   one Orbax step directory per save, with the items
                               state     model + optimizer arrays
@@ -14,7 +17,7 @@ reads a run back).
                               progress  step, best metric, history (JSON)
                               config    the configuration again (JSON)
                               card      the model card again (JSON)
-      evaluation/           ``python -m vertex_jax.evaluate --workdir`` (thresholds.json)
+      evaluation/           ``python -m vertex_jax.evaluate --workdir`` (report.json, thresholds.json)
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ CONFIG_FILE = "config.json"
 SPLITS_FILE = "splits.csv"
 DATA = "data"
 CARD_FILE = "model_card.json"
+CARD_MARKDOWN_FILE = "model_card.md"
 SUMMARY_FILE = "summary.json"
 CHECKPOINTS = "checkpoints"
 EVALUATION = "evaluation"
 THRESHOLDS_FILE = "thresholds.json"
+REPORT_FILE = "report.json"
 
 
 def splits_path(workdir: str | Path) -> Path:

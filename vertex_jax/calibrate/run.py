@@ -3,8 +3,8 @@
 Training calls :func:`calibrate_outputs` on its best checkpoint's validation outputs when it
 finishes; ``python -m vertex_jax.calibrate`` (its ``calibrate_run``) refits a finished
 run (another method, another split). Either way the calibration goes into the step's
-``card`` item (so a copied step directory carries it) and the run's ``model_card.json``;
-the arrays are never touched.
+``card`` item (so a copied step directory carries it) and the run's ``model_card.json``
+(and ``model_card.md``, rendered again); the arrays are never touched.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 from vertex_jax import runs
 from vertex_jax.calibrate.maps import Calibration, CalibrationError, fit_calibration
 from vertex_jax.files import write_text
+from vertex_jax.model_card import write_run_card
 
 TEST_SPLIT = "test"
 
@@ -50,8 +51,9 @@ def calibrate_outputs(method: str, logits: np.ndarray, labels: np.ndarray, label
 
 
 def store(step_dir: str | Path, calibration: Calibration | None) -> None:
-    """Write ``calibration`` (None: remove it) into the step's card and the run's model card;
-    the calibration it replaces is kept in the card's ``calibration_history`` (oldest first)."""
+    """Write ``calibration`` (None: remove it) into the step's card and the run's model card
+    (``model_card.json`` and ``model_card.md``); the calibration it replaces is kept in the
+    card's ``calibration_history`` (oldest first)."""
     step_dir = Path(step_dir)
     card = runs.read_json_item(step_dir, "card")
     if card.get("calibration"):
@@ -59,6 +61,8 @@ def store(step_dir: str | Path, calibration: Calibration | None) -> None:
         card["calibration_history"] = [*card.get("calibration_history", []), replaced]
     card["calibration"] = None if calibration is None else calibration.to_dict()
     runs.write_json_item(step_dir, "card", card)
-    run_card = runs.card_path(runs.workdir_of(step_dir))
+    workdir = runs.workdir_of(step_dir)
+    run_card = runs.card_path(workdir)
     if run_card.is_file():
         write_text(run_card, json.dumps(card, indent=2))
+        write_run_card(workdir)  # model_card.md: the new calibration

@@ -7,9 +7,10 @@ and used, so every command works out of the box.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import grain
 import numpy as np
@@ -86,6 +87,43 @@ def ensure_synthetic(data: Any, data_dir: Path) -> Path:
                         scale=syn.scale, seed=syn.seed, workers=data.workers or None,
                         **dict(syn.options))
     return manifest
+
+
+def cohort_counts(frame: pd.DataFrame, tasks: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per split of ``frame`` (validated manifest rows with ``split``): images, patients and,
+    per task, the labelled images and their positives."""
+    out: dict[str, dict[str, Any]] = {}
+    for split, rows in frame.groupby("split", sort=True):
+        entry: dict[str, Any] = {"images": int(len(rows)), "patients": int(rows["patient_id"].nunique())}
+        for task in tasks:
+            labels = pd.to_numeric(rows[task], errors="coerce") if task in rows else pd.Series(dtype=float)
+            entry[task] = {"labelled": int(labels.notna().sum()), "positives": int((labels == 1).sum())}
+        out[str(split)] = entry
+    return out
+
+
+def generated_cohort(manifest: Path) -> dict[str, Any] | None:
+    """The settings of the synthetic generator that wrote ``manifest`` (its ``truth.json``
+    beside it, as ``python -m vertex_jax.synthetic`` writes it), None for other data."""
+    truth = manifest.parent / "truth.json"
+    try:
+        saved = json.loads(truth.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict) or not {"pvf_model", "t_score_model"} <= saved.keys():
+        return None
+    return {k: saved.get(k) for k in ("num_patients", "num_images", "scale", "seed", "version")}
+
+
+def describe_training_data(data: Any, prepared: "PreparedData") -> dict[str, Any]:
+    """What the run trained on, for its model card: the manifest, whether it is synthetic
+    (the built-in cohort when ``data.manifest`` is empty, or a manifest the synthetic
+    generator wrote) and the counts of :func:`cohort_counts`."""
+    generated = None if data.manifest else {**data.synthetic.to_dict(), "built_in": True}
+    generated = generated or generated_cohort(prepared.manifest)
+    return {"manifest": str(prepared.manifest), "synthetic": generated is not None, "generator": generated,
+            "domain": data.domain, "train_split": data.train_split, "val_split": data.val_split,
+            "splits": cohort_counts(prepared.frame, prepared.tasks)}
 
 
 def prepare(data: Any, workdir: str | Path, *, tasks: tuple[str, ...],

@@ -6,6 +6,7 @@
 
 With ``--workdir`` the run's best checkpoint scores its threshold and evaluation splits
 (default output ``RUN/evaluation``; ``--compare-workdir`` scores a second run the same way).
+A report written into a run's ``evaluation/`` folder also rewrites the run's ``model_card.md``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pandas as pd
 from vertex_jax.cli import add_verbosity, user_errors
 from vertex_jax.evaluate.report import build_report, format_summary
 from vertex_jax.evaluate.table import read_scores
+from vertex_jax.model_card import run_of_evaluation, write_run_card
 from vertex_jax.run_layout import evaluation_dir
 
 
@@ -94,6 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         title=args.title)
     print(format_summary(report))
     print(f"wrote {args.out}/report.html and report.json")
+    run = run_of_evaluation(args.out)
+    if run is not None:  # the run's own evaluation: its model card reports it
+        print(f"wrote {write_run_card(run)}")
     return 0
 
 

@@ -26,9 +26,10 @@ from tqdm import tqdm
 import vertex_jax
 from vertex_jax import mesh as meshlib
 from vertex_jax import runs
+from vertex_jax.model_card import write_run_card
 from vertex_jax.calibrate.run import calibrate_outputs
 from vertex_jax.calibrate.run import store as store_calibration
-from vertex_jax.data.prepare import PreparedData, prepare
+from vertex_jax.data.prepare import PreparedData, describe_training_data, prepare
 from vertex_jax.models.build import build_model, tasks_of
 from vertex_jax.models.weights import load_pretrained
 from vertex_jax.train.checkpoint import Checkpoints
@@ -112,10 +113,13 @@ def _initial_state(config: Any, steps_per_epoch: int) -> TrainState:
 
 
 def model_card(config: Any, data: PreparedData) -> dict[str, Any]:
-    """Tasks, input statistics and preprocessing of the run, saved with every checkpoint."""
+    """Tasks, input statistics, preprocessing and training data of the run, saved with every
+    checkpoint (``model_card.md`` renders it: :mod:`vertex_jax.model_card`)."""
     return {"tasks": list(data.tasks), "domain": config.data.domain,
             "clinical_stats": data.stats.to_dict(), "preprocess": data.cache.config.to_dict(),
             "variant": config.model.variant, "use_clinical": config.model.use_clinical,
+            "head": config.model.head, "vertebrae": bool(config.model.vertebrae),
+            "training_data": describe_training_data(config.data, data),
             "vertex_jax": vertex_jax.__version__}
 
 
@@ -174,6 +178,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     card = model_card(config, data)
     if leader:
         runs.card_path(workdir).write_text(json.dumps(card, indent=2))
+        write_run_card(workdir)
 
     def save(metrics: dict[str, float] | None = None) -> None:
         ckpt.save(progress.step, state, train_iter, dataclasses.asdict(progress),
@@ -300,6 +305,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     ckpt.close()
     if leader:
         runs.summary_path(workdir).write_text(json.dumps(summary, indent=2))
+        write_run_card(workdir)  # now with the best validation AUROC and the calibration
         if stopped == "preempted":
             print(f"saved step {progress.step} to {ckpt.directory}; resume with the same command "
                   f"(same --workdir)", flush=True)
