@@ -131,6 +131,13 @@ def test_export_writes_both_formats_with_metadata(run_dir, exported):
         assert all(0 <= d["probabilities"] <= 1e-4 for d in diffs.values())
     assert tf_meta["export"]["signature"] == "serving_default"
     assert tf_meta["export"]["platforms"] == ["cpu", "cuda"]
+    # The clinical model card of the exported step, beside each model.json.
+    card = (out / "onnx" / "model_card.md").read_text()
+    assert card == (out / "savedmodel" / "1" / "model_card.md").read_text()
+    assert onnx_meta["files"]["card"] == tf_meta["files"]["card"] == "model_card.md"
+    assert "not for clinical use" in card and "**Synthetic data only**" in card
+    assert "Exported from checkpoint step 3" in card and "evaluation/thresholds.json" in card
+    assert "Method `mixed`, fitted on split `val` (xray) with the outputs of step 3" in card
 
 
 def test_onnx_graph_has_named_inputs_outputs_and_dynamic_batch(exported):

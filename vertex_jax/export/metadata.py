@@ -17,6 +17,8 @@ from typing import Any
 
 import vertex_jax
 from vertex_jax import runs
+from vertex_jax.model_card import render_card, run_sources
+from vertex_jax.run_layout import CARD_MARKDOWN_FILE
 from vertex_jax.data.clinical import ClinicalStats
 from vertex_jax.data.clinical import CLINICAL
 from vertex_jax.data.preprocess import PreprocessConfig
@@ -28,6 +30,7 @@ from vertex_jax.problems import ProblemsError
 
 SCHEMA = "vertex_jax.export/1"
 METADATA_FILE = "model.json"
+CARD_FILE = CARD_MARKDOWN_FILE  # the clinical model card, beside model.json
 PACKAGES = {"jax": ("jax",), "jaxlib": ("jaxlib",), "flax": ("flax",), "jax2onnx": ("jax2onnx",),
             "onnx": ("onnx",), "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
             "tensorflow": ("tensorflow", "tensorflow-cpu"), "numpy": ("numpy",),
@@ -139,3 +142,10 @@ def describe(trained: TrainedModel, signature: Signature, thresholds: dict | Non
                       "trained_dtype": trained.config.model.dtype, "compute_dtype": EXPORT_DTYPE,
                       "trained_with_vertex_jax": trained.card.get("vertex_jax")},
             "versions": versions()}
+
+
+def card_markdown(trained: TrainedModel, thresholds_source: str) -> str:
+    """The clinical model card (``model_card.md``) of the exported step: its own card, with
+    its run's summary and evaluation where the step is still inside its run."""
+    return render_card(trained.card, step=trained.step, **run_sources(runs.workdir_of(trained.checkpoint)),
+                       export={"step": trained.step, "thresholds_source": thresholds_source})

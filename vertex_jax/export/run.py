@@ -2,9 +2,11 @@
 
 Layout of ``out``::
 
-    onnx/model.onnx, onnx/model.json                  (--format onnx)
-    savedmodel/<version>/saved_model.pb, variables/,  (--format savedmodel; TF Serving's
-    savedmodel/<version>/model.json                    model_base_path is savedmodel/)
+    onnx/model.onnx, onnx/model.json, onnx/model_card.md      (--format onnx)
+    savedmodel/<version>/saved_model.pb, variables/,           (--format savedmodel; TF Serving's
+    savedmodel/<version>/model.json, model_card.md              model_base_path is savedmodel/)
+
+``model_card.md`` is the clinical model card of the exported step (:mod:`vertex_jax.model_card`).
 
 Everything is written to a temporary sibling of ``out`` first; only when the JAX,
 onnxruntime and TensorFlow outputs agree is it renamed into ``out``, so a failed export
@@ -95,6 +97,7 @@ def export(checkpoint: str | Path, out: str | Path, formats: Sequence[str] = FOR
     threshold_values, threshold_source = _thresholds(thresholds, trained)
     signature, model = signature_of(trained), export_model(trained.config, trained.model)
     description = metadata.describe(trained, signature, threshold_values, threshold_source)
+    card = metadata.card_markdown(trained, threshold_source)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
     try:
@@ -106,14 +109,14 @@ def export(checkpoint: str | Path, out: str | Path, formats: Sequence[str] = FOR
                                description=description)
             runtimes["onnxruntime"] = onnx_runner(onnx_session(path))
             settings["onnx"] = {"converter": "jax2onnx", "opset": opset, "batch_axis": "B"}
-            files["onnx"] = {"model": "model.onnx"}
+            files["onnx"] = {"model": "model.onnx", "card": metadata.CARD_FILE}
         if "savedmodel" in formats:
             log(f"TF SavedModel (platforms {', '.join(platforms)}) ...")
             info = export_savedmodel(model, signature, staged["savedmodel"], platforms=platforms)
             runtimes["tensorflow"] = tf_runner(load_serving(staged["savedmodel"]))
             settings["savedmodel"] = {"converter": "jax.experimental.jax2tf", **info,
                                       "serving_version": serving_version}
-            files["savedmodel"] = {"model": "saved_model.pb", "variables": "variables/"}
+            files["savedmodel"] = {"model": "saved_model.pb", "variables": "variables/", "card": metadata.CARD_FILE}
         reference = jax_runner(reference_model(trained.config, trained.model), signature)
         report = verify(signature, reference, runtimes, batch_sizes=batch_sizes, tolerance=tolerance)
         for pair, d in report["max_abs_diff"].items():
@@ -123,6 +126,7 @@ def export(checkpoint: str | Path, out: str | Path, formats: Sequence[str] = FOR
             doc = {**description, "format": f, "files": files[f], "export": settings[f],
                    "verification": report}
             (staged[f] / metadata.METADATA_FILE).write_text(json.dumps(doc, indent=2) + "\n")
+            (staged[f] / metadata.CARD_FILE).write_text(card)
         for f in formats:
             _move(staged[f], final[f], work / f"replaced-{f}")
             log(f"wrote {final[f]}")

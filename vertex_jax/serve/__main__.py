@@ -5,7 +5,8 @@ vertex_jax.export``, its ``onnx/`` folder or the ``model.onnx`` file) with onnxr
 without JAX (``pip install 'vertex_jax[serve]'``). ``POST /predict`` takes a multipart
 ``file`` (DICOM, PNG, JPEG, TIFF) and optional ``age``, ``sex`` (F/M), ``bmi``, and answers
 the scores ``predict --backend onnx`` writes for the same file, as JSON (``?report=sr``: the
-DICOM Structured Report of a DICOM upload); ``GET /health``; ``GET /model`` (model.json).
+DICOM Structured Report of a DICOM upload); ``GET /health``; ``GET /model`` (model.json);
+``GET /model/card`` (the clinical model card, Markdown).
 Bad uploads are answered 4xx with ``{"error": ..., "todo": ...}``; a body over
 ``--max-upload-mb`` is refused (413) unread.
 """
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(args.model, max_upload_bytes=int(args.max_upload_mb * MB), threads=args.threads)
     scorer = app.state.scorer
     print(f"serving {scorer.name} (step {scorer.backend.step}, tasks {', '.join(scorer.backend.tasks)}) "
-          f"from {scorer.path} on http://{args.host}:{args.port}: POST /predict, GET /health, GET /model; "
+          f"from {scorer.path} on http://{args.host}:{args.port}: POST /predict, GET /health, GET /model, "
+          f"GET /model/card; "
           f"uploads up to {args.max_upload_mb:g} MB", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0

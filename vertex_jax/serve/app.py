@@ -1,10 +1,12 @@
-"""The HTTP API: ``POST /predict``, ``GET /health``, ``GET /model``.
+"""The HTTP API: ``POST /predict``, ``GET /health``, ``GET /model``, ``GET /model/card``.
 
 ``POST /predict``: multipart form with ``file`` (DICOM, PNG, JPEG or TIFF) and optional
 ``age`` (years), ``sex`` (F/M) and ``bmi`` (kg/m²); answers the scores.csv row of
 ``predict --backend onnx`` as JSON, with ``clinical_source`` (``form``, ``dicom`` or
 ``missing`` per value: the form wins, the DICOM header fills what it leaves blank).
 ``?report=sr`` answers a DICOM upload's Structured Report instead (``application/dicom``).
+``GET /model`` answers model.json; ``GET /model/card`` the clinical model card (``model_card.md``
+of the export, ``text/markdown``).
 
 Every refusal is a 4xx with ``{"error": ..., "todo": ...}``: 400 (malformed request, no
 ``file``), 413 (body over the limit), 415 (not multipart; a file that is not DICOM, PNG,
@@ -23,7 +25,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
@@ -47,8 +49,8 @@ from vertex_jax.serve.upload import (
 
 log = logging.getLogger("vertex_jax.serve")
 REPORTS = ("sr",)
-_HTTP_TODO = {404: "the endpoints are POST /predict, GET /health and GET /model",
-              405: "POST /predict with a multipart file; GET /health, GET /model"}
+_HTTP_TODO = {404: "the endpoints are POST /predict, GET /health, GET /model and GET /model/card",
+              405: "POST /predict with a multipart file; GET /health, GET /model, GET /model/card"}
 
 
 def create_app(model: str | Path, *, max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * MB),
@@ -70,8 +72,18 @@ def create_app(model: str | Path, *, max_upload_bytes: int = int(DEFAULT_MAX_UPL
 
     @app.get("/model")
     def model_card() -> dict[str, Any]:
-        """The model card: model.json of the export."""
+        """The model's description: model.json of the export."""
         return scorer.card
+
+    @app.get("/model/card", response_class=PlainTextResponse)
+    def clinical_card() -> Response:
+        """The clinical model card: model_card.md of the export, as Markdown."""
+        text = scorer.card_markdown()
+        if text is None:
+            raise UploadError(404, f"the export {scorer.path.parent} has no model_card.md",
+                              "export the checkpoint again with python -m vertex_jax.export (it writes the "
+                              "card); GET /model answers model.json")
+        return Response(text, media_type="text/markdown; charset=utf-8")
 
     @app.post("/predict")
     async def predict(request: Request, report: str | None = None) -> Response:

@@ -25,6 +25,7 @@ from vertex_jax.jsonable import jsonable
 from vertex_jax.predict.inputs import collect_inputs
 from vertex_jax.predict.onnx_backend import OnnxBackend
 from vertex_jax.predict.run import NOT_AN_IMAGE, score_table
+from vertex_jax.run_layout import CARD_MARKDOWN_FILE
 from vertex_jax.serve.upload import UploadError
 
 MODEL_FILE = "model.onnx"
@@ -73,6 +74,12 @@ class Scorer:
     def card(self) -> dict[str, Any]:
         """model.json's content."""
         return self.backend.metadata
+
+    def card_markdown(self) -> str | None:
+        """The clinical model card (``model_card.md`` beside the model), None when the export
+        has none (made before the export wrote it)."""
+        path = self.path.with_name(CARD_MARKDOWN_FILE)
+        return path.read_text(encoding="utf-8") if path.is_file() else None
 
     def score_file(self, path: Path, *, filename: str, fmt: str, clinical: Mapping[str, str]) -> Scored:
         """Score the stored upload ``path`` (``filename``: the client's name; ``clinical``: the
