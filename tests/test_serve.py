@@ -1,7 +1,8 @@
 """The scoring service (python -m vertex_jax.serve): a real server in a subprocess, talked to
 over HTTP. Its scores equal predict's on the same files (PNG, DICOM, form values, header
 values) and its Structured Report holds them; every bad upload is a 4xx naming the problem
-and the server stays up; its import chain loads no JAX.
+and the server stays up; its import chain loads no JAX; it answers the export's clinical
+model card; the load benchmark (vertex_jax.bench.serve_load) counts every answer.
 
 The model is a small ONNX graph of the export's signature and model.json schema, built here
 with onnx.helper (a linear map of the canvas and the clinical inputs): the real export of
@@ -42,6 +43,7 @@ TASKS = ("pvf", "osteo")
 CANVAS = (64, 32)
 LIMIT_MB = 4  # the test server's --max-upload-mb
 THRESHOLDS = {"pvf": {"youden": 0.41}, "osteo": {"youden": 0.5}}
+CARD_MARKDOWN = "# Model card: VERTE-X pvf, osteo (linear, xray)\n\n**Research software, not for clinical use.** T ≤ -2.5\n"
 
 
 def _write_model(out: Path) -> Path:
@@ -80,6 +82,7 @@ def _write_model(out: Path) -> Path:
             "thresholds": THRESHOLDS, "calibration": None,
             "model": {"checkpoint": "tiny-linear/checkpoints/7", "step": 7, "variant": "linear"}}
     (folder / "model.json").write_text(json.dumps(card, indent=2))
+    (folder / "model_card.md").write_text(CARD_MARKDOWN, encoding="utf-8")
     return out
 
 
@@ -210,6 +213,22 @@ def test_health_and_model_card(server, export_dir):
                                                   "step": 7, "tasks": list(TASKS)}
     status, _, body = server.request("GET", "/model")
     assert status == 200 and json.loads(body) == json.loads((export_dir / "onnx" / "model.json").read_text())
+    status, headers, body = server.request("GET", "/model/card")
+    assert status == 200 and headers["content-type"] == "text/markdown; charset=utf-8"
+    assert body.decode("utf-8") == CARD_MARKDOWN
+
+
+def test_an_export_without_its_model_card_answers_404(tmp_path):
+    from vertex_jax.serve.app import create_app
+    from vertex_jax.serve.upload import UploadError
+
+    export = _write_model(tmp_path / "old")
+    (export / "onnx" / "model_card.md").unlink()  # an export made before the card was written
+    app = create_app(export)
+    card = next(route.endpoint for route in app.routes if getattr(route, "path", "") == "/model/card")
+    with pytest.raises(UploadError, match="has no model_card.md") as refused:
+        card()
+    assert refused.value.status == 404 and "python -m vertex_jax.export" in refused.value.todo
 
 
 def test_scores_equal_predict_on_the_same_files(server, export_dir, images, tmp_path):
@@ -391,3 +410,51 @@ def test_vertex_lists_serve():
     from vertex_jax.__main__ import COMMANDS
 
     assert COMMANDS["serve"][0] == "vertex_jax.serve"
+
+
+def test_the_load_benchmark_starts_the_service_and_counts_every_answer(export_dir, images, tmp_path, capsys):
+    from vertex_jax.bench.serve_load import main as load_main
+
+    out = tmp_path / "load.json"
+    assert load_main(["--model", str(export_dir), "--requests", "30", "--concurrency", "4", "--warmup", "4",
+                      "--files", str(images["folder"]), "--threads", "1", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["statuses"] == {"200": 30} and report["errors"] == 0 and report["warmup_errors"] == 0
+    assert report["server_500s_logged"] == 0
+    assert report["files"]["count"] == 3 and report["files"]["formats"] == {"PNG": 1, "DICOM": 2}
+    assert report["model"]["step"] == 7 and report["requests"] == 30 and report["concurrency"] == 4
+    lat = report["latency_ms"]
+    assert 0 < lat["min"] <= lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+    assert report["throughput_rps"] == pytest.approx(30 / report["wall_s"])
+    rss = report["rss_mib"]
+    assert all(rss[k] > 0 for k in ("start", "after_warmup", "end"))
+    assert rss["growth_after_warmup"] == pytest.approx(rss["end"] - rss["after_warmup"])
+    assert report["machine"]["cores"] >= 1 and report["machine"]["cpu"]
+    assert report["versions"]["onnxruntime"] and report["versions"]["uvicorn"]
+    for words in ("latency ms: p50", "p95", "p99", "throughput", "req/s", "answers: 200: 30; errors 0",
+                  "server RSS: start", "growth over the timed requests", "machine: ", "versions: "):
+        assert words in printed, words
+
+
+def test_the_load_benchmark_refuses_bad_arguments_before_starting(export_dir, tmp_path, capsys):
+    from vertex_jax.bench.serve_load import main as load_main
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no image here")
+    for args, words in ((["--files", str(tmp_path / "empty")], "no DICOM, PNG, JPEG or TIFF file"),
+                        (["--files", str(tmp_path / "absent")], "no such folder"),
+                        (["--requests", "0"], "--requests (0)")):
+        assert load_main(["--model", str(export_dir), *args]) == 2
+        assert words in capsys.readouterr().err, words
+    assert load_main(["--model", str(tmp_path)]) == 2
+    assert "no exported ONNX model there" in capsys.readouterr().err
+
+
+def test_the_load_benchmark_imports_no_jax():
+    code = ("import sys, vertex_jax.bench.serve_load, vertex_jax.serve.scoring, vertex_jax.synthetic.cohort\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxlib', 'flax', 'optax', 'orbax'))\n"
+            "assert not bad, bad\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-3000:]

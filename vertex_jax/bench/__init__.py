@@ -22,6 +22,7 @@ Modules: :mod:`.measure` (one train/eval point), :mod:`.flops` (analytic FLOP co
 jaxpr), :mod:`.record` (result format, shared with the peer), :mod:`.peer` (peer
 launcher), :mod:`.input` (raw file -> canvas -> cache -> batch, CPU augmentation;
 ``python -m vertex_jax.bench.input``), :mod:`.export` (ONNX / JAX CPU inference;
-``python -m vertex_jax.bench.export``). Peer scripts, notes and result files live in
+``python -m vertex_jax.bench.export``), :mod:`.serve_load` (the HTTP service under load, no
+JAX; ``python -m vertex_jax.bench.serve_load --model EXPORT_DIR``). Peer scripts, notes and result files live in
 ``benchmarks/`` at the top of the checkout.
 """
