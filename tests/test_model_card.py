@@ -73,8 +73,10 @@ def test_a_synthetic_run_before_evaluation(tmp_path):
     assert "**Research software, not for clinical use.**" in text
     assert "**Synthetic data only**: the built-in synthetic cohort (`data.manifest` empty)" in text
     assert "**Trained on synthetic images only.**" in text
-    assert "| train (training) | 2 | 3 | 1/2 (50%) | 1/3 (33%) |" in text  # patients, images, prevalence
-    assert "| test | 2 | 2 | 1/2 (50%) | 2/2 (100%) |" in text
+    rows = [line for line in text.splitlines() if line.startswith(("| train", "| val", "| test"))]
+    assert rows == ["| train (training) | 2 | 3 | 1/2 (50%) | 1/3 (33%) |",  # patients, images, prevalence
+                    "| val (validation) | 1 | 1 | 1/1 (100%) | no labels |", "| test | 2 | 2 | 1/2 (50%) | 2/2 (100%) |"]
+    assert "from one adult lateral spine radiograph, the probability of: prevalent vertebral fracture" in text
     assert "age 68.0 ± 9.0 years, 60% female" in text and "Input canvas 64×32" in text
     assert "No evaluation report yet. Validation AUROC at step 3 (the best)" in text
     assert "pvf 0.750, osteo 0.650" in text and "without intervals" in text
@@ -100,7 +102,7 @@ def test_evaluate_rewrites_the_runs_card_with_intervals_and_a_later_calibration_
     report = json.loads((run / "evaluation" / "report.json").read_text())
     pvf = report["models"]["model"]["tasks"]["pvf"]["overall"]
     lo, hi = pvf["auroc"]["delong"]["ci"]
-    assert f"| pvf | {pvf['n']} ({pvf['positives']}) | {pvf['auroc']['value']:.3f} ({lo:.3f}–{hi:.3f}) |" in text
+    assert f"| pvf | {pvf['n']} ({pvf['positives']}) | {pvf['auroc']['value']:.3f} ({lo:.3f} to {hi:.3f}) |" in text
     assert "From `evaluation/report.json` (model `model`, split `test`" in text and "95% intervals" in text
     assert "No evaluation report yet" not in text and "older than this model card" not in text
     assert "Method `platt`, fitted on split `val` (xray) with the outputs of step 3" in text
@@ -128,4 +130,4 @@ def test_a_card_for_an_export_names_the_step_and_an_evaluation_of_another_step(t
     assert "## Export" in text and "Exported from checkpoint step 6" in text and "thresholds.json" in text
     assert "Few positive cases in the evaluation (pvf: under 50)" in text and "- few cases" in text
     assert "One cohort: performance and calibration may not carry over" in text
-    assert "| pvf | 20 (8) | 0.800 (0.600–0.950) | n/a | n/a (n/a) |" in text
+    assert "| pvf | 20 (8) | 0.800 (0.600 to 0.950) | n/a | n/a (n/a) |" in text

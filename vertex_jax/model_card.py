@@ -25,7 +25,7 @@ from vertex_jax.run_layout import CARD_FILE, CARD_MARKDOWN_FILE, EVALUATION, REP
 
 TASK_NAMES = {"pvf": "prevalent vertebral fracture (pVF)",
               "osteo": "osteoporosis (T-score ≤ -2.5)"}
-DOMAIN_NAMES = {"xray": "lateral spine radiographs", "vfa": "DXA vertebral fracture assessment (VFA) images"}
+DOMAIN_NAMES = {"xray": "lateral spine radiograph", "vfa": "DXA vertebral fracture assessment (VFA) image"}
 SMALL = 50  # positives under which an interval is called wide
 
 
@@ -37,7 +37,7 @@ def _f(value: Any, digits: int = 3) -> str:
 
 
 def _ci(ci: Sequence[float] | None, digits: int = 3) -> str:
-    return f"{ci[0]:.{digits}f}–{ci[1]:.{digits}f}" if ci else "n/a"
+    return f"{ci[0]:.{digits}f} to {ci[1]:.{digits}f}" if ci else "n/a"
 
 
 def _with_ci(entry: Mapping[str, Any] | None, digits: int = 3) -> str:
@@ -61,7 +61,7 @@ def _title(card: Mapping[str, Any]) -> str:
 
 
 def _intended_use(card: Mapping[str, Any]) -> list[str]:
-    domain = DOMAIN_NAMES.get(card.get("domain"), f"{card.get('domain')} images")
+    domain = DOMAIN_NAMES.get(card.get("domain"), f"{card.get('domain')} image")
     tasks = "; ".join(TASK_NAMES.get(t, t) for t in card.get("tasks", []))
     clinical = ("the patient's age, sex and BMI where known (missing values are allowed)"
                 if card.get("use_clinical") else "no clinical values (the image alone)")
@@ -69,7 +69,7 @@ def _intended_use(card: Mapping[str, Any]) -> list[str]:
         "## Intended use", "",
         "**Research software, not for clinical use.** It is not a medical device and has no "
         "regulatory clearance; its scores must not guide the diagnosis or care of a patient.", "",
-        f"- Estimates, for one image of adult {domain}, the probability of: {tasks}.",
+        f"- Estimates, from one adult {domain}, the probability of: {tasks}.",
         f"- Inputs: one single-frame greyscale image (DICOM, PNG, JPEG, TIFF) and {clinical}.",
         "- Users: researchers evaluating opportunistic screening on their own, labelled data; "
         "re-check discrimination and calibration on a site's own cases before reading any "
@@ -96,8 +96,9 @@ def _training_data(card: Mapping[str, Any]) -> tuple[list[str], bool | None]:
         lines += [f"Manifest: `{data.get('manifest')}`.", ""]
     splits = data.get("splits") or {}
     tasks = list(card.get("tasks", []))
+    order = {data.get("train_split"): 0, data.get("val_split"): 1}  # then the others by name
     rows = []
-    for name, s in splits.items():
+    for name, s in sorted(splits.items(), key=lambda item: (order.get(item[0], 2), item[0])):
         role = {data.get("train_split"): " (training)", data.get("val_split"): " (validation)"}.get(name, "")
         rows.append([f"{name}{role}", str(s["patients"]), str(s["images"]),
                      *(_share(s[t]["positives"], s[t]["labelled"]) for t in tasks if t in s)])
