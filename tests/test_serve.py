@@ -430,10 +430,12 @@ def test_the_load_benchmark_starts_the_service_and_counts_every_answer(export_di
     rss = report["rss_mib"]
     assert all(rss[k] > 0 for k in ("start", "after_warmup", "end"))
     assert rss["growth_after_warmup"] == pytest.approx(rss["end"] - rss["after_warmup"])
+    assert rss["peak"] >= rss["halfway"] > 0 and rss["growth_second_half"] == pytest.approx(rss["end"] - rss["halfway"])
     assert report["machine"]["cores"] >= 1 and report["machine"]["cpu"]
     assert report["versions"]["onnxruntime"] and report["versions"]["uvicorn"]
     for words in ("latency ms: p50", "p95", "p99", "throughput", "req/s", "answers: 200: 30; errors 0",
-                  "server RSS: start", "growth over the timed requests", "machine: ", "versions: "):
+                  "server RSS: start", "growth over the timed requests", "over their second half", "machine: ",
+                  "versions: "):
         assert words in printed, words
 
 

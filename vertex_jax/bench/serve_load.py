@@ -1,7 +1,7 @@
 """A bounded load test of the scoring service, over loopback HTTP.
 
     python -m vertex_jax.bench.serve_load --model EXPORT_DIR [--requests 500] [--concurrency 8]
-        [--files DIR] [--warmup 16] [--threads 0] [--json FILE]
+        [--files DIR] [--warmup 200] [--threads 0] [--json FILE]
 
 Starts the real service (``python -m vertex_jax.serve --model EXPORT_DIR`` in a subprocess
 on a free loopback port), uploads real files to ``POST /predict`` (those of ``--files DIR``,
@@ -11,8 +11,9 @@ then ``--requests`` at ``--concurrency`` from as many client threads, each with 
 keep-alive connection (standard-library ``http.client``). Every other upload carries age,
 sex and BMI form fields. Prints the latency percentiles (p50/p95/p99, request sent to answer
 read), the throughput, the answers by status (errors: anything but 200), the server's
-resident memory (VmRSS) at start, after the warm-up and at the end (its growth over the
-timed requests is the "memory flat" check), the machine and the versions; ``--json`` keeps it.
+resident memory (VmRSS) at start, after the warm-up, halfway and at the end, sampled every
+0.25 s in between (its growth over the timed requests, and over their second half, is the
+"memory flat" check), the machine and the versions; ``--json`` keeps it all.
 
 A module of its own, not ``python -m vertex_jax.bench --what=serve``: that command is absl
 flags over a training config and imports JAX to time steps, while this one takes an export
@@ -51,6 +52,9 @@ FORM = {"age": "71", "sex": "F", "bmi": "24.5"}  # sent with every other upload
 VERSIONS = ("vertex_jax", "onnxruntime", "fastapi", "starlette", "uvicorn", "numpy", "pydicom",
             "opencv-python-headless", "imagecodecs")
 SYNTHETIC_PATIENTS = 12
+# Untimed requests first: the server's allocator arenas and buffers grow over the first ~200
+# (8 threads; measured: +84 MiB over 250, then +9 MiB over the next 2250 and flat).
+WARMUP = 200
 SYNTHETIC_SCALE = 0.5  # configs/xray.py: data.synthetic.scale, about 1200 x 800 pixels
 
 
@@ -256,8 +260,39 @@ def _growth(after: float | None, before: float | None) -> float | None:
     return None if after is None or before is None else after - before
 
 
+class RssSampler:
+    """The server's VmRSS every ``every_s`` seconds in a background thread, while in use:
+    ``samples`` are (seconds since start, MiB)."""
+
+    def __init__(self, pid: int, every_s: float = 0.25):
+        self.pid, self.every_s = pid, every_s
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        start = time.perf_counter()
+        while not self._stop.is_set():
+            if (value := rss_mib(self.pid)) is not None:
+                self.samples.append((time.perf_counter() - start, value))
+            self._stop.wait(self.every_s)
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def at(self, seconds: float) -> float | None:
+        """The last sample taken at or before ``seconds``."""
+        before = [value for t, value in self.samples if t <= seconds]
+        return before[-1] if before else None
+
+
 def run_load(model: str | Path, *, requests: int = 500, concurrency: int = 8, files: str | Path | None = None,
-             warmup: int = 16, threads: int = 0) -> dict[str, Any]:
+             warmup: int = WARMUP, threads: int = 0) -> dict[str, Any]:
     """Start the service on ``model``, send ``warmup`` then ``requests`` uploads at
     ``concurrency``; returns the report (see the module docstring)."""
     if requests < 1 or concurrency < 1 or warmup < 0:
@@ -273,8 +308,11 @@ def run_load(model: str | Path, *, requests: int = 500, concurrency: int = 8, fi
             rss = {"start": service.rss_mib}
             warm_statuses = send_all(service.port, uploads, warmup, concurrency)[1] if warmup else Counter()
             rss["after_warmup"] = service.rss_mib
-            latencies, statuses, wall = send_all(service.port, uploads, requests, concurrency, offset=warmup)
+            with RssSampler(service.proc.pid) as sampler:
+                latencies, statuses, wall = send_all(service.port, uploads, requests, concurrency, offset=warmup)
             rss["end"] = service.rss_mib
+            rss["halfway"] = sampler.at(wall / 2)
+            rss["peak"] = max((v for _, v in sampler.samples), default=None)
             log = service.log.read_text()
     ms = np.array(latencies) * 1000
     sizes = [len(u.data) for u in uploads]
@@ -294,6 +332,7 @@ def run_load(model: str | Path, *, requests: int = 500, concurrency: int = 8, fi
         "errors": sum(n for s, n in statuses.items() if s != "200"),
         "server_500s_logged": log.count("bug:"),
         "rss_mib": {**rss, "growth_after_warmup": _growth(rss["end"], rss["after_warmup"]),
+                    "growth_second_half": _growth(rss["end"], rss["halfway"]),
                     "growth_total": _growth(rss["end"], rss["start"])},
         "machine": {**machine(), "load_average_before": load_before},
         "versions": versions(),
@@ -304,10 +343,14 @@ def _mib(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f} MiB"
 
 
+def _signed(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.1f} MiB"
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The report in a few lines."""
     lat, rss, m, files = report["latency_ms"], report["rss_mib"], report["machine"], report["files"]
-    growth = rss["growth_after_warmup"]
+    growth, late = rss["growth_after_warmup"], rss["growth_second_half"]
     return "\n".join([
         f"model {report['model'].get('model', report['model']['path'])} (step {report['model'].get('step')}); "
         f"{files['count']} files ({', '.join(f'{n} {k}' for k, n in files['formats'].items())}, "
@@ -317,8 +360,9 @@ def format_report(report: dict[str, Any]) -> str:
         f"latency ms: p50 {lat['p50']:.1f}  p95 {lat['p95']:.1f}  p99 {lat['p99']:.1f}  "
         f"(min {lat['min']:.1f}, mean {lat['mean']:.1f}, max {lat['max']:.1f})",
         f"answers: {', '.join(f'{s}: {n}' for s, n in report['statuses'].items())}; errors {report['errors']}",
-        f"server RSS: start {_mib(rss['start'])}, after warm-up {_mib(rss['after_warmup'])}, end {_mib(rss['end'])} "
-        f"(growth over the timed requests {'n/a' if growth is None else f'{growth:+.1f} MiB'})",
+        f"server RSS: start {_mib(rss['start'])}, after warm-up {_mib(rss['after_warmup'])}, end {_mib(rss['end'])}, "
+        f"peak {_mib(rss['peak'])} (growth over the timed requests {_signed(growth)}, over their second half "
+        f"{_signed(late)})",
         f"machine: {m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), {m['os']}, load average "
         f"before {', '.join(f'{x:.2f}' for x in m['load_average_before'] or [])}",
         "versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v),
@@ -332,7 +376,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--requests", type=int, default=500, help="timed requests (default 500)")
     p.add_argument("--concurrency", type=int, default=8, help="client threads, one connection each (default 8)")
     p.add_argument("--files", help="folder of DICOM/PNG/JPEG/TIFF files to upload (default: a synthetic cohort)")
-    p.add_argument("--warmup", type=int, default=16, help="untimed requests first (default 16)")
+    p.add_argument("--warmup", type=int, default=WARMUP, help=f"untimed requests first (default {WARMUP})")
     p.add_argument("--threads", type=int, default=0, help="the server's onnxruntime threads (0: its default)")
     p.add_argument("--json", help="also write the report here")
     return add_verbosity(p)
