@@ -6,20 +6,16 @@ are written here."""
 
 import json
 import os
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 from ml_collections import ConfigDict
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_evaluate import cohort  # noqa: E402
-
-from vertex_jax.data.prepare import cohort_counts, describe_training_data  # noqa: E402
-from vertex_jax.evaluate.__main__ import main as evaluate_main  # noqa: E402
-from vertex_jax.model_card import render_card, write_run_card  # noqa: E402
+from test_evaluate import cohort
+from vertex_jax.data.prepare import cohort_counts, describe_training_data
+from vertex_jax.evaluate.__main__ import main as evaluate_main
+from vertex_jax.model_card import render_card, write_run_card
 
 TASKS = ("pvf", "osteo")
 FRAME = pd.DataFrame({"patient_id": ["P0", "P0", "P1", "P2", "P3", "P4"],
