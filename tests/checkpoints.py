@@ -1,11 +1,13 @@
 """A checkpoint written by the training code's own writer without training: the tiny
 config's model with randomised BatchNorm statistics (so a statistic lost on the way shows),
-for the export, calibration and explanation tests."""
+for the export, calibration and explanation tests; with the vertebra head, its output layer
+set so that the untrained model finds vertebrae (:func:`finding_vertebrae`)."""
 
 import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any, Callable
 
 import grain
 import jax
@@ -20,6 +22,7 @@ from vertex_jax.models.build import build_model
 from vertex_jax.train.checkpoint import Checkpoints
 from vertex_jax.train.loop import Progress, model_card
 from vertex_jax.train.state import TrainState, build_optimizer
+from vertex_jax.vertebrae.targets import HeadSpec
 
 CANVAS = (64, 32)
 TASKS = ("pvf", "osteo")
@@ -38,13 +41,35 @@ def randomise_batch_stats(model, seed: int = 0) -> None:
     nnx.update(model, jax.tree_util.tree_map_with_path(draw, nnx.state(model, nnx.BatchStat)))
 
 
-def write_checkpoint(workdir: Path, step: int = 3, canvas: tuple[int, int] = CANVAS, **model: str) -> Path:
-    """``workdir/checkpoints/<step>`` for the tiny config with ``model`` overrides; returns workdir."""
+def finding_vertebrae(model, seed: int = 0) -> None:
+    """Set the vertebra head's output layer so that an untrained model finds vertebrae: random
+    weights of a size that makes every channel vary from cell to cell (distinct heat-map peaks,
+    levels, grades), biases for a heat-map above the decoding threshold, boxes 3 x 2.5 cells and
+    endplate points at the box's corners and middles (heights that differ, so grades by
+    measurement do too)."""
+    points = [(x, y) for y in (-1.1, 1.1) for x in (-1.3, 0.0, 1.3)]  # superior/inferior x A/M/P, cells
+    settings = {"heat": (6.0, 1.0), "size": (0.5, (3.0, 2.5)), "offset": (0.5, 0.5),  # (spread, bias)
+                "points": (0.2, np.ravel(points)), "level": (8.0, 0.0), "grade": (6.0, (1.0, 0.0, 0.0, 0.0))}
+    out = model.vertebra_head.output
+    spread, bias = np.zeros(out.bias.shape), np.zeros(out.bias.shape)
+    for name, part in HeadSpec().slices().items():
+        spread[part], bias[part] = settings[name]
+    rng = np.random.default_rng(seed)
+    out.kernel[...] = (rng.normal(0.0, 1.0, out.kernel.shape) * spread).astype(np.float32)
+    out.bias[...] = bias.astype(np.float32)
+
+
+def write_checkpoint(workdir: Path, step: int = 3, canvas: tuple[int, int] = CANVAS,
+                     prepare: Callable[[Any], None] | None = None, **model: Any) -> Path:
+    """``workdir/checkpoints/<step>`` for the tiny config with ``model`` overrides, ``prepare``
+    applied to the model before it is saved; returns workdir."""
     config = get_config("tiny")
     config.tasks = ",".join(TASKS)
     config.model.update(model)
     net = build_model(config, seed=1)
     randomise_batch_stats(net)
+    if prepare is not None:
+        prepare(net)
     state = TrainState.create(net, build_optimizer(config, steps_per_epoch=1)).state
     frame = pd.DataFrame({"patient_id": ["P0", "P0", "P1", "P2"], "split": ["train", "train", "train", "val"],
                           "pvf": [1.0, 0.0, np.nan, 1.0], "osteo": [0.0, 0.0, 1.0, np.nan]})

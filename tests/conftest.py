@@ -52,3 +52,14 @@ def cached_cohort(png_cohort, tmp_path):
     cache = build_cache(df, tmp_path / "cache", PreprocessConfig(canvas=(32, 16)), workers=1,
                         progress=False)
     return cache, df, ClinicalStats.fit(df)
+
+
+@pytest.fixture(scope="session")
+def vertebra_checkpoint(tmp_path_factory):
+    """A tiny run with the vertebra head (``model.vertebrae``), written without training, its
+    output layer set so that it finds vertebrae (``checkpoints.finding_vertebrae``): shared by
+    the prediction, export and DICOM tests of the per-vertebra outputs."""
+    from checkpoints import finding_vertebrae, write_checkpoint
+
+    return write_checkpoint(tmp_path_factory.mktemp("vertebra_run"), vertebrae=True,
+                            prepare=finding_vertebrae)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -24,9 +24,12 @@ from vertex_jax import runs
 from vertex_jax.calibrate import Calibration
 from vertex_jax.data.clinical import ClinicalStats
 from vertex_jax.data.preprocess import PreprocessConfig
-from vertex_jax.models.build import build_model
+from vertex_jax.models.build import build_model, vertebra_spec
 from vertex_jax.models.vertex import VertexNet
 from vertex_jax.errors import InputDataError
+
+if TYPE_CHECKING:  # the vertebra code is imported where a model has the head
+    from vertex_jax.vertebrae.targets import HeadSpec
 
 
 @dataclasses.dataclass
@@ -47,20 +50,36 @@ class TrainedModel:
         return str(self.checkpoint)
 
     @property
+    def vertebra_spec(self) -> HeadSpec | None:
+        """The vertebra head's grid and channel layout (what decoding its map needs); None
+        for a model without the head."""
+        return vertebra_spec(self.config) if self.model.vertebra_head is not None else None
+
+    @property
     def calibration(self) -> Calibration | None:
         """The calibration stored in the card, or None (probabilities are then the sigmoid)."""
         return Calibration.from_card(self.card)
 
-    def scorer(self, mesh: jax.sharding.Mesh | None = None
-               ) -> Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    def scorer(self, mesh: jax.sharding.Mesh | None = None, *, vertebrae: bool = False
+               ) -> Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, ...]]:
         """Batched scoring on every device of ``mesh`` (default: all): host arrays in,
         (probabilities, logits) [n, tasks] out, the probabilities calibrated when the model
-        has a calibration; pads to whole device batches itself."""
+        has a calibration; pads to whole device batches itself. ``vertebrae`` (a model with
+        the vertebra head): the head's raw map [n, h, w, channels] as a third output."""
+        if vertebrae and self.model.vertebra_head is None:
+            raise ValueError(f"{self.name} has no vertebra head (model.vertebrae is off)")
         mesh = mesh or meshlib.make_mesh()
         graphdef, state = nnx.split(self.model)
         state = jax.device_put(state, meshlib.replicated(mesh))
-        step = jax.jit(lambda s, *x: nnx.merge(graphdef, s)(*x).astype(jnp.float32),
-                       in_shardings=(meshlib.replicated(mesh),) + (meshlib.batch_sharded(mesh),) * 3,
+
+        def forward(s: nnx.State, *x: jax.Array):
+            net = nnx.merge(graphdef, s)
+            if not vertebrae:
+                return net(*x).astype(jnp.float32)
+            out = net.outputs(*x)
+            return out["logits"].astype(jnp.float32), out["vertebrae"]
+
+        step = jax.jit(forward, in_shardings=(meshlib.replicated(mesh),) + (meshlib.batch_sharded(mesh),) * 3,
                        out_shardings=meshlib.replicated(mesh))
         devices = mesh.size
         calibration = self.calibration
@@ -70,10 +89,15 @@ class TrainedModel:
             pad = -n % devices
             arrays = [np.concatenate([a, np.zeros((pad, *a.shape[1:]), a.dtype)]) if pad else a
                       for a in (image, clinical, mask)]
-            logits = np.asarray(step(state, *arrays))[:n]
+            result = step(state, *arrays)
+            logits = np.asarray(result[0] if vertebrae else result)[:n]
             if calibration is not None:
-                return calibration.probabilities(logits, self.tasks).astype(np.float32), logits
-            return 1.0 / (1.0 + np.exp(-logits)), logits
+                probabilities = calibration.probabilities(logits, self.tasks).astype(np.float32)
+            else:
+                probabilities = 1.0 / (1.0 + np.exp(-logits))
+            if vertebrae:
+                return probabilities, logits, np.asarray(result[1])[:n]
+            return probabilities, logits
 
         return score
 

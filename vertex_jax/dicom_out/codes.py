@@ -51,6 +51,21 @@ def vertebra(level: str) -> CodedConcept:
         return CodedConcept(f"level-{level}", SCHEME, f"Vertebra {level}")
 
 
+VERTEBRA = codes.SCT.Vertebra  # the finding of a per-vertebra group; its site names the level
+PERCENT = codes.UCUM.Percent
+FRACTURE_PROBABILITY = CodedConcept("vfx_prob", SCHEME, "Vertebral fracture probability")
+HEIGHT_LOSS = CodedConcept("height_loss", SCHEME, "Vertebral height loss, 1 - min/max height")
+DETECTION_SCORE = CodedConcept("vert_score", SCHEME, "Vertebra detection score")
+GENANT_GRADE = CodedConcept("genant_grade", SCHEME, "Genant grade, model")
+GENANT_MEASURED = CodedConcept("genant_measured", SCHEME, "Genant grade, by measurement")
+GENANT_NAMES = ("normal", "mild", "moderate", "severe")
+
+
+def genant(grade: int) -> CodedConcept:
+    """A Genant semi-quantitative grade, 0-3, as a coded value."""
+    return CodedConcept(f"genant-{grade}", SCHEME, f"Genant grade {grade} ({GENANT_NAMES[grade]})")
+
+
 def scheme_identification() -> Dataset:
     """Coding Scheme Identification Sequence item of the private scheme."""
     item = Dataset()

@@ -17,6 +17,10 @@ The tree (:func:`structured_report`):
 - per task with a saliency map, a Planar ROI group (TID 1410): the map's peak as an SCOORD
   POINT on the source image (finding: Saliency, site: the vertebra it names when known) and,
   when given, its region as a closed POLYLINE;
+- per vertebra the vertebra head found (a model with ``model.vertebrae``), a Planar ROI group
+  (TID 1410): its box as a closed POLYLINE (finding: Vertebra, site: its level's SNOMED CT
+  code when named), the model's Genant grade and the grade its heights measure (coded
+  values), the fracture probability, the height loss (%) and the detection score;
 - Qualitative Evaluations: "Not for clinical use" and a comment saying so.
 
 SCOORD values are DICOM image coordinates: (0, 0) is the top-left corner of the top-left
@@ -118,15 +122,41 @@ def saliency_groups(source: pydicom.Dataset, row: Mapping[str, Any], task: str
         geometric_purpose=pcodes.DCM.Center, **common)]
     box = [_number(row, f"{task}_region_{k}") for k in ("x0", "y0", "x1", "y1")]
     if all(v is not None for v in box):
-        x0, y0, x1, y1 = box
         groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=_tracking(source, row, f"{task} saliency region"),
-            referenced_region=hd.sr.ImageRegion(
-                graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-                graphic_data=np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]),
-                source_image=hd.sr.SourceImageForRegion.from_source_image(source)),
-            **common))
+            referenced_region=_polyline(source, box), **common))
     return groups
+
+
+def _polyline(source: pydicom.Dataset, box: Sequence[float]) -> hd.sr.ImageRegion:
+    """A box (x0, y0, x1, y1) in image coordinates as a closed POLYLINE on ``source``."""
+    x0, y0, x1, y1 = box
+    return hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                             graphic_data=np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]),
+                             source_image=hd.sr.SourceImageForRegion.from_source_image(source))
+
+
+def vertebra_group(source: pydicom.Dataset, row: Mapping[str, Any], vertebra: Mapping[str, Any]
+                   ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """TID 1410 of one found vertebra: a row of ``<out>_vertebrae.csv`` (``order``, ``level``,
+    ``x0``..``y1``, ``grade``, ``measured_grade``, ``fracture_prob``, ``height_loss``,
+    ``score``)."""
+    level, loss = text(vertebra.get("level")), _number(vertebra, "height_loss")
+    measured = [(codes.FRACTURE_PROBABILITY, _number(vertebra, "fracture_prob"), codes.PROBABILITY_UNIT),
+                (codes.HEIGHT_LOSS, None if loss is None else 100.0 * loss, codes.PERCENT),
+                (codes.DETECTION_SCORE, _number(vertebra, "score"), codes.PROBABILITY_UNIT)]
+    graded = [(codes.GENANT_GRADE, _number(vertebra, "grade")),
+              (codes.GENANT_MEASURED, _number(vertebra, "measured_grade"))]
+    label = f"vertebra {text(vertebra.get('order'))} {level}".strip()
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking(source, row, label),
+        referenced_region=_polyline(source, [float(vertebra[k]) for k in ("x0", "y0", "x1", "y1")]),
+        finding_type=codes.VERTEBRA, algorithm_id=algorithm(row),
+        finding_sites=[hd.sr.FindingSite(anatomic_location=codes.vertebra(level))] if level else None,
+        measurements=[hd.sr.Measurement(name=name, value=value, unit=unit)
+                      for name, value, unit in measured if value is not None],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=name, value=codes.genant(int(g)))
+                                 for name, g in graded if g is not None])
 
 
 def _library_entry(source: pydicom.Dataset) -> pydicom.Dataset:
@@ -155,12 +185,13 @@ def _not_for_clinical_use() -> hd.sr.ContainerContentItem:
 
 
 def structured_report(source: pydicom.Dataset, row: Mapping[str, Any], *, tasks: Sequence[str],
-                      thresholds: Mapping[str, float] | None = None) -> pydicom.Dataset:
+                      thresholds: Mapping[str, float] | None = None,
+                      vertebrae: Sequence[Mapping[str, Any]] = ()) -> pydicom.Dataset:
     """The SR of one scored image: ``source`` is its header (``stop_before_pixels`` is enough),
     ``row`` its scores.csv row (``<task>_prob``, ``<task>_prob_raw``, ``model``,
     ``model_step``, ``calibration``, the map's ``<task>_peak_x``/``_y``, ``<task>_region_*``,
     ``<task>_level`` when made, ``saliency_method`` for the map's method), ``thresholds`` the
-    operating point per task. Its UIDs are deterministic (:mod:`vertex_jax.dicom_out.uids`).
+    operating point per task, ``vertebrae`` the image's rows of ``<out>_vertebrae.csv``. Its UIDs are deterministic (:mod:`vertex_jax.dicom_out.uids`).
     Raises ValueError/AttributeError when the header lacks what a reference needs."""
     thresholds = thresholds or {}
     if missing := missing_identifiers(source):
@@ -169,6 +200,7 @@ def structured_report(source: pydicom.Dataset, row: Mapping[str, Any], *, tasks:
     groups: list = [score_group(source, row, task, thresholds.get(task)) for task in tasks]
     for task in tasks:
         groups += saliency_groups(source, row, task)
+    groups += [vertebra_group(source, row, v) for v in vertebrae]
     step = text(row.get("model_step"))
     observer = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=derived_uid("device", *model_identity(row)), name="VERTE-X",

@@ -89,7 +89,8 @@ def prepare_folder(folder: Path) -> None:
 
 
 def _one(out: DicomOutputs, row: Mapping[str, Any], tasks: Sequence[str],
-         thresholds: Mapping[str, float] | None, overlay: OverlayPath | None) -> None:
+         thresholds: Mapping[str, float] | None, overlay: OverlayPath | None,
+         vertebrae: Sequence[Mapping[str, Any]]) -> None:
     path = str(row["path"])
 
     def failed(output: str, e: Exception) -> None:
@@ -110,7 +111,7 @@ def _one(out: DicomOutputs, row: Mapping[str, Any], tasks: Sequence[str],
         return
     wrote = False
     try:
-        sr = structured_report(source, row, tasks=tasks, thresholds=thresholds)
+        sr = structured_report(source, row, tasks=tasks, thresholds=thresholds, vertebrae=vertebrae)
         out.written.append(_save(sr, out.folder, f"SR_{sr.SOPInstanceUID}.dcm"))
         out.reports, wrote = out.reports + 1, True
     except Exception as e:  # noqa: BLE001 - named and counted; the others go on
@@ -133,17 +134,20 @@ def _one(out: DicomOutputs, row: Mapping[str, Any], tasks: Sequence[str],
 
 def write_outputs(scores: pd.DataFrame, folder: str | Path, *, tasks: Sequence[str],
                   thresholds: Mapping[str, float] | None = None, method: str | None = None,
-                  overlay: OverlayPath | None = None) -> DicomOutputs:
+                  overlay: OverlayPath | None = None, vertebrae: pd.DataFrame | None = None) -> DicomOutputs:
     """The SR (and SCs, with ``overlay``) of every scores.csv row into ``folder``;
-    ``method`` names the saliency map (part of the outputs' identity)."""
+    ``method`` names the saliency map (part of the outputs' identity); ``vertebrae``, the
+    rows of ``<out>_vertebrae.csv``, adds a group per found vertebra to its image's SR."""
     out = DicomOutputs(Path(folder), overlays=overlay is not None)
     prepare_folder(out.folder)
     narrow = [c for c in scores.columns if scores[c].dtype == np.float32]  # to_dict widens them
+    found = {} if vertebrae is None else {str(k): g.to_dict("records")
+                                          for k, g in vertebrae.groupby("image_id", sort=False)}
     for row in scores.to_dict("records"):
         row.update({c: np.float32(row[c]) for c in narrow})  # the SR holds scores.csv's decimals
         if method:
             row[METHOD_KEY] = method
-        _one(out, row, tasks, thresholds, overlay)
+        _one(out, row, tasks, thresholds, overlay, found.get(str(row["image_id"]), []))
     if out.not_written:
         pd.DataFrame(out.not_written).to_csv(out.folder / LISTING, index=False)
     return out

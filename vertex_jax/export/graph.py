@@ -15,7 +15,10 @@ The probabilities are calibrated when the checkpoint's card carries a calibratio
 a sum of clipped ramps), else ``sigmoid(logits)``.
 A model with the evidence head (``model.head=evidence``) also gives ``evidence`` [B, h, w, T]:
 each position's share of its task's logit (the explanation ``predict --explain`` shows), on
-the map's grid over the canvas.
+the map's grid over the canvas. A model with the vertebra head (``model.vertebrae``) also
+gives ``vertebrae`` [B, h, w, channels]: the head's raw map (``model.outputs()['vertebrae']``,
+the layout of :class:`~vertex_jax.vertebrae.targets.HeadSpec`), which
+:func:`vertex_jax.vertebrae.decode.decode_outputs` turns into vertebrae.
 
 The exported network is the checkpoint's, rebuilt to compute in float32 with depthwise
 convolutions as grouped convolutions (one ``Conv`` node in ONNX; the CPU-only "shifts"
@@ -25,7 +28,7 @@ form would unroll into k*k slices): same weights, same function.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +43,9 @@ from vertex_jax.models.efficientnet import to_unit_float
 from vertex_jax.models.evidence import evidence_map, tap_strides
 from vertex_jax.models.vertex import VertexNet
 
+if TYPE_CHECKING:  # the vertebra code is imported where a model has the head
+    from vertex_jax.vertebrae.targets import HeadSpec
+
 INPUTS = ("image", "clinical", "clinical_mask")
 EXPORT_DTYPE = "float32"
 
@@ -53,11 +59,13 @@ class Signature:
     tasks: tuple[str, ...]
     evidence_grid: tuple[int, int] | None = None  # (h, w) of the evidence map, if the model has one
     calibration: Calibration | None = None  # applied to the probabilities, if the model has one
+    vertebrae: HeadSpec | None = None  # the vertebra head's grid and layout, if the model has one
 
     @property
     def outputs(self) -> tuple[str, ...]:
         return ("probabilities", "logits", *(f"{t}_prob" for t in self.tasks),
-                *(f"{t}_logit" for t in self.tasks), *(("evidence",) if self.evidence_grid else ()))
+                *(f"{t}_logit" for t in self.tasks), *(("evidence",) if self.evidence_grid else ()),
+                *(("vertebrae",) if self.vertebrae else ()))
 
     def input_shapes(self, batch: Any) -> dict[str, tuple]:
         h, w = self.canvas
@@ -88,7 +96,8 @@ def signature_of(trained: TrainedModel) -> Signature:
     if trained.model.head == "evidence":
         stride = tap_strides(trained.model.backbone.variant)[trained.model.head_taps[-1]]
         grid = (-(-canvas[0] // stride), -(-canvas[1] // stride))
-    return Signature(canvas, trained.preprocess.out_dtype, trained.tasks, grid, trained.calibration)
+    return Signature(canvas, trained.preprocess.out_dtype, trained.tasks, grid, trained.calibration,
+                     trained.vertebra_spec)
 
 
 def rebuild(config: Any, model: VertexNet, **model_overrides: Any) -> VertexNet:
@@ -135,11 +144,14 @@ def split_weights(model: VertexNet, calibration: Calibration | None = None
         net = nnx.merge(graphdef, weights, rest)
         if not net.use_clinical:
             clinical = clinical_mask = None
-        logits, evidence = net.classify_taps(net.image_taps(to_unit_float(image)), clinical, clinical_mask)
+        taps = net.image_taps(to_unit_float(image))
+        logits, evidence = net.classify_taps(taps, clinical, clinical_mask)
         outputs = _outputs(logits.astype(jnp.float32), tuple(net.tasks), calibration)
-        if evidence is None:
-            return outputs
-        return (*outputs, evidence_map(evidence, net.pooling, net.lse_r))
+        if evidence is not None:
+            outputs = (*outputs, evidence_map(evidence, net.pooling, net.lse_r))
+        if net.vertebra_head is not None:
+            outputs = (*outputs, net.vertebra_head(taps))
+        return outputs
 
     return weights, fn
 

@@ -6,7 +6,8 @@ read back by :class:`vertex_jax.predict.onnx_backend.OnnxBackend`. Top-level key
 ``preprocess`` (every :class:`PreprocessConfig` field plus ``steps`` in words),
 ``clinical_stats`` (``mean``/``std`` plus ``order``, ``encoding``, ``missing``),
 ``thresholds`` (or null) with ``thresholds_source``, ``model`` (checkpoint, step,
-variant, dtypes), ``export`` (format options), ``versions``, ``verification``.
+variant, dtypes), ``export`` (format options), ``versions``, ``verification``; for a model
+with the vertebra head ``vertebrae`` (:meth:`vertex_jax.vertebrae.targets.HeadSpec.to_dict`).
 """
 
 from __future__ import annotations
@@ -89,6 +90,11 @@ def io_description(signature: Signature) -> tuple[list[dict], list[dict]]:
                         "description": "each position's share of its task's logit (sums to 1 over "
                                        "positions); the grid covers the canvas, cell (i, j) its "
                                        "pixels [i*H/h, (i+1)*H/h) x [j*W/w, (j+1)*W/w)"})
+    if (spec := signature.vertebrae) is not None:
+        outputs.append({"name": "vertebrae", "dtype": "float32", "shape": [None, *spec.grid, spec.channels],
+                        "description": "the vertebra head's raw map, cell (i, j) the canvas pixels "
+                                       "[i*S, (i+1)*S) x [j*S, (j+1)*S); stride S and channel layout "
+                                       "in 'vertebrae' (vertex_jax.vertebrae.decode.decode_outputs)"})
     return inputs, outputs
 
 
@@ -141,7 +147,8 @@ def describe(trained: TrainedModel, signature: Signature, thresholds: dict | Non
                       "use_clinical": bool(trained.config.model.use_clinical),
                       "trained_dtype": trained.config.model.dtype, "compute_dtype": EXPORT_DTYPE,
                       "trained_with_vertex_jax": trained.card.get("vertex_jax")},
-            "versions": versions()}
+            "versions": versions(),
+            **({"vertebrae": signature.vertebrae.to_dict()} if signature.vertebrae else {})}
 
 
 def card_markdown(trained: TrainedModel, thresholds_source: str) -> str:

@@ -15,6 +15,10 @@ both, README "Localisation"); ``--gradcam DIR`` is ``--explain DIR --method grad
 ``--dicom-out DIR`` files, for every DICOM input, a Structured Report of the scores and (with
 ``--explain``) a Secondary Capture of each overlay into the source's study, under
 ``DIR/<StudyInstanceUID>/`` (:mod:`vertex_jax.dicom_out`; not for clinical use).
+A model with the vertebra head (``model.vertebrae``; an ONNX export of one) also writes
+``<out>_vertebrae.csv``: one row per vertebra found, its level, box and endplate points in
+original pixels, Genant grade (learned and measured), fracture probability and height loss
+(:mod:`vertex_jax.predict.vertebra_table`); the overlays, ``review.html`` and the SRs show them.
 ``--input dicomweb://host:port/root?PatientID=…`` fetches the matching studies from a PACS
 (QIDO-RS, WADO-RS) into ``--spool DIR`` and scores them; ``--stow`` stores the
 ``--dicom-out`` files back in their studies (STOW-RS) (:mod:`vertex_jax.dicomweb`).
@@ -41,6 +45,7 @@ from vertex_jax.dicomweb.address import is_dicomweb
 from vertex_jax.errors import InputDataError
 from vertex_jax.predict.inputs import collect_inputs
 from vertex_jax.predict.run import account, score_table
+from vertex_jax.predict.vertebra_table import VertebraTable, write_vertebrae
 
 
 def _input_check(scores: pd.DataFrame, out: Path, *, refuse: bool) -> pd.DataFrame:
@@ -161,9 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         if df.empty:
             raise InputDataError(f"no rows of split {args.split!r} in {args.input}",
                                  todo="give a split the CSV (or --splits) has: train, val or test")
-    writer = _explain_writer(args, backend, df) if args.explain else None
+    table = _vertebra_table(backend, df)
+    writer = _explain_writer(args, backend, df, table) if args.explain else None
     scores, unreadable = score_table(df, backend, batch=args.batch, workers=args.workers,
-                                     on_batch=writer, progress=not args.no_progress)
+                                     on_batch=writer, vertebrae=table, progress=not args.no_progress)
     if writer is not None:
         scores = scores.merge(writer.findings_frame(), on="image_id", how="left")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -172,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         scores = scores.merge(df[["image_id", "clinical_source", "clinical_notes"]], on="image_id", how="left")
     scores.to_csv(out, index=False)
     print(f"scored {len(scores)} image(s) with {backend.name} -> {out}")
+    vertebrae = None if table is None else table.frame(scores)
+    if line := write_vertebrae(out, vertebrae):
+        print(line)
     without = int((scores["clinical_missing"] != "").sum())
     if without:
         print(f"{without} image(s) lacked some clinical value; the model's missing-value input "
@@ -180,9 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         print(source_summary(scores["clinical_source"]))
     print("\n".join(account(out, len(scores), unreadable, inputs.skipped)))
     if writer is not None:
-        _write_explanations(args, backend, writer, scores, thresholds)
+        _write_explanations(args, backend, writer, scores, thresholds, vertebrae)
     if args.dicom_out:
-        written = _write_dicom(args, backend, writer, scores, thresholds)
+        written = _write_dicom(args, backend, writer, scores, thresholds, vertebrae)
         if args.stow:
             from vertex_jax.dicomweb.prediction import store_back
             store_back(source, written)
@@ -208,7 +217,7 @@ def _fetch(args: argparse.Namespace, out: Path):
 
 
 def _write_dicom(args: argparse.Namespace, backend, writer, scores: pd.DataFrame,
-                 thresholds: dict[str, float]) -> list[Path]:
+                 thresholds: dict[str, float], vertebrae: pd.DataFrame | None) -> list[Path]:
     from vertex_jax.dicom_out.write import write_outputs
 
     overlay = None
@@ -216,12 +225,19 @@ def _write_dicom(args: argparse.Namespace, backend, writer, scores: pd.DataFrame
         from vertex_jax.predict.explain_writer import overlay_name
         overlay = lambda image_id, task: Path(args.explain) / overlay_name(image_id, task)  # noqa: E731
     done = write_outputs(scores, args.dicom_out, tasks=backend.tasks, thresholds=thresholds,
-                         method=args.method if writer is not None else None, overlay=overlay)
+                         method=args.method if writer is not None else None, overlay=overlay,
+                         vertebrae=vertebrae)
     print("\n".join(done.summary()))
     return done.written
 
 
-def _explain_writer(args: argparse.Namespace, backend, df):
+def _vertebra_table(backend, df: pd.DataFrame) -> VertebraTable | None:
+    """The collector of ``<out>_vertebrae.csv`` for a backend with the vertebra head, else None."""
+    spec = getattr(backend, "vertebrae", None)
+    return None if spec is None else VertebraTable(spec, list(df["image_id"]))
+
+
+def _explain_writer(args: argparse.Namespace, backend, df, table):
     from vertex_jax.explain.localization import load_boxes
     from vertex_jax.models.build import build_model
     from vertex_jax.predict.explain_writer import ExplainWriter
@@ -236,18 +252,20 @@ def _explain_writer(args: argparse.Namespace, backend, df):
     return ExplainWriter(model, backend.tasks, list(df["image_id"]), args.explain,
                          method=args.method, layers=layers,
                          boxes=load_boxes(args.annotations) if args.annotations else None,
-                         overlays=not args.no_overlays, random_model=random_model)
+                         overlays=not args.no_overlays, random_model=random_model,
+                         vertebrae=None if table is None else table.found)
 
 
 def _write_explanations(args: argparse.Namespace, backend, writer, scores,
-                        thresholds: dict[str, float]) -> None:
+                        thresholds: dict[str, float], vertebrae: pd.DataFrame | None) -> None:
     """review.html always; localization.json and its summary lines with boxes."""
     from vertex_jax.explain.review import render_review
 
     folder = Path(args.explain)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "review.html").write_text(render_review(scores, backend.tasks, writer.pictures, thresholds,
-                                                      title=f"{backend.name} ({args.method})"))
+                                                      title=f"{backend.name} ({args.method})",
+                                                      vertebrae=vertebrae))
     print(f"review: {folder / 'review.html'}")
     for task, ids in writer.flat.items():
         if ids:

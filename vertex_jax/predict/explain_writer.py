@@ -3,15 +3,17 @@
 ``ExplainWriter`` is ``score_table``'s ``on_batch`` callback. For every image and task it maps
 the saliency map onto the original pixels and records the peak, the region around it and,
 when vertebra boxes are known, the level the peak names (columns for ``scores.csv``); it
-writes one overlay PNG per image and task; for images with a fractured vertebra it scores the
+writes one overlay PNG per image and task (with the vertebra head, the found vertebrae's
+levels and grades drawn on it); for images with a fractured vertebra it scores the
 pVF map (:mod:`vertex_jax.explain.localization`). With a re-initialised model it also runs
 the model-randomisation check on the first images.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -21,6 +23,9 @@ from vertex_jax.explain.overlay import overlay, save_png
 from vertex_jax.explain.review import thumbnail
 from vertex_jax.explain.saliency import default_layers, make_saliency
 from vertex_jax.predict.run import Prepared
+
+if TYPE_CHECKING:
+    from vertex_jax.vertebrae.decode import Detection
 
 LOCALISED_TASKS = ("pvf",)  # tasks whose evidence has a place: the fractured vertebrae
 RANDOMISATION_IMAGES = 32
@@ -37,12 +42,13 @@ def overlay_name(image_id: str, task: str) -> str:
 
 class ExplainWriter:
     """Maps, findings, overlay thumbnails and metrics of one prediction run (``out_dir``:
-    overlays and ``localization.json``)."""
+    overlays and ``localization.json``); ``vertebrae[image_id]``: the vertebrae found in an
+    image, drawn on its overlays (filled before this writer is called for the image)."""
 
     def __init__(self, model, tasks: tuple[str, ...], image_ids: list[str], out_dir: str | Path,
                  *, method: str, layers: tuple[str, ...] | None = None,
                  boxes: dict[str, list[loc.Vertebra]] | None = None, overlays: bool = True,
-                 random_model=None):
+                 random_model=None, vertebrae: Mapping[str, Sequence[Detection]] | None = None):
         self.out_dir = Path(out_dir)
         self.tasks = tuple(tasks)
         self.method, self.layers = method, tuple(layers or default_layers(method, model))
@@ -51,6 +57,7 @@ class ExplainWriter:
         self.image_ids = image_ids
         self.boxes = boxes or {}
         self.overlays = overlays
+        self.vertebrae = vertebrae if vertebrae is not None else {}
         self.findings: dict[str, dict[str, Any]] = {}
         self.pictures: dict[tuple[str, str], str] = {}  # review.html thumbnails (data URIs)
         self.scored: dict[str, list[dict[str, Any]]] = {t: [] for t in self.tasks if t in LOCALISED_TASKS}
@@ -90,7 +97,8 @@ class ExplainWriter:
                 self.scored[task].append({"image_id": image_id,
                                           **loc.score_image(heat, vertebrae, tolerance)})
             if self.overlays:
-                picture = overlay(item.original, heat, region=box, truth=fractured)
+                picture = overlay(item.original, heat, region=box, truth=fractured,
+                                  vertebrae=self.vertebrae.get(image_id, ()))
                 save_png(self.out_dir / overlay_name(image_id, task), picture)
                 if uri := thumbnail(picture):
                     self.pictures[(image_id, task)] = uri

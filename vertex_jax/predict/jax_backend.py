@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from vertex_jax.errors import InputDataError
 from vertex_jax.inference import load_trained
+
+if TYPE_CHECKING:  # the vertebra code is imported where a model has the head
+    from vertex_jax.vertebrae.targets import HeadSpec
 
 
 class JaxBackend:
@@ -20,8 +25,18 @@ class JaxBackend:
         self.name = self.trained.name
         self.step = self.trained.step
         self.calibration = self.trained.calibration
-        self._score = self.trained.scorer()
+        self.vertebrae: HeadSpec | None = self.trained.vertebra_spec  # None: no vertebra head
+        self._score = self.trained.scorer(vertebrae=self.vertebrae is not None)
 
     def score(self, image: np.ndarray, clinical: np.ndarray, clinical_mask: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray]:
-        return self._score(image, clinical, clinical_mask)
+        probabilities, logits = self._score(image, clinical, clinical_mask)[:2]
+        return probabilities, logits
+
+    def score_vertebrae(self, image: np.ndarray, clinical: np.ndarray, clinical_mask: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(probabilities, logits, the vertebra head's raw map [n, h, w, channels])."""
+        if self.vertebrae is None:
+            raise InputDataError(f"{self.name}: the model has no vertebra head (model.vertebrae is off)")
+        probabilities, logits, raw = self._score(image, clinical, clinical_mask)
+        return probabilities, logits, raw

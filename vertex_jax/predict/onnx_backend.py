@@ -1,8 +1,8 @@
 """The ONNX backend of ``predict``: an exported model.onnx served by onnxruntime, without JAX.
 
 Everything besides the graph (tasks, preprocessing, clinical statistics, checkpoint and
-step, thresholds) comes from the ``model.json`` written next to it by
-``python -m vertex_jax.export``. Imports neither JAX nor anything that does.
+step, thresholds, the vertebra head's grid and channel layout) comes from the ``model.json``
+written next to it by ``python -m vertex_jax.export``. Imports neither JAX nor anything that does.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from vertex_jax.data.clinical import ClinicalStats
 from vertex_jax.data.clinical import CLINICAL
 from vertex_jax.data.preprocess import PreprocessConfig
 from vertex_jax.errors import InputDataError, MissingInputError
+from vertex_jax.vertebrae.targets import HeadSpec
 
 SCHEMA = "vertex_jax.export/1"
 DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
@@ -66,6 +67,8 @@ class OnnxBackend:
             self.stats = ClinicalStats.from_dict(self.metadata["clinical_stats"])
             self.name: str = str(self.metadata["model"]["checkpoint"])
             step = self.metadata["model"].get("step")
+            vertebrae = self.metadata.get("vertebrae")
+            self.vertebrae: HeadSpec | None = None if vertebrae is None else HeadSpec.from_dict(vertebrae)
         except (KeyError, TypeError, ValueError) as e:
             raise InputDataError(f"{meta_path}: malformed entry: {type(e).__name__}: {e}") from None
         self.step: int | None = None if step is None else int(step)
@@ -86,6 +89,9 @@ class OnnxBackend:
                 not {"probabilities", "logits"} <= set(outputs):
             raise InputDataError(f"{meta_path}: the ONNX graph has inputs {sorted(inputs)} and outputs "
                              f"{sorted(outputs)}; expected an export of vertex_jax")
+        if self.vertebrae is not None and "vertebrae" not in outputs:
+            raise InputDataError(f"{meta_path}: describes a vertebra head but the ONNX graph has no "
+                                 "'vertebrae' output; the JSON belongs to another model")
         width = outputs["probabilities"].shape[1]
         if width != len(self.tasks):
             raise InputDataError(f"{meta_path}: lists tasks {list(self.tasks)} but the ONNX model has "
@@ -95,6 +101,22 @@ class OnnxBackend:
     def score(self, image: np.ndarray, clinical: np.ndarray, clinical_mask: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities, logits), float32 [n, len(tasks)], for canvases [n, H, W(, 1)]."""
+        probabilities, logits = self._run(("probabilities", "logits"), image, clinical, clinical_mask)
+        return probabilities, logits
+
+    def score_vertebrae(self, image: np.ndarray, clinical: np.ndarray, clinical_mask: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(probabilities, logits, the vertebra head's raw map [n, h, w, channels]) of a model
+        exported with the head (:attr:`vertebrae` is its spec)."""
+        if self.vertebrae is None:
+            raise InputDataError(f"{self.name}: the exported model has no vertebra head")
+        probabilities, logits, raw = self._run(("probabilities", "logits", "vertebrae"), image,
+                                               clinical, clinical_mask)
+        return probabilities, logits, raw
+
+    def _run(self, names: tuple[str, ...], image: np.ndarray, clinical: np.ndarray,
+             clinical_mask: np.ndarray) -> list[np.ndarray]:
+        """The outputs ``names`` for canvases [n, H, W(, 1)], the inputs checked first."""
         image = np.asarray(image)
         if image.ndim == 3:
             image = image[..., None]
@@ -113,7 +135,6 @@ class OnnxBackend:
         if problems:
             raise InputDataError(f"{self.name}: " + "; ".join(problems))
         if n == 0:
-            empty = np.zeros((0, len(self.tasks)), np.float32)
-            return empty, empty.copy()
-        probabilities, logits = self.session.run(["probabilities", "logits"], feeds)
-        return probabilities, logits
+            return [np.zeros((0, *self.vertebrae.grid, self.vertebrae.channels) if k == "vertebrae"
+                             else (0, len(self.tasks)), np.float32) for k in names]
+        return self.session.run(list(names), feeds)

@@ -2,7 +2,9 @@
 
 A backend has ``tasks``, ``preprocess`` (:class:`PreprocessConfig`), ``stats``
 (:class:`ClinicalStats`), ``name``, ``step`` and ``score(image, clinical, clinical_mask)
--> (probabilities, logits)``. Reading and preprocessing are the training code's own
+-> (probabilities, logits)``; one with the vertebra head also has ``vertebrae`` (its
+:class:`~vertex_jax.vertebrae.targets.HeadSpec`) and ``score_vertebrae``, which adds the head's
+raw map. Reading and preprocessing are the training code's own
 (:mod:`vertex_jax.data.io`, :mod:`vertex_jax.data.preprocess`), run in threads; this
 module imports no JAX, so the ONNX backend serves without it.
 """
@@ -103,10 +105,12 @@ def _prepared_batches(df: pd.DataFrame, config: PreprocessConfig, batch: int, wo
 
 def score_table(df: pd.DataFrame, backend: Backend, *, batch: int = 16, workers: int = 4,
                 on_batch: Callable[[list[Prepared], np.ndarray, np.ndarray, np.ndarray], Any] | None = None,
+                vertebrae: Callable[[list[Prepared], np.ndarray], Any] | None = None,
                 progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(scores, unreadable): one row per readable image in the scores.csv schema, and one
-    per unreadable file with the reason. ``on_batch(items, image, clinical, mask)`` is
-    called after each batch (Grad-CAM overlays)."""
+    per unreadable file with the reason. ``vertebrae(items, raw)`` is called after each batch
+    with the vertebra head's raw map (a backend with the head), then ``on_batch(items, image,
+    clinical, mask)`` (Grad-CAM overlays)."""
     clinical, mask = backend.stats.apply(df)
     failures: list[Failure] = []
     rows, probs, logits, shapes = [], [], [], {}
@@ -116,7 +120,11 @@ def score_table(df: pd.DataFrame, backend: Backend, *, batch: int = 16, workers:
                                    failures):
         idx = np.array([it.row for it in items])
         image = np.stack([it.canvas for it in items])[..., None]
-        p, lo = backend.score(image, clinical[idx], mask[idx])
+        if vertebrae is None:
+            p, lo = backend.score(image, clinical[idx], mask[idx])
+        else:
+            p, lo, raw = backend.score_vertebrae(image, clinical[idx], mask[idx])
+            vertebrae(items, raw)
         if on_batch is not None:
             on_batch(items, image, clinical[idx], mask[idx])
         rows.append(idx), probs.append(p), logits.append(lo)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -74,6 +74,23 @@ class HeadSpec:
             out[name] = slice(start, start + n)
             start += n
         return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec and its channel layout (``{name: [start, stop]}``) as JSON-ready values:
+        what an exported model's ``model.json`` records so its outputs can be decoded."""
+        return {"stride": self.stride, "canvas": list(self.canvas), "grid": list(self.grid),
+                "channels": self.channels,
+                "layout": {name: [sl.start, sl.stop] for name, sl in self.slices().items()}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "HeadSpec":
+        """The spec of :meth:`to_dict`; ValueError when its layout is not this code's."""
+        spec = cls(stride=int(d["stride"]), canvas=(int(d["canvas"][0]), int(d["canvas"][1])))
+        layout = {name: list(v) for name, v in d.get("layout", {}).items()}
+        if layout != spec.to_dict()["layout"]:
+            raise ValueError(f"vertebra channel layout {layout} is not this version's "
+                             f"{spec.to_dict()['layout']}")
+        return spec
 
 
 def map_vertebra(v: Vertebra, transform) -> Vertebra:
