@@ -111,6 +111,7 @@ def test_every_dicom_image_gets_a_report_and_the_summary_counts_the_rest(run):
     assert sorted(Path(p).name for p in listing["path"]) == ["d.png", "nostudy.dcm"]
     assert set(listing["kind"]) == {"skipped", "failed"}
     assert len(list(run["out"].glob("*/SR_*.dcm"))) == 3
+    assert not (run["tmp"] / "scores_vertebrae.csv").exists()  # no vertebra head, no vertebra file
 
 
 def test_outputs_pass_dciodvfy(run, tmp_path):
