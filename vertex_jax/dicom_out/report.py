@@ -191,8 +191,8 @@ def structured_report(source: pydicom.Dataset, row: Mapping[str, Any], *, tasks:
     ``row`` its scores.csv row (``<task>_prob``, ``<task>_prob_raw``, ``model``,
     ``model_step``, ``calibration``, the map's ``<task>_peak_x``/``_y``, ``<task>_region_*``,
     ``<task>_level`` when made, ``saliency_method`` for the map's method), ``thresholds`` the
-    operating point per task, ``vertebrae`` the image's rows of ``<out>_vertebrae.csv``. Its UIDs are deterministic (:mod:`vertex_jax.dicom_out.uids`).
-    Raises ValueError/AttributeError when the header lacks what a reference needs."""
+    operating point per task, ``vertebrae`` the image's rows of ``<out>_vertebrae.csv``. Its
+    UIDs are deterministic (:mod:`vertex_jax.dicom_out.uids`). Raises ValueError/AttributeError when the header lacks what a reference needs."""
     thresholds = thresholds or {}
     if missing := missing_identifiers(source):
         raise ValueError(f"the source header has no {', '.join(missing)}")

@@ -47,8 +47,8 @@ def _cases(scores: pd.DataFrame, task: str) -> tuple[pd.DataFrame, int]:
 
 def vertebra_cells(vertebrae: pd.DataFrame) -> dict[str, str]:
     """image id -> its vertebrae in words (HTML): the levels top to bottom (``?`` unnamed),
-    the ones graded 1-3 by the model marked with their grade (``L1 G2``); "none found" for an
-    image without any is left to the caller."""
+    the ones graded 1-3 by the model marked with their grade (``L1 G2``). An image without
+    any has no entry."""
     cells: dict[str, str] = {}
     for image_id, rows in vertebrae.groupby("image_id", sort=False):
         words = []
@@ -65,7 +65,8 @@ def _task_section(scores: pd.DataFrame, task: str, pictures: Mapping[tuple[str, 
     cases, left_out = _cases(scores, task)
     head = ["#", "overlay", "image", "probability" + (f" (calibrated, {', '.join(sorted(methods))})"
                                                      if methods else " (uncalibrated)"),
-            "call", "label", "peak (x, y)", "level", *(["vertebrae (G: Genant grade)"] if vertebrae is not None else [])]
+            "call", "label", "peak (x, y)", "level",
+            *(["vertebrae (G: Genant grade)"] if vertebrae is not None else [])]
     rows = []
     for rank, (_, r) in enumerate(cases.iterrows(), start=1):
         p = float(r[f"{task}_prob"])
