@@ -138,6 +138,26 @@ def _task_section(task: str, report: Mapping, images: Mapping[str, bytes]) -> st
     return "\n".join(parts)
 
 
+def _vertebra_section(v: Mapping | None) -> str:
+    """Per-vertebra detection, level and grade statistics, when the report has them."""
+    if not v:
+        return ""
+    names = {"recall": "detection recall", "precision": "detection precision",
+             "level_accuracy": "level accuracy (matched vertebrae)", "fracture_auroc": "fracture AUROC (per vertebra)",
+             "sensitivity_at_90_specificity": "sensitivity at 90% specificity (per vertebra)",
+             "grade_kappa": "Genant grade, quadratic-weighted &kappa;",
+             "image_auroc": "pVF AUROC of &ldquo;any vertebra fractured&rdquo; (per image)"}
+    rows = [[names.get(k, escape(k)), _f(s.get("value")), _ci(s.get("ci95"))]
+            for k, s in v.items() if isinstance(s, Mapping) and "value" in s]
+    if v.get("image_head_pvf_auroc") is not None:
+        rows.append(["pVF AUROC of the image head, same images", _f(v["image_head_pvf_auroc"]), "&ndash;"])
+    return (f"<h2>Per vertebra</h2><p>Split <b>{escape(str(v['split']))}</b>: {v['vertebrae']} annotated "
+            f"vertebrae in {v['images']} images ({v.get('unannotated_images', 0)} without annotations left out), "
+            f"{v['detections']} found, {v['matched']} matched at IoU &ge; {v['iou_threshold']}; a missed vertebra "
+            f"counts as probability 0 and grade 0. Intervals: percentile bootstrap over patients "
+            f"({v['n_boot']} resamples).</p>" + _table(["statistic", "value", "95% CI"], rows))
+
+
 def render_html(report: Mapping, images: Mapping[str, bytes]) -> str:
     """The whole page."""
     s = report["settings"]
@@ -155,5 +175,5 @@ def render_html(report: Mapping, images: Mapping[str, bytes]) -> str:
                 f"age bands cut at {', '.join(f'{a:g}' for a in s['age_bands'])}")
     body = "\n".join(_task_section(t, report, images) for t in tasks)
     return page(report["title"], f"<h1>{escape(report['title'])}</h1><ul>{''.join(meta)}</ul>"
-                f"<p>{settings}</p>{notes}{_METHODS}{body}"
+                f"<p>{settings}</p>{notes}{_METHODS}{body}{_vertebra_section(report.get('vertebrae'))}"
                 f"<p class=\"small\">vertex_jax {escape(report['vertex_jax_version'])}</p>", _CSS)

@@ -42,7 +42,7 @@ def build_report(scores: pd.DataFrame | PathLike, out_dir: PathLike, *, tasks: S
                  labels: Sequence[str] | None = None,
                  thresholds: Mapping | PathLike | None = None, thresholds_on_eval: bool = False,
                  age_bands: Sequence[float] = AGE_BANDS, bootstrap: int = 2000, seed: int = 0,
-                 n_bins: int = 10, title: str = "") -> dict:
+                 n_bins: int = 10, title: str = "", vertebrae: Mapping | None = None) -> dict:
     """Evaluate per-case scores and write report.html, report.json, scores.csv, thresholds.json
     and the figures (PNG) to ``out_dir``; returns the report.json content.
 
@@ -59,6 +59,8 @@ def build_report(scores: pd.DataFrame | PathLike, out_dir: PathLike, *, tasks: S
         [("pvf_prob", "pvf_prob_imageonly")]; only those tasks are evaluated.
     labels: the models' names. bootstrap: resamples (0: no bootstrap intervals).
     seed: fixes every resample. age_bands: age cut points. n_bins: reliability diagram bins.
+    vertebrae: the per-vertebra section, already computed
+        (:func:`vertex_jax.vertebrae.evaluation.vertebra_section`), shown as it is.
     """
     if bootstrap < 0 or n_bins < 1:
         raise ConfigError("bootstrap must be >= 0 and n_bins >= 1")
@@ -88,6 +90,8 @@ def build_report(scores: pd.DataFrame | PathLike, out_dir: PathLike, *, tasks: S
                                                   explicit=bool(tasks), **options)
     if inputs.compared:
         report["comparison"] = _comparison(inputs, age_bands, bootstrap, seed)
+    if vertebrae is not None:
+        report["vertebrae"] = dict(vertebrae)
     _write(report, inputs, Path(out_dir), second_file=compare is not None)
     return jsonable(report)
 
@@ -202,6 +206,11 @@ def _interval(ci, digits: int = 3) -> str:
     return "n/a" if not ci else f"{ci[0]:.{digits}f} to {ci[1]:.{digits}f}"
 
 
+def vertebra_statistics(section: Mapping) -> dict[str, Mapping]:
+    """The statistics of a per-vertebra section (entries with a ``value`` and ``ci95``), in its order."""
+    return {k: v for k, v in section.items() if isinstance(v, Mapping) and "value" in v}
+
+
 def format_summary(report: dict) -> str:
     """A few lines per model and task for the terminal."""
     lines = [f"{report['title']}: split '{report['settings']['eval_split']}', thresholds from "
@@ -227,6 +236,13 @@ def format_summary(report: dict) -> str:
                                  f"{_fmt(cal.get('intercept'), 2)} ({_interval(cal.get('intercept_ci'), 2)}), "
                                  f"ECE {_fmt((cal.get('ece') or {}).get('value'))} "
                                  f"({_interval((cal.get('ece') or {}).get('ci'))})")
+    v = report.get("vertebrae")
+    if v:
+        lines.append(f"vertebrae ({v['split']}): {v['vertebrae']} annotated in {v['images']} images, "
+                     f"{v['detections']} found, {v['matched']} matched at IoU >= {v['iou_threshold']}")
+        lines += [f"  {k} {_fmt(s['value'])} ({_interval(s['ci95'])})" for k, s in vertebra_statistics(v).items()]
+        if v.get("image_head_pvf_auroc") is not None:
+            lines.append(f"  image head pvf AUROC on the same images {_fmt(v['image_head_pvf_auroc'])}")
     for task, c in report.get("comparison", {}).items():
         d, b = c["overall"].get("delong", {}), c["overall"].get("bootstrap", {})
         lines.append(f"{task} {c['difference']}: AUROC difference {_fmt(d.get('diff'))} "

@@ -20,6 +20,15 @@ from vertex_jax.errors import InputDataError
 def score_run(workdir: str | Path, splits: Sequence[str], *, checkpoint: str | Path | None = None,
               batch: int = 32, progress: bool = True) -> pd.DataFrame:
     """scores.csv rows for every image of ``splits`` in the run at ``workdir``."""
+    return score_run_with_vertebrae(workdir, splits, checkpoint=checkpoint, batch=batch,
+                                    progress=progress)[0]
+
+
+def score_run_with_vertebrae(workdir: str | Path, splits: Sequence[str], *,
+                             checkpoint: str | Path | None = None, batch: int = 32,
+                             progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """:func:`score_run`'s rows and, for a model with the vertebra head, the rows of
+    ``<out>_vertebrae.csv`` for the same images (None without the head)."""
     from vertex_jax import runs
 
     workdir = Path(workdir)
@@ -29,7 +38,7 @@ def score_run(workdir: str | Path, splits: Sequence[str], *, checkpoint: str | P
     table = table[table["split"].isin(list(splits))].reset_index(drop=True)
     if table.empty:
         raise InputDataError(f"no images of split(s) {list(splits)} in {runs.splits_path(workdir)}")
-    return _scores(table, backend, batch, progress)
+    return _scores(table, backend, batch, progress, vertebrae=True)
 
 
 def score_manifest(checkpoint: str | Path, manifest: str | Path, *, batch: int = 32,
@@ -52,11 +61,17 @@ def _backend_and_table(checkpoint: str | Path, manifest: str | Path):
     return backend, table[table["domain"] == domain]
 
 
-def _scores(table: pd.DataFrame, backend, batch: int, progress: bool) -> pd.DataFrame:
+def _scores(table: pd.DataFrame, backend, batch: int, progress: bool, *, vertebrae: bool = False):
+    """The scores; with ``vertebrae`` (scores, vertebra rows or None)."""
     from vertex_jax.predict.run import score_table
+    from vertex_jax.predict.vertebra_table import VertebraTable
 
-    scores, unreadable = score_table(table, backend, batch=batch, progress=progress)
+    spec = getattr(backend, "vertebrae", None) if vertebrae else None
+    found = None if spec is None else VertebraTable(spec, list(table["image_id"]))
+    scores, unreadable = score_table(table, backend, batch=batch, progress=progress, vertebrae=found)
     if len(unreadable):
         raise InputDataError(f"{len(unreadable)} image(s) could not be read, e.g. "
                              f"{unreadable['path'].iloc[0]}: {unreadable['reason'].iloc[0]}")
-    return scores
+    if not vertebrae:
+        return scores
+    return scores, None if found is None else found.frame(scores)
