@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import http.client
-import importlib.metadata
 import json
 import os
 import platform
@@ -44,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from vertex_jax.bench.record import versions
 from vertex_jax.cli import add_verbosity, user_errors
 from vertex_jax.errors import InputDataError, MissingInputError, UserError
 
@@ -245,17 +245,6 @@ def machine() -> dict[str, Any]:
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
-def versions() -> dict[str, str | None]:
-    """Installed versions of the service's packages (None where absent)."""
-    out: dict[str, str | None] = {}
-    for name in VERSIONS:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
 def _growth(after: float | None, before: float | None) -> float | None:
     return None if after is None or before is None else after - before
 
@@ -335,7 +324,7 @@ def run_load(model: str | Path, *, requests: int = 500, concurrency: int = 8, fi
                     "growth_second_half": _growth(rss["end"], rss["halfway"]),
                     "growth_total": _growth(rss["end"], rss["start"])},
         "machine": {**machine(), "load_average_before": load_before},
-        "versions": versions(),
+        "versions": versions(VERSIONS),
     }
 
 
