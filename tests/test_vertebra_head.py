@@ -181,6 +181,37 @@ def test_the_head_adds_a_map_and_leaves_the_network_as_it_was():
     assert maps["heat"].shape == spec.grid and maps["grade"].shape == (*spec.grid, 4)
 
 
+def test_a_detached_head_trains_itself_and_not_the_backbone():
+    """``model.vertebra_detach``: the vertebra map's gradient reaches the head's parameters and
+    none of the backbone's; attached, it reaches both."""
+    config = load_config("xray", "tiny")
+    config.model.vertebrae = True
+    image = jnp.asarray(np.random.default_rng(1).integers(0, 256, (2, 64, 32, 1)), jnp.uint8)
+    clinical = jnp.zeros((2, 3))
+
+    def grad_norms(image, clinical):
+        out = {}
+        for detach in (False, True):
+            config.model.vertebra_detach = detach
+            model = build_model(config, seed=0)
+            model.eval()
+            graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+            def loss(p):
+                m = nnx.merge(graphdef, p, rest)
+                return jnp.sum(m.outputs(image, clinical, clinical)["vertebrae"] ** 2)
+
+            g = dict(nnx.to_flat_state(jax.grad(loss)(params)))
+            norm = lambda keep: sum(jnp.sum(jnp.abs(v.get_value())) for k, v in g.items() if keep(k[0]))
+            out[detach] = (norm(lambda top: top == "vertebra_head"), norm(lambda top: top == "backbone"))
+        return out
+
+    norms = _run(grad_norms, image, clinical)
+    (head_on, backbone_on), (head_off, backbone_off) = norms[False], norms[True]
+    assert head_on > 0 and backbone_on > 0
+    assert head_off > 0 and backbone_off == 0
+
+
 def _random_outputs(shape, seed=0) -> jnp.ndarray:
     return jax.random.normal(jax.random.key(seed), shape, jnp.float32) * 2.0
 

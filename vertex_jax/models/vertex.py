@@ -57,7 +57,8 @@ class VertexNet(nnx.Module):
     Logit column i belongs to `tasks[i]`. Sizes: `image_projection` 100 as in the authors'
     code; their clinical hidden sizes are not published, (64, 32) is this code's default.
     ``vertebra_channels`` > 0 adds the vertebra head (:mod:`vertex_jax.models.vertebra_head`),
-    whose map :meth:`outputs` returns; 0 (the paper's network) leaves it out.
+    whose map :meth:`outputs` returns; 0 (the paper's network) leaves it out. With
+    ``vertebra_detach`` its losses train the head alone, not the backbone it reads.
     """
 
     def __init__(self, *, variant: str = "b4", tasks: Sequence[str] = ("pvf",), use_clinical: bool = True,
@@ -67,7 +68,7 @@ class VertexNet(nnx.Module):
                  padding: str = "tf", head: str = "gap", evidence_taps: Sequence[str] = (HEAD, "stage4"),
                  evidence_width: int = 64, pooling: str = "lse", lse_r: float = 1.0,
                  vertebra_channels: int = 0, vertebra_stride: int = 8, vertebra_width: int = 64,
-                 rngs: nnx.Rngs):
+                 vertebra_detach: bool = False, rngs: nnx.Rngs):
         tasks = tuple(tasks)
         unknown = [t for t in tasks if t not in TASKS]
         if not tasks or unknown or len(set(tasks)) != len(tasks):
@@ -106,6 +107,7 @@ class VertexNet(nnx.Module):
             self.clinical_logits = (nnx.Linear(clinical_hidden[-1], len(tasks), rngs=rngs)
                                     if use_clinical else None)
         # Created last, so the rest of the network initialises as without it.
+        self.vertebra_detach = bool(vertebra_detach)
         self.vertebra_taps: tuple[str, ...] = (vertebra_taps(variant, vertebra_stride)
                                                if vertebra_channels else ())
         self.vertebra_head = (VertebraHead(tap_channels(variant, self.backbone.num_features),
@@ -183,5 +185,7 @@ class VertexNet(nnx.Module):
         logits, _ = self.classify_taps(taps, clinical, clinical_mask)
         out = {"logits": logits}
         if self.vertebra_head is not None:
+            if self.vertebra_detach:  # the head reads the features without training them
+                taps = {t: jax.lax.stop_gradient(taps[t]) for t in self.vertebra_taps}
             out["vertebrae"] = self.vertebra_head(taps)
         return out
