@@ -136,6 +136,9 @@ class Checkpoints:
                                                best_fn=lambda m: m[runs.METRIC], best_mode="max")
         self.directory = Path(directory).absolute()
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        if jax.process_index() == 0:  # Orbax's own cleanup may run late, in the background
+            for leftover in self.directory.glob("*.orbax-checkpoint-tmp*"):
+                shutil.rmtree(leftover, ignore_errors=True)
         self._pending: int | None = None  # step of the background save not yet known to be done
 
     def save(self, step: int, state: nnx.State, iterator: Any, progress: dict, config: dict,
