@@ -18,6 +18,7 @@ import pydicom
 import pytest
 
 import debian
+from sr_content import sr_items
 from checkpoints import write_checkpoint
 from vertex_jax.dicom_out import NOT_FOR_CLINICAL_USE
 from vertex_jax.dicom_out.capture import enlargement
@@ -89,15 +90,6 @@ def _outputs(folder: Path, kind: str) -> dict[str, pydicom.Dataset]:
     return out
 
 
-def _items(ds) -> list:
-    """Every content item of an SR tree, depth first."""
-    found = []
-    for item in getattr(ds, "ContentSequence", []):
-        found.append(item)
-        found += _items(item)
-    return found
-
-
 def test_every_dicom_image_gets_a_report_and_the_summary_counts_the_rest(run):
     stdout = run["stdout"]
     line = next(x for x in stdout.splitlines() if x.startswith("DICOM outputs"))
@@ -145,7 +137,7 @@ def test_the_report_references_its_source_and_holds_the_scores(run):
         assert evidence.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
         assert NOT_FOR_CLINICAL_USE in sr.SeriesDescription and sr.PreliminaryFlag == "PRELIMINARY"
         assert sr.VerificationFlag == "UNVERIFIED"
-        items = _items(sr)
+        items = sr_items(sr)
         numbers = {i.ConceptNameCodeSequence[0].CodeValue: float(i.MeasuredValueSequence[0].NumericValue)
                    for i in items if i.ValueType == "NUM" and i.ConceptNameCodeSequence[0].CodingSchemeDesignator
                    == "99VERTEX"}
@@ -176,8 +168,8 @@ def test_the_report_references_its_source_and_holds_the_scores(run):
 
 def _tracking_of(sr, scoord) -> str:
     """The tracking identifier of the group holding ``scoord``."""
-    for group in _items(sr):
-        if group.ValueType == "CONTAINER" and any(i is scoord for i in _items(group)):
+    for group in sr_items(sr):
+        if group.ValueType == "CONTAINER" and any(i is scoord for i in sr_items(group)):
             texts = [i.TextValue for i in group.ContentSequence if i.ValueType == "TEXT"
                      and i.ConceptNameCodeSequence[0].CodeMeaning == "Tracking Identifier"]
             if texts:
@@ -243,7 +235,7 @@ def test_without_a_map_only_reports_and_the_service_call(run, tmp_path):
     row = {"pvf_prob": 0.8, "pvf_prob_raw": 0.7, "model": "m", "model_step": 7, "calibration": "isotonic",
            **LEVEL_ROW}
     sr = structured_report(source, row, tasks=("pvf",), thresholds={"pvf": 0.9})
-    items = _items(sr)
+    items = sr_items(sr)
     codes = {(i.ConceptCodeSequence[0].CodingSchemeDesignator, i.ConceptCodeSequence[0].CodeValue)
              for i in items if i.ValueType == "CODE"}
     assert ("SCT", "66794005") in codes and ("SCT", "260385009") in codes  # L1 vertebra; Negative

@@ -19,6 +19,7 @@ import pydicom
 import pytest
 
 import debian
+from sr_content import sr_items
 from vertex_jax.data.io import read_image
 from vertex_jax.data.preprocess import preprocess
 from vertex_jax.dicom_out import codes
@@ -160,14 +161,6 @@ def test_export_records_the_head_and_its_parity(runs, by_hand, tmp_path):
         OnnxBackend(copy)
 
 
-def _items(ds) -> list:
-    found = []
-    for item in getattr(ds, "ContentSequence", []):
-        found.append(item)
-        found += _items(item)
-    return found
-
-
 def _code(item) -> str:
     return item.ConceptNameCodeSequence[0].CodeValue
 
@@ -175,11 +168,11 @@ def _code(item) -> str:
 def _vertebra_groups(sr) -> list[dict]:
     """Each per-vertebra measurement group of an SR as {concept code value: content}."""
     groups = []
-    for item in _items(sr):
+    for item in sr_items(sr):
         children = list(getattr(item, "ContentSequence", []))
         if any(_code(c) == "121071" and c.ConceptCodeSequence[0].CodeValue == codes.VERTEBRA.value
                for c in children if c.ValueType == "CODE"):
-            groups.append({_code(c): c for c in children} | {"region": _items(item)})
+            groups.append({_code(c): c for c in children} | {"region": sr_items(item)})
     return groups
 
 

@@ -150,7 +150,7 @@ def split_weights(model: VertexNet, calibration: Calibration | None = None
         if evidence is not None:
             outputs = (*outputs, evidence_map(evidence, net.pooling, net.lse_r))
         if net.vertebra_head is not None:
-            outputs = (*outputs, net.vertebra_head(taps))
+            outputs = (*outputs, net.vertebra_map(taps))
         return outputs
 
     return weights, fn

@@ -19,7 +19,6 @@ from typing import Any
 import vertex_jax
 from vertex_jax import runs
 from vertex_jax.model_card import render_card, run_sources
-from vertex_jax.run_layout import CARD_MARKDOWN_FILE
 from vertex_jax.data.clinical import ClinicalStats
 from vertex_jax.data.clinical import CLINICAL
 from vertex_jax.data.preprocess import PreprocessConfig
@@ -31,7 +30,6 @@ from vertex_jax.problems import ProblemsError
 
 SCHEMA = "vertex_jax.export/1"
 METADATA_FILE = "model.json"
-CARD_FILE = CARD_MARKDOWN_FILE  # the clinical model card, beside model.json
 PACKAGES = {"jax": ("jax",), "jaxlib": ("jaxlib",), "flax": ("flax",), "jax2onnx": ("jax2onnx",),
             "onnx": ("onnx",), "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
             "tensorflow": ("tensorflow", "tensorflow-cpu"), "numpy": ("numpy",),

@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 from vertex_jax.export import metadata
 from vertex_jax.export.errors import ExportError
 from vertex_jax.export.graph import EXPORT_DTYPE, export_model, reference_model, signature_of
+from vertex_jax.run_layout import CARD_MARKDOWN_FILE
 from vertex_jax.export.onnx_format import DEFAULT_OPSET, export_onnx, onnx_session
 from vertex_jax.export.savedmodel import DEFAULT_PLATFORMS, export_savedmodel, load_serving
 from vertex_jax.export.verify import BATCH_SIZES, TOLERANCE, jax_runner, onnx_runner, tf_runner, verify
@@ -109,14 +110,14 @@ def export(checkpoint: str | Path, out: str | Path, formats: Sequence[str] = FOR
                                description=description)
             runtimes["onnxruntime"] = onnx_runner(onnx_session(path))
             settings["onnx"] = {"converter": "jax2onnx", "opset": opset, "batch_axis": "B"}
-            files["onnx"] = {"model": "model.onnx", "card": metadata.CARD_FILE}
+            files["onnx"] = {"model": "model.onnx", "card": CARD_MARKDOWN_FILE}
         if "savedmodel" in formats:
             log(f"TF SavedModel (platforms {', '.join(platforms)}) ...")
             info = export_savedmodel(model, signature, staged["savedmodel"], platforms=platforms)
             runtimes["tensorflow"] = tf_runner(load_serving(staged["savedmodel"]))
             settings["savedmodel"] = {"converter": "jax.experimental.jax2tf", **info,
                                       "serving_version": serving_version}
-            files["savedmodel"] = {"model": "saved_model.pb", "variables": "variables/", "card": metadata.CARD_FILE}
+            files["savedmodel"] = {"model": "saved_model.pb", "variables": "variables/", "card": CARD_MARKDOWN_FILE}
         reference = jax_runner(reference_model(trained.config, trained.model), signature)
         report = verify(signature, reference, runtimes, batch_sizes=batch_sizes, tolerance=tolerance)
         for pair, d in report["max_abs_diff"].items():
@@ -126,7 +127,7 @@ def export(checkpoint: str | Path, out: str | Path, formats: Sequence[str] = FOR
             doc = {**description, "format": f, "files": files[f], "export": settings[f],
                    "verification": report}
             (staged[f] / metadata.METADATA_FILE).write_text(json.dumps(doc, indent=2) + "\n")
-            (staged[f] / metadata.CARD_FILE).write_text(card)
+            (staged[f] / CARD_MARKDOWN_FILE).write_text(card)
         for f in formats:
             _move(staged[f], final[f], work / f"replaced-{f}")
             log(f"wrote {final[f]}")

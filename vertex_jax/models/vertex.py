@@ -185,7 +185,12 @@ class VertexNet(nnx.Module):
         logits, _ = self.classify_taps(taps, clinical, clinical_mask)
         out = {"logits": logits}
         if self.vertebra_head is not None:
-            if self.vertebra_detach:  # the head reads the features without training them
-                taps = {t: jax.lax.stop_gradient(taps[t]) for t in self.vertebra_taps}
-            out["vertebrae"] = self.vertebra_head(taps)
+            out["vertebrae"] = self.vertebra_map(taps)
         return out
+
+    def vertebra_map(self, taps: dict[str, jax.Array]) -> jax.Array:
+        """The vertebra head's raw map from :meth:`image_taps`' features (detached with
+        ``vertebra_detach``: its gradient then stops at the head)."""
+        if self.vertebra_detach:
+            taps = {t: jax.lax.stop_gradient(taps[t]) for t in self.vertebra_taps}
+        return self.vertebra_head(taps)

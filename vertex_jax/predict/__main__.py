@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         if df.empty:
             raise InputDataError(f"no rows of split {args.split!r} in {args.input}",
                                  todo="give a split the CSV (or --splits) has: train, val or test")
-    table = _vertebra_table(backend, df)
+    table = VertebraTable.for_backend(backend, list(df["image_id"]))
     writer = _explain_writer(args, backend, df, table) if args.explain else None
     scores, unreadable = score_table(df, backend, batch=args.batch, workers=args.workers,
                                      on_batch=writer, vertebrae=table, progress=not args.no_progress)
@@ -229,12 +229,6 @@ def _write_dicom(args: argparse.Namespace, backend, writer, scores: pd.DataFrame
                          vertebrae=vertebrae)
     print("\n".join(done.summary()))
     return done.written
-
-
-def _vertebra_table(backend, df: pd.DataFrame) -> VertebraTable | None:
-    """The collector of ``<out>_vertebrae.csv`` for a backend with the vertebra head, else None."""
-    spec = getattr(backend, "vertebrae", None)
-    return None if spec is None else VertebraTable(spec, list(df["image_id"]))
 
 
 def _explain_writer(args: argparse.Namespace, backend, df, table):

@@ -26,17 +26,18 @@ class JaxBackend:
         self.step = self.trained.step
         self.calibration = self.trained.calibration
         self.vertebrae: HeadSpec | None = self.trained.vertebra_spec  # None: no vertebra head
-        self._score = self.trained.scorer(vertebrae=self.vertebrae is not None)
+        self._score = self.trained.scorer()
+        self._score_vertebrae = None  # built on first use: scores alone never run the head
 
     def score(self, image: np.ndarray, clinical: np.ndarray, clinical_mask: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray]:
-        probabilities, logits = self._score(image, clinical, clinical_mask)[:2]
-        return probabilities, logits
+        return self._score(image, clinical, clinical_mask)
 
     def score_vertebrae(self, image: np.ndarray, clinical: np.ndarray, clinical_mask: np.ndarray
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(probabilities, logits, the vertebra head's raw map [n, h, w, channels])."""
         if self.vertebrae is None:
             raise InputDataError(f"{self.name}: the model has no vertebra head (model.vertebrae is off)")
-        probabilities, logits, raw = self._score(image, clinical, clinical_mask)
-        return probabilities, logits, raw
+        if self._score_vertebrae is None:
+            self._score_vertebrae = self.trained.scorer(vertebrae=True)
+        return self._score_vertebrae(image, clinical, clinical_mask)

@@ -66,8 +66,7 @@ def _scores(table: pd.DataFrame, backend, batch: int, progress: bool, *, vertebr
     from vertex_jax.predict.run import score_table
     from vertex_jax.predict.vertebra_table import VertebraTable
 
-    spec = getattr(backend, "vertebrae", None) if vertebrae else None
-    found = None if spec is None else VertebraTable(spec, list(table["image_id"]))
+    found = VertebraTable.for_backend(backend, list(table["image_id"])) if vertebrae else None
     scores, unreadable = score_table(table, backend, batch=batch, progress=progress, vertebrae=found)
     if len(unreadable):
         raise InputDataError(f"{len(unreadable)} image(s) could not be read, e.g. "

@@ -85,6 +85,12 @@ class VertebraTable:
         self.spec, self.image_ids, self.options = spec, list(image_ids), options
         self.found: dict[str, list[Detection]] = {}  # image id -> detections, top to bottom
 
+    @classmethod
+    def for_backend(cls, backend: Any, image_ids: Sequence[str]) -> VertebraTable | None:
+        """The collector for a backend with the vertebra head (its ``vertebrae`` spec), else None."""
+        spec = getattr(backend, "vertebrae", None)
+        return None if spec is None else cls(spec, image_ids)
+
     def __call__(self, items: Sequence[Prepared], raw: np.ndarray) -> None:
         found = decode_outputs(raw, self.spec, [it.geometry for it in items], **self.options)
         self.found.update((self.image_ids[it.row], dets) for it, dets in zip(items, found))
