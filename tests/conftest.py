@@ -1,10 +1,19 @@
 """Shared fixtures: a small cohort of real image files written by the tests."""
 
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_NUM_CPU_DEVICES", "4")  # fake devices for sharding tests
-os.environ.setdefault("VERTEX_COMPILE_CACHE", "off")  # tests compile afresh (tests/test_compile_cache.py: on)
+# The entry points leave JAX's own cache settings alone (tests/test_compile_cache.py turns the
+# product's cache on); instead one JAX compilation cache serves the whole session, both xdist
+# workers and every subprocess: the many runs of the tiny config compile its programs once.
+# The controller creates it (workers inherit the variable) and removes it at the end.
+os.environ.setdefault("VERTEX_COMPILE_CACHE", "off")
+_SESSION_CACHE_OWNER = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="vertex-tests-jit-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.25")
 
 import cv2
 import numpy as np
@@ -32,6 +41,11 @@ def write_png_cohort(folder, n: int, seed: int = 0, shape=(180, 120)) -> pd.Data
     df = pd.DataFrame(rows)
     df.to_csv(folder / "manifest.csv", index=False)
     return df
+
+
+def pytest_sessionfinish(session):
+    if _SESSION_CACHE_OWNER and not hasattr(session.config, "workerinput"):  # the controller
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture

@@ -26,15 +26,14 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
-    return {"data": root / "data", "jit": root / "jit-cache"}
+    return {"data": root / "data"}
 
 
 def run_main(shared, workdir, *overrides, devices=1, extra=(), wait=True, env=None):
     cmd = [sys.executable, "-m", "vertex_jax.main", "--config=configs/xray.py:tiny",
            f"--workdir={workdir}", f"--config.data.data_dir={shared['data']}", *overrides, *extra]
     full_env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(devices),
-                "JAX_COMPILATION_CACHE_DIR": str(shared["jit"]),
-                "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", **(env or {})}
+                **(env or {})}  # conftest's session-wide compilation cache included
     proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     if not wait:

@@ -286,9 +286,7 @@ def test_tables_mix_annotated_and_unannotated_images(tmp_path):
 
 
 def test_a_tiny_run_trains_the_head_and_resumes(tmp_path):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "1",
-           "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jit"),
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "1"}
     workdir, overrides = tmp_path / "run", ["--config.data.synthetic.num_patients=20",
                                             "--config.batch_size=4", "--config.eval_batch_size=4"]
     # the run's synthetic cohort, written here in one process (the run would start a pool)

@@ -6,11 +6,14 @@ Parameters are replicated and the batch is split along its first axis, so under
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+from typing import Any, Callable
 
 import jax
 import numpy as np
+from jax._src import distributed
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -21,6 +24,7 @@ DATA = "data"
 
 HEARTBEAT_ENV = "VERTEX_HEARTBEAT_TIMEOUT_S"
 SHUTDOWN_ENV = "VERTEX_SHUTDOWN_TIMEOUT_S"
+RENDEZVOUS_ENV = "VERTEX_RENDEZVOUS_TIMEOUT_S"
 
 
 def peer_timeouts() -> dict[str, int]:
@@ -89,6 +93,43 @@ def gather(tree):
     return multihost_utils.process_allgather(tree, tiled=True)
 
 
+_RENDEZVOUS_COUNT = itertools.count()
+
+
 def barrier(name: str) -> None:
-    if jax.process_count() > 1:
+    """Wait until every process has reached ``name``: the coordination service's barrier
+    (``VERTEX_RENDEZVOUS_TIMEOUT_S``, default 1800), not a device collective. A collective
+    across processes on the CPU (gloo) gives a late peer only 30 s; this barrier costs no
+    compilation and waits as long as a loaded machine needs."""
+    client = distributed.global_state.client
+    if jax.process_count() == 1:
+        return
+    if client is None:  # processes joined some other way: a collective is the barrier
         multihost_utils.sync_global_devices(name)
+        return
+    timeout_ms = int(float(os.environ.get(RENDEZVOUS_ENV, 1800)) * 1000)
+    # ids are single-use; every process calls barriers in the same order, so a counter agrees
+    client.wait_at_barrier(f"vertex:{next(_RENDEZVOUS_COUNT)}:{name}", timeout_ms)
+
+
+def compiled_together(jitted: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """``jitted``, compiled for each new input shape by every process before any runs it.
+
+    With several processes, the first call of a program with collectives would otherwise
+    start on a fast process while a slower one is still compiling (minutes apart on a busy
+    machine), and gloo's 30 s wait for the peer's first message runs out. So each process
+    compiles (``lower().compile()``), meets the others at :func:`barrier`, then runs.
+    One process: ``jitted`` itself."""
+    if jax.process_count() == 1:
+        return jitted
+    compiled: dict[Any, Any] = {}
+
+    def call(*args):
+        leaves, tree = jax.tree.flatten(args)
+        key = (tree, tuple((np.shape(x), str(getattr(x, "dtype", type(x)))) for x in leaves))
+        if key not in compiled:
+            compiled[key] = jitted.lower(*args).compile()
+            barrier(f"compiled {name}")
+        return compiled[key](*args)
+
+    return call

@@ -37,9 +37,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
-from jax.experimental import multihost_utils
 
-from vertex_jax import runs
+from vertex_jax import mesh as meshlib, runs
 from vertex_jax.errors import UserError
 
 CHECKSUM = "state_sha256"  # progress keys written by Checkpoints.save, removed on restore
@@ -215,8 +214,7 @@ class Checkpoints:
         if jax.process_index() == 0:
             aside.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self.directory / str(step), aside)
-        if jax.process_count() > 1:
-            multihost_utils.sync_global_devices(f"checkpoint:set_aside:{step}")
+        meshlib.barrier(f"checkpoint:set_aside:{step}")
         self.manager.reload()
         return aside
 

@@ -169,11 +169,11 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     # The step takes the state packed (one buffer per dtype) when config.pack_state: less host
     # time per dispatch. Validation and checkpoints see the unpacked tree (``state``).
     packing = StatePacking(state) if pack_state_enabled(config) else None
-    train_step = make_train_step(ts.graphdef, config, mesh, packing)
+    train_step = meshlib.compiled_together(make_train_step(ts.graphdef, config, mesh, packing), "train step")
     replicated = meshlib.replicated(mesh)
     pack = jax.jit(packing.pack, out_shardings=replicated) if packing else (lambda s: s)
     unpack = jax.jit(packing.unpack, out_shardings=replicated) if packing else (lambda s: s)
-    eval_step = make_eval_step(ts.graphdef, mesh)
+    eval_step = meshlib.compiled_together(make_eval_step(ts.graphdef, mesh), "eval step")
     writer = MetricWriter(workdir, enabled=leader)
     card = model_card(config, data)
     if leader:
