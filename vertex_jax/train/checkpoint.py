@@ -127,17 +127,18 @@ class Checkpoints:
             EarliestBestN(get_metric_fn=lambda m: m[runs.METRIC], n=keep_best,
                           keep_checkpoints_without_metrics=False)])
         # best_fn makes Orbax write each step's metrics to disk (ranking survives a restart).
-        # cleanup_tmp_directories: a save cut short (full disk, kill) leaves a temporary step
-        # directory; it is never listed as a checkpoint, and removed here to free its space.
         options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
                                                enable_async_checkpointing=True,
-                                               cleanup_tmp_directories=True,
                                                best_fn=lambda m: m[runs.METRIC], best_mode="max")
         self.directory = Path(directory).absolute()
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
-        if jax.process_index() == 0:  # Orbax's own cleanup may run late, in the background
+        # A save cut short (full disk, kill) leaves a temporary step directory; it is never
+        # listed as a checkpoint, and removed here to free its space. Not Orbax's
+        # cleanup_tmp_directories: that runs in the background and reports its errors at the
+        # next save, so a late cleanup is a failed save (or a race with this one).
+        if jax.process_index() == 0:
             for leftover in self.directory.glob("*.orbax-checkpoint-tmp*"):
                 shutil.rmtree(leftover, ignore_errors=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
         self._pending: int | None = None  # step of the background save not yet known to be done
 
     def save(self, step: int, state: nnx.State, iterator: Any, progress: dict, config: dict,
