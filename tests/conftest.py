@@ -14,6 +14,11 @@ os.environ.setdefault("VERTEX_COMPILE_CACHE", "off")
 _SESSION_CACHE_OWNER = "JAX_COMPILATION_CACHE_DIR" not in os.environ
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="vertex-tests-jit-"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.25")
+# The tests' programs are small and compiled once: LLVM's optimisation passes cost more than
+# they save (a cold tiny training run: 24 s -> 19 s). No test depends on it: tolerances come
+# from the arithmetic, not from one compiler's summation order.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
 
 import cv2
 import numpy as np

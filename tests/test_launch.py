@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from test_train import assert_equivalent, model_arrays, run_main
+
 yaml = pytest.importorskip("yaml")  # PyYAML: already in the environment (a dependency of the stack)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,8 +105,10 @@ def test_k8s_manifest_decodes_with_kubectl():
         contained(doc, json.loads(out.stdout), kind)
 
 
-def test_k8s_pod_command_runs_as_two_processes(tmp_path):
-    """Both pods' command, in two local processes with the pod spec's environment.
+def test_k8s_pod_command_runs_as_two_processes_and_matches_one(tmp_path):
+    """Both pods' command, in two local processes with the pod spec's environment, trains
+    the model one process with all four devices trains (the step on four devices against
+    one: tests/test_step.py).
 
     Only what differs off-cluster is changed: the coordinator host (pod 0's DNS name)
     becomes 127.0.0.1 on a free port, the data and workdir are local, the config is the
@@ -117,7 +121,7 @@ def test_k8s_pod_command_runs_as_two_processes(tmp_path):
     n = int(spec_env["NUM_PROCESSES"])
     local = {"COORDINATOR": f"127.0.0.1:{_free_port()}", "CONFIG": "configs/xray.py:tiny",
              "WORKDIR": str(tmp_path / "run"), "MANIFEST": "", "BATCH_SIZE": "8",
-             "EXTRA_ARGS": f"--config.data.data_dir={tmp_path / 'data'} --config.max_steps=1 --verbosity=0"}
+             "EXTRA_ARGS": f"--config.data.data_dir={tmp_path / 'data'} --config.max_steps=2 --verbosity=0"}
     assert local.keys() <= spec_env.keys()
     base = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HOME": os.environ.get("HOME", "/root"),
             "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "2"}
@@ -136,7 +140,8 @@ def test_k8s_pod_command_runs_as_two_processes(tmp_path):
         assert p.returncode == 0, (f"process {i} exited {p.returncode}; other: {[q.returncode for q in procs]}\n"
                                    + "\n".join(line[:300] for line in said))
         assert f"process {i} of {n}, 2 local / {2 * n} global devices" in out, out[-3000:]
-    assert (tmp_path / "run" / "checkpoints" / "1").is_dir()
+    run_main({"data": tmp_path / "data"}, tmp_path / "single", "--config.max_steps=2", devices=2 * n)
+    assert_equivalent(model_arrays(tmp_path / "single", 2), model_arrays(tmp_path / "run", 2))
 
 
 def test_sbatch_guards_and_srun_launch(tmp_path):

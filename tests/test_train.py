@@ -1,13 +1,14 @@
-"""Training through the real entry point: sharding, multi-process, resume, preemption, NaN.
+"""Training through the real entry point: sharding, resume, preemption, NaN.
 
 Each run is a subprocess of ``python -m vertex_jax.main`` on the tiny config; a shared
-synthetic cohort and a persistent compilation cache keep the module fast.
+synthetic cohort and the session's compilation cache (conftest) keep the module fast.
+Two processes against one: tests/test_launch.py (the Kubernetes pods' command); a lost
+process: tests/test_faults.py.
 """
 
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -118,21 +119,6 @@ def test_interrupted_and_resumed_run_is_bit_identical(shared, baseline, tmp_path
     out = run_main(shared, tmp_path)
     assert "resumed from" in out and "at step 4" in out
     assert_same(model_arrays(reference, 6), model_arrays(tmp_path, 6))
-
-
-def test_two_processes_match_one(shared, tmp_path):
-    """The loop sharded over two processes equals one process with two devices (the step on
-    four devices against one: tests/test_step.py)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = [run_main(shared, tmp_path / "multi", "--config.max_steps=2", wait=False,
-                      extra=[f"--coordinator=127.0.0.1:{port}", "--num_processes=2",
-                             f"--process_id={i}"]) for i in range(2)]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
-    run_main(shared, tmp_path / "single", "--config.max_steps=2", devices=2)
-    assert_equivalent(model_arrays(tmp_path / "single", 2), model_arrays(tmp_path / "multi", 2))
 
 
 def _wait_for(predicate, proc, timeout=300):
