@@ -208,6 +208,27 @@ def test_sr_holds_a_group_per_vertebra(runs, tmp_path):
     assert not errors and proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_the_service_answers_the_vertebrae_and_reports_them_in_its_sr(runs, tmp_path):
+    """The HTTP service's scoring of one DICOM upload (serve.scoring, as POST /predict runs
+    it): the JSON answer carries the ONNX prediction run's rows of that image, and the
+    ``?report=sr`` Structured Report a group per vertebra."""
+    from vertex_jax.serve.app import _structured_report
+    from vertex_jax.serve.scoring import Scorer
+
+    scorer = Scorer(runs["onnx_dir"])
+    upload = Path(shutil.copy(runs["folder"] / "wide.dcm", tmp_path / "upload.dcm"))
+    scored = scorer.score_file(upload, filename="wide.dcm", fmt="DICOM", clinical={})
+    want = runs["onnx"][runs["onnx"]["image_id"] == "wide"]
+    got = pd.DataFrame(scored.answer()["vertebrae"])
+    assert len(want) >= 2 and list(got["level"].fillna("")) == list(want["level"])
+    assert list(got["grade"]) == list(want["grade"]) and set(got["path"]) == {"wide.dcm"}
+    assert list(got["sop_instance_uid"]) == list(want["sop_instance_uid"])
+    numbers = ["x0", "y0", "x1", "y1", "fracture_prob", "height_loss"]
+    np.testing.assert_allclose(got[numbers].to_numpy(float), want[numbers].to_numpy(float), atol=0.011)
+    sr = pydicom.dcmread(io.BytesIO(_structured_report(scorer, upload, scored).body))
+    assert len(_vertebra_groups(sr)) == len(want)
+
+
 def test_review_lists_levels_and_grades(runs):
     page = (runs["tmp"] / "explain" / "review.html").read_text()
     graded = runs["jax"][runs["jax"]["grade"] >= 1].iloc[0]

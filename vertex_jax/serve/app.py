@@ -113,7 +113,7 @@ def create_app(model: str | Path, *, max_upload_bytes: int = int(DEFAULT_MAX_UPL
                                              clinical=clinical)
             if report == "sr":
                 return await run_in_threadpool(_structured_report, scorer, path, scored)
-        return JSONResponse(scored.row)
+        return JSONResponse(scored.answer())
 
     return app
 
@@ -166,7 +166,8 @@ def _structured_report(scorer: Scorer, path: Path, scored: Scored) -> Response:
     source = pydicom.dcmread(path, stop_before_pixels=True, force=True)
     try:
         report = structured_report(source, scored.row, tasks=scorer.backend.tasks,
-                                   thresholds=operating_points(scorer.backend.thresholds))
+                                   thresholds=operating_points(scorer.backend.thresholds),
+                                   vertebrae=scored.vertebrae or ())
     except (ValueError, AttributeError) as error:  # a header without what a reference needs
         raise UploadError(422, f"cannot make a Structured Report of {scored.row.get('path')}: {error}",
                           "send a DICOM image with its study, series and instance UIDs, or leave report out") from None

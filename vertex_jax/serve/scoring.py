@@ -25,6 +25,7 @@ from vertex_jax.jsonable import jsonable
 from vertex_jax.predict.inputs import collect_inputs
 from vertex_jax.predict.onnx_backend import OnnxBackend
 from vertex_jax.predict.run import NOT_AN_IMAGE, score_table
+from vertex_jax.predict.vertebra_table import VertebraTable
 from vertex_jax.run_layout import CARD_MARKDOWN_FILE
 from vertex_jax.serve.upload import UploadError
 
@@ -51,10 +52,17 @@ def resolve_model(path: str | Path) -> Path:
 
 @dataclasses.dataclass(frozen=True)
 class Scored:
-    """One upload's scores (the scores.csv row as JSON values) and its format."""
+    """One upload's scores (the scores.csv row as JSON values), its format and, for a model
+    with the vertebra head, its found vertebrae (the ``<out>_vertebrae.csv`` rows, top to
+    bottom; None without the head)."""
 
     row: dict[str, Any]
     format: str
+    vertebrae: list[dict[str, Any]] | None = None
+
+    def answer(self) -> dict[str, Any]:
+        """The JSON answer: the row, and ``vertebrae`` when the model has the head."""
+        return self.row if self.vertebrae is None else {**self.row, "vertebrae": self.vertebrae}
 
 
 class Scorer:
@@ -90,8 +98,10 @@ class Scorer:
         pd.DataFrame([{"image_id": image_id, "path": path.name,
                        **{c: clinical.get(c, "") for c in CLINICAL}}]).to_csv(table, index=False)
         df = collect_inputs(table, self.domain, clinical_from_dicom=True).table
+        found = VertebraTable.for_backend(self.backend, list(df["image_id"]))
         with self._slots:
-            scores, unreadable = score_table(df, self.backend, batch=1, workers=1, progress=False)
+            scores, unreadable = score_table(df, self.backend, batch=1, workers=1, progress=False,
+                                             vertebrae=found)
         if len(unreadable):
             failure = unreadable.iloc[0]
             reason = str(failure["reason"]).replace(str(path), filename)
@@ -102,7 +112,12 @@ class Scorer:
         row["path"] = filename
         row["clinical_source"] = str(df["clinical_source"].iloc[0]).replace("=csv", "=form")
         row["clinical_notes"] = str(df["clinical_notes"].iloc[0])
-        return Scored({k: _plain(v) for k, v in row.items()}, fmt)
+        vertebrae = None
+        if found is not None:
+            vertebrae = [{k: _plain(v) for k, v in r.items()} for r in found.frame(scores).to_dict("records")]
+            for r in vertebrae:
+                r["path"] = filename
+        return Scored({k: _plain(v) for k, v in row.items()}, fmt, vertebrae)
 
 
 def _plain(value: Any) -> Any:
