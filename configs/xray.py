@@ -65,6 +65,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                    # Its grid, in canvas pixels per cell: at most a third of the vertebral
                    # pitch (about 50 px at 1024×512; docs/vertebrae.md): 32, 16, 8 or 4.
                    vertebra_stride=8,
+                   vertebra_depth=2,  # 3x3 convolutions of the head after its pyramid (receptive field)
                    # True: the vertebra losses train the head only; the backbone it reads is
                    # trained by the image-level tasks alone (their maps stay where they were).
                    vertebra_detach=False)

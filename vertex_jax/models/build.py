@@ -47,7 +47,7 @@ def build_model(config: Any, seed: int) -> VertexNet:
                       head=m.head, evidence_taps=tuple(t.strip() for t in m.evidence_taps.split(",")),
                       evidence_width=m.evidence_width, pooling=m.pooling, lse_r=m.lse_r,
                       vertebra_channels=vertebra_channels, vertebra_stride=m.vertebra_stride,
-                      vertebra_detach=m.vertebra_detach,
+                      vertebra_depth=m.vertebra_depth, vertebra_detach=m.vertebra_detach,
                       rngs=nnx.Rngs(seed))
     set_bn_momentum(model, m.bn_momentum)  # backbone and evidence head
     set_bn_impl(model, m.batchnorm)
