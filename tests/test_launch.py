@@ -160,7 +160,7 @@ def test_sbatch_guards_and_srun_launch(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("slurmctld") is None,
                     reason="SLURM not installed (apt-get install munge slurmctld slurmd slurm-client); "
-                           "CI does not install it: the rehearsal takes 15-19 min of a 30 min budget")
+                           "CI does not install it: the install and the rehearsal do not fit its 20-minute suite budget")
 @pytest.mark.skipif(os.geteuid() != 0, reason="the SLURM rehearsal runs slurmd and munged as root")
 def test_slurm_rehearsal(tmp_path):
     """launch/rehearse_slurm.sh: the four checks pass and it leaves nothing behind."""
