@@ -25,7 +25,7 @@ from vertex_jax.data.prepare import synthetic_manifest_path
 from vertex_jax.data.preprocess import Geometry, PreprocessConfig
 from vertex_jax.errors import ConfigError, InputDataError, MissingInputError
 from vertex_jax.models.build import build_model, vertebra_spec
-from vertex_jax.models.vertebra_head import vertebra_taps
+from vertex_jax.models.vertebra_head import VertebraHead, vertebra_taps
 from vertex_jax.synthetic.cohort import generate_cohort
 from vertex_jax.train import vertebra_targets as vt
 from vertex_jax.train.augment import AugmentConfig, augment_batch, example_keys, warp_params
@@ -317,3 +317,26 @@ def test_a_tiny_run_trains_the_head_and_resumes(tmp_path):
         assert all(np.isfinite(p) and p > 0 for p in parts)
         assert r["train/loss"] == pytest.approx(r["train/image_loss"] + r["train/vertebra_loss"], rel=1e-5)
     assert (workdir / "checkpoints" / "3").is_dir()
+
+
+@pytest.mark.parametrize("dilations, reach", [((1, 1), 2), ((1, 2), 3)])
+def test_the_head_sees_as_far_as_its_dilations_reach(dilations, reach):
+    """A cell's output depends on the features ``reach`` cells away (the sum of the 3x3
+    convolutions' dilations) and not one cell further."""
+    head = VertebraHead({"stage1": 4}, 3, taps=("stage1",), width=8, dilations=dilations, rngs=nnx.Rngs(0))
+    head.eval()  # BatchNorm from its running statistics: the same affine map at every cell
+    x = jnp.zeros((1, 15, 15, 4))
+    base = head({"stage1": x})[0, 7, 7]
+    for distance in (reach, reach + 1):
+        moved = head({"stage1": x.at[0, 7, 7 + distance].set(1.0)})[0, 7, 7]
+        assert bool(jnp.any(moved != base)) == (distance <= reach), distance
+
+
+def test_the_dilations_come_from_the_config_and_are_checked():
+    config = load_config("xray", "tiny")
+    config.model.vertebrae = True
+    config.model.vertebra_dilations = "1,2"
+    assert [c.kernel_dilation for c in build_model(config, 0).vertebra_head.convs] == [1, 2]
+    config.model.vertebra_dilations = "1,0"
+    with pytest.raises(ConfigError, match="model.vertebra_dilations"):
+        build_model(config, 0)

@@ -36,6 +36,17 @@ def vertebra_spec(config: Any) -> "HeadSpec":
     return HeadSpec(stride=int(config.model.vertebra_stride), canvas=tuple(config.data.canvas))
 
 
+def _ints(text: str, field: str) -> tuple[int, ...]:
+    """"1,2" -> (1, 2): positive integers, at least one."""
+    try:
+        values = tuple(int(v) for v in str(text).split(","))
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise ConfigError(f"{field} must be comma-separated positive integers, e.g. 1,2; got {text!r}")
+    return values
+
+
 def build_model(config: Any, seed: int) -> VertexNet:
     """``VertexNet`` per ``config.model`` and ``config.tasks``, initialised from ``seed``."""
     m = config.model
@@ -47,7 +58,8 @@ def build_model(config: Any, seed: int) -> VertexNet:
                       head=m.head, evidence_taps=tuple(t.strip() for t in m.evidence_taps.split(",")),
                       evidence_width=m.evidence_width, pooling=m.pooling, lse_r=m.lse_r,
                       vertebra_channels=vertebra_channels, vertebra_stride=m.vertebra_stride,
-                      vertebra_depth=m.vertebra_depth, vertebra_detach=m.vertebra_detach,
+                      vertebra_dilations=_ints(m.vertebra_dilations, "model.vertebra_dilations"),
+                      vertebra_detach=m.vertebra_detach,
                       rngs=nnx.Rngs(seed))
     set_bn_momentum(model, m.bn_momentum)  # backbone and evidence head
     set_bn_impl(model, m.batchnorm)

@@ -2,7 +2,9 @@
 
 A small top-down pyramid (FPN-like): 1×1 lateral projections of the last stage output at
 strides 32, 16 and 8, and 4 for a stride-4 grid (:func:`vertebra_taps`), each coarser sum
-upsampled (nearest) and added to the next finer one, then ``depth`` 3×3 convolutions with BatchNorm and swish, and a 1×1
+upsampled (nearest) and added to the next finer one, then a 3×3 convolution with BatchNorm and
+swish per entry of ``dilations`` (its dilation: rates above 1 widen the receptive field at the same
+cost), and a 1×1
 convolution to the head's channels, float32. Channel 0 is the vertebra-centre heat-map logit
 (the layout of :class:`vertex_jax.vertebrae.targets.HeadSpec`); its bias starts at
 ``log(p / (1 - p))`` with ``p = 0.1`` (about -2.2, CenterNet's prior), so the focal loss of the
@@ -43,15 +45,16 @@ class VertebraHead(nnx.Module):
     stride of the finest of ``taps``."""
 
     def __init__(self, channels: Mapping[str, int], outputs: int, *, taps: tuple[str, ...] = VERTEBRA_TAPS[:3],
-                 width: int = 64, depth: int = 2, dtype: Any = jnp.float32, rngs: nnx.Rngs):
+                 width: int = 64, dilations: tuple[int, ...] = (1, 1), dtype: Any = jnp.float32,
+                 rngs: nnx.Rngs):
         self.taps = taps
         self.laterals = nnx.List([
             nnx.Conv(channels[t], width, (1, 1), dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
             for t in taps])
         self.convs = nnx.List([
-            nnx.Conv(width, width, (3, 3), padding="SAME", use_bias=False, dtype=dtype,
-                     param_dtype=jnp.float32, rngs=rngs) for _ in range(depth)])
-        self.norms = nnx.List([BatchNorm(width, act=True, dtype=dtype, rngs=rngs) for _ in range(depth)])
+            nnx.Conv(width, width, (3, 3), padding="SAME", kernel_dilation=d, use_bias=False, dtype=dtype,
+                     param_dtype=jnp.float32, rngs=rngs) for d in dilations])
+        self.norms = nnx.List([BatchNorm(width, act=True, dtype=dtype, rngs=rngs) for _ in dilations])
         self.output = nnx.Conv(width, outputs, (1, 1), dtype=jnp.float32, param_dtype=jnp.float32,
                                rngs=rngs)
         bias = self.output.bias[...]

@@ -68,7 +68,8 @@ class VertexNet(nnx.Module):
                  padding: str = "tf", head: str = "gap", evidence_taps: Sequence[str] = (HEAD, "stage4"),
                  evidence_width: int = 64, pooling: str = "lse", lse_r: float = 1.0,
                  vertebra_channels: int = 0, vertebra_stride: int = 8, vertebra_width: int = 64,
-                 vertebra_depth: int = 2, vertebra_detach: bool = False, rngs: nnx.Rngs):
+                 vertebra_dilations: Sequence[int] = (1, 1), vertebra_detach: bool = False,
+                 rngs: nnx.Rngs):
         tasks = tuple(tasks)
         unknown = [t for t in tasks if t not in TASKS]
         if not tasks or unknown or len(set(tasks)) != len(tasks):
@@ -112,7 +113,7 @@ class VertexNet(nnx.Module):
                                                if vertebra_channels else ())
         self.vertebra_head = (VertebraHead(tap_channels(variant, self.backbone.num_features),
                                            vertebra_channels, taps=self.vertebra_taps,
-                                           width=vertebra_width, depth=vertebra_depth, dtype=dtype,
+                                           width=vertebra_width, dilations=tuple(vertebra_dilations), dtype=dtype,
                                            rngs=rngs)
                               if vertebra_channels else None)
 
