@@ -7,7 +7,8 @@ subfolder that JAX manages), so a second process -- a restarted or preempted SLU
 job, ``predict`` after ``main``, the next ``bench`` point -- loads the executable
 instead of compiling and autotuning again. ``VERTEX_COMPILE_CACHE=off`` (or ``0``,
 ``false``, ``none``) turns it off. On a cluster, point it at a shared filesystem so
-that every node reuses one cache (JAX writes entries atomically).
+that every node reuses one cache (only process 0 of a run writes; a process that reads an
+entry still being written gets a warning and compiles instead).
 """
 
 from __future__ import annotations
