@@ -101,9 +101,9 @@ def barrier(name: str) -> None:
     (``VERTEX_RENDEZVOUS_TIMEOUT_S``, default 1800), not a device collective. A collective
     across processes on the CPU (gloo) gives a late peer only 30 s; this barrier costs no
     compilation and waits as long as a loaded machine needs."""
-    client = distributed.global_state.client
     if jax.process_count() == 1:
         return
+    client = distributed.global_state.client
     if client is None:  # processes joined some other way: a collective is the barrier
         multihost_utils.sync_global_devices(name)
         return
@@ -125,8 +125,9 @@ def compiled_together(jitted: Callable[..., Any], name: str) -> Callable[..., An
     compiled: dict[Any, Any] = {}
 
     def call(*args):
+        # on every step: attribute reads only (0.6 ms for 1,543 leaves; np.shape and str(dtype): 5 ms)
         leaves, tree = jax.tree.flatten(args)
-        key = (tree, tuple((np.shape(x), str(getattr(x, "dtype", type(x)))) for x in leaves))
+        key = (tree, tuple((getattr(x, "shape", None), getattr(x, "dtype", type(x))) for x in leaves))
         if key not in compiled:
             compiled[key] = jitted.lower(*args).compile()
             barrier(f"compiled {name}")
