@@ -56,6 +56,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                    # Strided convolutions: "tf" (TF SAME, as the Keras/timm weights were
                    # trained) or "symmetric" ((k-1)/2 each side; no explicit pad on GPUs).
                    padding="tf",
+                   # What a block keeps for the backward pass: "none" (everything) or
+                   # "elementwise" (convolution outputs and statistics; BatchNorm, swish
+                   # and gating recomputed: about half the activation memory, the same
+                   # function; docs/performance-notes.md §8). remat=True keeps nothing.
+                   recompute="none",
                    init_weights="",  # Keras .h5 / timm .safetensors ImageNet weights
                    # "gap": global average pool + fusion MLP (the paper's); "evidence": a map of
                    # per-position logits pooled into the score (README, "Localisation").

@@ -195,7 +195,8 @@ def test_peer_trains_the_same_network_side_by_side(tmp_path):
 
 # The one-shot GPU check (vertex_jax.bench.gpu_check), run here in its dry mode.
 
-DRY_POINTS = "jax-train-b2,peer-compile-cl-b2,jax-train-b2-unpacked,jax-eval-b2,loop-b2,combo-b2,profile-combo-b2"
+DRY_POINTS = ("jax-train-b2,peer-compile-cl-b2,jax-eval-b2,loop-b2,jax-train-b2-recompute,combo-b2,"
+              "profile-combo-b2")
 
 
 def test_gpu_check_dry_mode_writes_one_complete_json(tmp_path):
@@ -217,18 +218,18 @@ def test_gpu_check_dry_mode_writes_one_complete_json(tmp_path):
     assert doc["config"]["variant"] == "tiny" and doc["config"]["dtype"] == "bfloat16"
     status = {p["name"]: p["status"] for p in doc["points"]}
     assert list(status) == DRY_POINTS.split(",")
-    assert {status[k] for k in ("jax-train-b2", "jax-train-b2-unpacked", "jax-eval-b2", "combo-b2",
+    assert {status[k] for k in ("jax-train-b2", "jax-train-b2-recompute", "jax-eval-b2", "combo-b2",
                                 "profile-combo-b2")} == {"ok"}
     assert status["peer-compile-cl-b2"] in ("ok", "unavailable")  # torch is optional here
     assert status["loop-b2"] == "unavailable" and doc["rerun"] is None
     assert all(p["wall_s"] >= 0 for p in doc["points"])
     jax_records = [r for r in doc["records"] if r["framework"] == "jax"]
     assert [(r["what"], r["options"]["point"]) for r in jax_records] == [
-        ("train", "jax-train-b2"), ("train", "jax-train-b2-unpacked"), ("eval", "jax-eval-b2"),
+        ("train", "jax-train-b2"), ("eval", "jax-eval-b2"), ("train", "jax-train-b2-recompute"),
         ("train", "combo-b2")]
     # The lever's verdict, and the combination made of exactly the levers that won.
     (verdict,) = doc["levers"].values()
-    assert verdict["overrides"] == {"pack_state": False} and verdict["ratio"] > 0
+    assert verdict["overrides"] == {"model.recompute": "elementwise"} and verdict["ratio"] > 0
     combo = next(p for p in doc["points"] if p["name"] == "combo-b2")
     assert combo["overrides"] == (verdict["overrides"] if verdict["wins"] else {})
     for r in doc["records"]:
@@ -268,3 +269,22 @@ def test_memory_fit_recovers_fixed_and_per_image_bytes():
     assert fit["per_image_bytes"] == pytest.approx(3e9) and fit["fixed_bytes"] == pytest.approx(1e9)
     assert fit["max_relative_residual"] == pytest.approx(0, abs=1e-12)
     assert largest_batch(fit, 80e9) == 26  # (80 - 1) / 3
+
+
+def test_residuals_command_splits_the_saved_activations_by_kind(tmp_path, capsys):
+    """``python -m vertex_jax.bench.residuals`` on the tiny config: kinds add up to the
+    total, both settings keep the same convolution outputs, and ``elementwise`` keeps
+    no BatchNorm output inside a block and no gated input."""
+    from vertex_jax.bench.residuals import KINDS, main
+
+    doc = main(["--config", "configs/xray.py:tiny", "--json", str(tmp_path / "r.json")])
+    assert json.loads((tmp_path / "r.json").read_text())["bytes_per_image"] == doc["bytes_per_image"]
+    kept, recomputed = doc["bytes_per_image"]["none"], doc["bytes_per_image"]["elementwise"]
+    for table in (kept, recomputed):
+        assert sum(v for k, v in table.items() if k != "total") == pytest.approx(table["total"])
+    conv, bn_out, gated, _ = (kind for kind, _ in KINDS)
+    assert recomputed[conv] == kept[conv] > 0
+    assert kept[gated] > 0 and recomputed[gated] == 0
+    assert recomputed[bn_out] < 0.1 * kept[bn_out]  # the stem's and head's stay (outside blocks)
+    assert recomputed["total"] < 0.6 * kept["total"]
+    assert "elementwise" in capsys.readouterr().out

@@ -7,11 +7,12 @@
 ``benchmarks/gpu_check.sh`` runs it on a lent GPU. It measures EfficientNet-B4 +
 clinical fusion at 1024×512 in bfloat16 (``configs/xray.py``): the training step's cold
 compile in a fresh compilation cache and its warm compile in a second process, the
-PyTorch peer (``torch.compile`` + channels-last, compiled in the background while JAX
-is measured, timed alone), each lever against the baseline (BatchNorm backward, CUDA
-graphs, a packed state, symmetric padding), evaluation, the combination of the levers
-that won (decided during the run), the training loop, larger batches, a profile of the
-combination, and XLA's default flags from cold (:func:`vertex_jax.bench.gpu_points.plan`).
+PyTorch peer (``torch.compile`` + channels-last, compiled in the background from the end
+of the first point on while JAX is measured, timed alone), evaluation, the training loop,
+each lever against the baseline (recomputed activations, symmetric padding, depthwise as
+shifts, BatchNorm backward, a packed state), the combination of the levers that won
+(decided during the run), larger batches, a profile of the combination, and XLA's default
+flags from cold (:func:`vertex_jax.bench.gpu_points.plan`).
 Every point runs in a time-boxed child process, in priority order, while the budget
 lasts; a point killed while timing still reports its compile time; points that do not
 fit are recorded as skipped (rerun them with ``--points``). The JSON holds the device,
@@ -112,9 +113,9 @@ def _run_jax_group(points: Sequence[Point], args: argparse.Namespace, timeout: f
 
 
 class PeerRun:
-    """The PyTorch peer, started at once and compiled in the background; it waits for its
-    turn (:meth:`finish`) before it times anything, so it never shares the GPU with a
-    timed JAX point."""
+    """The PyTorch peer, compiled in the background from its start (after the check's first
+    point: the cold compile is measured alone); it waits for its turn (:meth:`finish`)
+    before it times anything, so it never shares the GPU with a timed JAX point."""
 
     def __init__(self, point: Point, args: argparse.Namespace, config: Any) -> None:
         from vertex_jax.bench.peer import PEER_SCRIPT, peer_command
@@ -334,9 +335,16 @@ def run_check(args: argparse.Namespace) -> dict[str, Any]:
     baseline = BASELINE.format(batch=points[0].batch) if points else ""
     estimate: dict[str, float] = {}
     results: dict[str, dict[str, Any]] = {}
-    peers = {p.name: PeerRun(p, args, config) for p in points if p.kind == "peer"}
+    peers: dict[str, PeerRun] = {}
+
+    def start_peers() -> None:
+        for p in points:
+            if p.kind == "peer" and p.name not in peers and p.name not in results:
+                peers[p.name] = PeerRun(p, args, config)
     try:
-        for group in _groups(points):
+        for index, group in enumerate(_groups(points)):
+            if index == 1 or group[0].kind == "peer":  # after the first point (the cold compile)
+                start_peers()
             left = args.budget_s - (time.perf_counter() - start)
             need = sum(estimate.get(p.category, p.estimate_s) for p in group)
             names = ",".join(p.name for p in group)

@@ -64,7 +64,8 @@ def plan(dry: bool, xla: str = "fast-compile") -> list[Point]:
     first = BASELINE.format(batch=b)
     lever = dict(lever=True, batch=b, cap_s=cap, estimate_s=10.0 if dry else 45.0)
     points = [
-        # Cold compile at the chosen flags (fresh cache), then the same in a second process.
+        # Cold compile at the chosen flags (fresh cache; the peer starts compiling only after
+        # it, so the figure is JAX's alone), then the same in a second process.
         Point(first, "jax", batch=b, isolate=True, cap_s=cap + 150, estimate_s=10 if dry else 120),
         Point(f"{first}-warm", "jax", batch=b, isolate=True, cap_s=cap, estimate_s=10 if dry else 25),
         # Autotuning at level 1 from a cold cache: its compile time and its step.
@@ -72,26 +73,31 @@ def plan(dry: bool, xla: str = "fast-compile") -> list[Point]:
               cache="autotune1", isolate=True, cap_s=cap + 150, estimate_s=10 if dry else 100),
         Point(f"peer-compile-cl-b{b}", "peer", batch=b, cap_s=cap + 60, estimate_s=10 if dry else 30,
               peer_flags="" if dry else "--compile --channels-last"),
-        # Levers, each against the baseline (bn-autodiff and unpacked: the previous defaults).
+        # Targets not yet measured on a GPU: evaluation at two batches, the loop, memory.
+        Point(f"jax-eval-b{b}", "jax", what="eval", batch=b, cap_s=cap, estimate_s=10 if dry else 30),
+        Point(f"jax-eval-b{4 * b}", "jax", what="eval", batch=4 * b, cap_s=cap, estimate_s=10 if dry else 30),
+        Point(f"loop-b{b}", "loop", batch=b, cap_s=cap + 50, estimate_s=10 if dry else 70),
+        Point(f"{first}-recompute", "jax", overrides={"model.recompute": "elementwise"}, **lever),
+        # Levers not yet measured, then the combination of every lever that won.
+        Point(f"{first}-symmetric", "jax", overrides={"model.padding": "symmetric"}, **lever),
+        Point(f"{first}-shifts", "jax", overrides={"model.depthwise": "shifts"}, **lever),
+        Point(f"combo-b{b}", "combo", batch=b, cap_s=cap, estimate_s=10 if dry else 45),
+        Point(f"jax-train-b{2 * b}", "jax", batch=2 * b, cap_s=cap, estimate_s=10 if dry else 60),
+        Point(f"jax-train-b{2 * b}-recompute", "jax", batch=2 * b,
+              overrides={"model.recompute": "elementwise"}, cap_s=cap, estimate_s=10 if dry else 60),
+        Point(f"profile-combo-b{b}", "profile", batch=b, cap_s=cap, estimate_s=10 if dry else 40),
+        # Levers measured on the H200 before (2026-12-04), measured again when time is left:
+        # bn-autodiff and unpacked are the previous defaults.
+        Point(f"{first}-flatten", "jax", overrides={"optim.flatten": True}, **lever),
         Point(f"{first}-bn-autodiff", "jax", overrides={"model.batchnorm": "autodiff"}, **lever),
         Point(f"{first}-unpacked", "jax", overrides={"pack_state": False}, **lever),
-        Point(f"{first}-flatten", "jax", overrides={"optim.flatten": True}, **lever),
-        Point(f"jax-eval-b{b}", "jax", what="eval", batch=b, cap_s=cap, estimate_s=10 if dry else 30),
-        Point(f"loop-b{b}", "loop", batch=b, cap_s=cap + 50, estimate_s=10 if dry else 70),
-        Point(f"combo-b{b}", "combo", batch=b, cap_s=cap, estimate_s=10 if dry else 45),
-        # No autotuning at all, from a cold cache: its compile time and what it costs a step.
-        Point(f"{first}-autotune0-cold", "jax", batch=b, xla="no-autotune", cache="no-autotune",
-              isolate=True, cap_s=cap + 60, estimate_s=10 if dry else 90),
-        Point(f"{first}-shifts", "jax", overrides={"model.depthwise": "shifts"}, **lever),
-        Point(f"{first}-symmetric", "jax", overrides={"model.padding": "symmetric"}, **lever),
-        Point(f"jax-eval-b{4 * b}", "jax", what="eval", batch=4 * b, cap_s=cap, estimate_s=10 if dry else 30),
-        Point(f"jax-train-b{2 * b}", "jax", batch=2 * b, cap_s=cap, estimate_s=10 if dry else 60),
-        Point(f"profile-combo-b{b}", "profile", batch=b, cap_s=cap, estimate_s=10 if dry else 40),
         Point(f"jax-train-b{2 * b}-remat", "jax", batch=2 * b, remat=True, cap_s=cap,
               estimate_s=10 if dry else 60),
-        # XLA's default flags from a cold cache: the compile time without the preset.
+        # XLA's default flags, and no autotuning (57.7 s cold, a 30x slower step), from cold.
         Point(f"{first}-xla-default-cold", "jax", batch=b, xla="default", cache="xla-default",
               isolate=True, cap_s=cap + 150, estimate_s=10 if dry else 200),
+        Point(f"{first}-autotune0-cold", "jax", batch=b, xla="no-autotune", cache="no-autotune",
+              isolate=True, cap_s=cap + 60, estimate_s=10 if dry else 90),
     ]
     return [p if p.xla != "fast-compile" or p.cache != "main" else dataclasses.replace(p, xla=xla)
             for p in points]

@@ -15,10 +15,10 @@ import time
 from typing import Any, Sequence
 
 from vertex_jax.bench.plain_config import point_config
+from vertex_jax.bench.residuals import saved_activation_bytes
 from vertex_jax.errors import ConfigError
 
-__all__ = ["DEVICE_MEMORY", "fit_memory", "largest_batch", "saved_activation_bytes", "memory_plan",
-           "print_plan"]
+__all__ = ["DEVICE_MEMORY", "fit_memory", "largest_batch", "memory_plan", "print_plan"]
 
 # Device memory (nvidia-smi's memory.total) of the cards the plan is sized for.
 DEVICE_MEMORY = {"H100 80GB": 81559 * 2**20, "H200 141GB": 143771 * 2**20}
@@ -50,32 +50,6 @@ def _analysis(compiled: Any) -> dict[str, int]:
     """Sizes of ``compiled.memory_analysis()`` in bytes."""
     m = compiled.memory_analysis()
     return {k: int(getattr(m, f"{k}_size_in_bytes")) for k in (*_BUFFERS, "generated_code")}
-
-
-def saved_activation_bytes(config: Any, batch: int) -> int:
-    """Bytes of the residuals the model's forward pass keeps for its backward pass (JAX's
-    ``saved_residuals`` of the loss w.r.t. the parameters; parameters themselves left out):
-    the activation memory of a training step before any backend's scheduling, so
-    ``model.remat``'s saving shows here whatever a backend does with it."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-    from jax._src.ad_checkpoint import saved_residuals  # no public equivalent that returns
-    from vertex_jax.models.build import build_model
-
-    model = nnx.eval_shape(lambda: build_model(config, seed=0))
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    h, w = config.data.canvas
-
-    def loss(params: Any, rest: Any, images: jax.Array, clinical: jax.Array, mask: jax.Array
-             ) -> jax.Array:
-        net = nnx.merge(graphdef, params, rest)
-        net.train()
-        return net(images, clinical * mask, mask).astype(jnp.float32).sum()
-    args = (params, rest, jax.ShapeDtypeStruct((batch, h, w, 1), jnp.float32),
-            jax.ShapeDtypeStruct((batch, 3), jnp.float32), jax.ShapeDtypeStruct((batch, 3), jnp.float32))
-    return sum(aval.size * aval.dtype.itemsize for aval, source in saved_residuals(loss, *args)
-               if not source.startswith("from the argument"))
 
 
 def memory_plan(spec: str, batches: Sequence[int], dtype: str) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Print an EfficientNet's parameters per stage, GMACs and activation memory at a given size.
 
-    python -m vertex_jax.models --variant b4 --height 1024 --width 512 [--dtype bfloat16] [--remat]
+    python -m vertex_jax.models --variant b4 --height 1024 --width 512 [--dtype bfloat16]
+        [--remat | --recompute elementwise]
 
 Nothing is initialised (abstract model), so this is quick even for B7 at full resolution.
 """
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vertex_jax.cli import add_verbosity, user_errors
-from vertex_jax.models.efficientnet import VARIANTS, EfficientNet
+from vertex_jax.models.efficientnet import RECOMPUTE, VARIANTS, EfficientNet
 from vertex_jax.models.summary import format_summary
 
 
@@ -29,6 +30,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
                         help="compute dtype (sets the activation-memory figure)")
     parser.add_argument("--remat", action="store_true", help="rematerialise each block")
+    parser.add_argument("--recompute", default="none", choices=RECOMPUTE,
+                        help="what each block keeps for the backward pass (model.recompute)")
     parser.add_argument("--no-xla", action="store_true", help="skip XLA cost analysis and memory count")
     add_verbosity(parser)
     args = parser.parse_args(argv)
@@ -36,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("height and width must be at least 32")
     model = nnx.eval_shape(lambda: EfficientNet(
         args.variant, in_channels=args.in_channels, num_classes=args.num_classes or None,
-        dtype=jnp.dtype(args.dtype), remat=args.remat, rngs=nnx.Rngs(0)))
+        dtype=jnp.dtype(args.dtype), remat=args.remat, recompute=args.recompute, rngs=nnx.Rngs(0)))
     print(format_summary(model, args.height, args.width, xla=not args.no_xla, memory=not args.no_xla))
 
 

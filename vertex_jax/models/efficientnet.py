@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from vertex_jax.errors import ConfigError
 
@@ -29,7 +30,7 @@ __all__ = [
     "VARIANTS", "Variant", "BlockSpec", "block_specs", "round_filters", "round_repeats",
     "BatchNorm", "MBConv", "EfficientNet", "to_unit_float", "normalize_input", "IMAGENET_MEAN",
     "IMAGENET_STD", "HEAD", "BATCHNORM_IMPLS", "PADDINGS", "conv_padding", "fused_batch_norm",
-    "set_bn_impl",
+    "set_bn_impl", "RECOMPUTE",
 ]
 
 
@@ -210,21 +211,23 @@ def _batch_stats_bwd(residuals, cotangents):
 _batch_stats.defvjp(_batch_stats_fwd, _batch_stats_bwd)
 
 
-@functools.partial(jax.checkpoint, static_argnums=(5, 6, 7))
-def _normalize_act(x, scale, bias, mean, var, epsilon: float, act: bool, dtype) -> jax.Array:
+def _normalize_act_plain(x, scale, bias, mean, var, epsilon: float, act: bool, dtype) -> jax.Array:
     """(x - mean) * scale / sqrt(var + eps) + bias, optional swish, computed in float32."""
     y = (x.astype(jnp.float32) - mean) * (scale * jax.lax.rsqrt(var + epsilon)) + bias
     return (jax.nn.silu(y) if act else y).astype(dtype)
 
 
-def _bn_forward(x, scale, bias, epsilon, act, dtype):
-    mean, var = _stats(x)
-    rstd = jax.lax.rsqrt(var + epsilon)
-    z = (x.astype(jnp.float32) - mean) * (scale * rstd) + bias
-    return (jax.nn.silu(z) if act else z).astype(dtype), mean, var, rstd
+# Rematerialised: the backward pass keeps the compute-dtype input, not float32 temporaries.
+# Inside a block under recompute="elementwise" the plain form is used: the block's own
+# policy recomputes it, and an inner checkpoint's output would be kept by that policy.
+_normalize_act = functools.partial(jax.checkpoint, static_argnums=(5, 6, 7))(_normalize_act_plain)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _named(stats: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """Batch statistics named so that ``recompute="elementwise"`` keeps them."""
+    return tuple(checkpoint_name(v, _KEPT_STATS) for v in stats)  # type: ignore[return-value]
+
+
 def fused_batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float, act: bool,
                      dtype: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Training-mode BatchNorm (+ optional swish) with a hand-written backward pass:
@@ -236,22 +239,34 @@ def fused_batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: f
     pass for ``dx = scale * rstd * (dz - mean(dz) - x_hat * mean(dz * x_hat))``, where
     autodiff of the two-part form emits a reduction for each of scale, bias, mean and
     variance. Residuals: ``x`` in its own dtype and per-channel vectors.
+
+    The statistics are computed apart from the normalisation, so a recomputing policy can
+    keep them and redo only the elementwise part; the backward pass of the normalisation
+    carries their share of ``x``'s gradient, so the returned statistics carry none
+    (BatchNorm only averages them into its running statistics).
     """
-    return _bn_forward(x, scale, bias, epsilon, act, dtype)[:3]
+    mean, var = _named(_stats(jax.lax.stop_gradient(x)))
+    return _normalize_act_fused(x, scale, bias, mean, var, epsilon, act, dtype), mean, var
 
 
-def _fused_bn_fwd(x, scale, bias, epsilon, act, dtype):
-    y, mean, var, rstd = _bn_forward(x, scale, bias, epsilon, act, dtype)
-    return (y, mean, var), (x, scale, bias, mean, rstd)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _normalize_act_fused(x, scale, bias, mean, var, epsilon: float, act: bool, dtype) -> jax.Array:
+    """:func:`_normalize_act_plain` for ``mean, var`` = the batch statistics of ``x``: its
+    backward pass gives ``x`` the whole BatchNorm gradient (through the statistics too) and
+    ``mean``, ``var`` none, so it is right only as :func:`fused_batch_norm` calls it."""
+    return _normalize_act_plain(x, scale, bias, mean, var, epsilon, act, dtype)
 
 
-def _fused_bn_bwd(epsilon, act, dtype, residuals, cotangents):
-    x, scale, bias, mean, rstd = residuals
-    g_y, g_mean, g_var = cotangents
+def _normalize_act_fused_fwd(x, scale, bias, mean, var, epsilon, act, dtype):
+    return _normalize_act_plain(x, scale, bias, mean, var, epsilon, act, dtype), (x, scale, bias, mean, var)
+
+
+def _normalize_act_fused_bwd(epsilon, act, dtype, residuals, g_y):
+    x, scale, bias, mean, var = residuals
     axes = tuple(range(x.ndim - 1))
     n = x.size // x.shape[-1]
-    centred = x.astype(jnp.float32) - mean
-    x_hat = centred * rstd
+    rstd = jax.lax.rsqrt(var + epsilon)
+    x_hat = (x.astype(jnp.float32) - mean) * rstd
     dz = g_y.astype(jnp.float32)
     if act:  # d silu(z) / dz = s (1 + z (1 - s)), s = sigmoid(z)
         z = x_hat * scale + bias
@@ -260,11 +275,10 @@ def _fused_bn_bwd(epsilon, act, dtype, residuals, cotangents):
     sum_dz = jnp.sum(dz, axis=axes)
     sum_dz_xhat = jnp.sum(dz * x_hat, axis=axes)
     dx = (scale * rstd) * (dz - sum_dz / n - x_hat * (sum_dz_xhat / n))
-    dx = dx + (g_mean + 2.0 * g_var * centred) / n  # the statistics' own cotangents (zero in training)
-    return dx.astype(x.dtype), sum_dz_xhat, sum_dz
+    return dx.astype(x.dtype), sum_dz_xhat, sum_dz, jnp.zeros_like(mean), jnp.zeros_like(var)
 
 
-fused_batch_norm.defvjp(_fused_bn_fwd, _fused_bn_bwd)
+_normalize_act_fused.defvjp(_normalize_act_fused_fwd, _normalize_act_fused_bwd)
 
 BATCHNORM_IMPLS = ("auto", "autodiff", "fused")
 
@@ -289,6 +303,7 @@ class BatchNorm(nnx.BatchNorm):
         self.act = act
         self.compute_dtype = dtype
         self.impl = impl
+        self.in_recomputed_block = False  # set by EfficientNet for recompute="elementwise"
 
     def __call__(self, x: jax.Array) -> jax.Array:
         scale, bias = self.scale[...], self.bias[...]
@@ -301,8 +316,9 @@ class BatchNorm(nnx.BatchNorm):
         if impl == "fused":
             y, mean, var = fused_batch_norm(x, scale, bias, self.epsilon, self.act, self.compute_dtype)
         else:
-            mean, var = _batch_stats(x)
-            y = _normalize_act(x, scale, bias, mean, var, self.epsilon, self.act, self.compute_dtype)
+            mean, var = _named(_batch_stats(x))
+            normalize = _normalize_act_plain if self.in_recomputed_block else _normalize_act
+            y = normalize(x, scale, bias, mean, var, self.epsilon, self.act, self.compute_dtype)
         m = self.momentum
         self.mean[...] = jax.lax.stop_gradient(m * self.mean[...] + (1 - m) * mean)
         self.var[...] = jax.lax.stop_gradient(m * self.var[...] + (1 - m) * var)
@@ -444,13 +460,13 @@ class MBConv(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         h = x
         if self.expand_conv is not None:
-            h = self.expand_bn(self.expand_conv(h))
-        h = self.dw_bn(self.dw_conv(h))
-        s = jnp.mean(h, axis=(1, 2), keepdims=True, dtype=jnp.float32)
+            h = self.expand_bn(checkpoint_name(self.expand_conv(h), _KEPT_CONV))
+        h = self.dw_bn(checkpoint_name(self.dw_conv(h), _KEPT_CONV))
+        s = checkpoint_name(jnp.mean(h, axis=(1, 2), keepdims=True, dtype=jnp.float32), _KEPT_GATE)
         s = jax.nn.silu(self.se_reduce(s))
-        s = jax.nn.sigmoid(self.se_expand(s))
+        s = checkpoint_name(jax.nn.sigmoid(self.se_expand(s)), _KEPT_GATE)
         h = h * s.astype(self.dtype)
-        h = self.project_bn(self.project_conv(h))
+        h = self.project_bn(checkpoint_name(self.project_conv(h), _KEPT_CONV))
         if self.spec.has_skip:
             if self.drop_path is not None:
                 h = self.drop_path(h)
@@ -462,20 +478,47 @@ def _apply_block(block: MBConv, x: jax.Array) -> jax.Array:
     return block(x)
 
 
+# What a block keeps for its backward pass under ``recompute="elementwise"``: convolution
+# outputs, BatchNorm statistics and the squeeze-excitation pool and gate (per-channel).
+# BatchNorm + swish outputs and the gated projection input (about half of the saved bytes,
+# docs/performance-notes.md §8) are recomputed from them, elementwise, in the backward pass.
+_KEPT_CONV, _KEPT_STATS, _KEPT_GATE = "conv", "bn_stats", "se_gate"
+RECOMPUTE = ("none", "elementwise")
+
+
+def _block_apply(remat: bool, recompute: str):
+    """How :meth:`EfficientNet.taps` applies a block: plainly, fully rematerialised
+    (``remat``) or keeping only what ``recompute="elementwise"`` keeps."""
+    if recompute not in RECOMPUTE:
+        raise ConfigError(f"model.recompute must be one of {RECOMPUTE}, got {recompute!r}")
+    if remat and recompute != "none":
+        raise ConfigError("model.remat recomputes the whole block; set model.recompute=none with it")
+    if remat:
+        return nnx.remat(_apply_block)
+    if recompute == "elementwise":
+        return nnx.remat(_apply_block, policy=jax.checkpoint_policies.save_only_these_names(
+            _KEPT_CONV, _KEPT_STATS, _KEPT_GATE))
+    return _apply_block
+
+
 class EfficientNet(nnx.Module):
     """EfficientNet-B0..B7 on NHWC input already scaled by `normalize_input`.
 
     `num_classes=None` drops the classifier: the call then returns the pooled features.
     `remat=True` rematerialises each MBConv block in the backward pass (less activation
-    memory at large inputs, about one extra forward of compute). `depthwise` picks the
+    memory at large inputs, about one extra forward of compute); `recompute="elementwise"`
+    keeps only each block's convolution outputs, BatchNorm statistics and squeeze-excitation
+    gate, and recomputes BatchNorm, swish and the gating from them in the backward pass
+    (the same function; about half the saved activations). `depthwise` picks the
     depthwise-convolution implementation (:class:`DepthwiseConv`), `padding` the strided
     convolutions' padding (:func:`conv_padding`; imported weights expect ``tf``).
     """
 
     def __init__(self, variant: str, *, in_channels: int = 3, num_classes: int | None = 1000,
-                 dtype: Any = jnp.float32, remat: bool = False, depthwise: str = "auto",
-                 padding: str = "tf", rngs: nnx.Rngs):
+                 dtype: Any = jnp.float32, remat: bool = False, recompute: str = "none",
+                 depthwise: str = "auto", padding: str = "tf", rngs: nnx.Rngs):
         v = _variant(variant)
+        _block_apply(remat, recompute)  # a bad combination fails here, not at the first call
         if in_channels < 1:
             raise ConfigError(f"in_channels must be >= 1, got {in_channels}")
         self.variant = variant
@@ -483,6 +526,7 @@ class EfficientNet(nnx.Module):
         self.num_classes = num_classes
         self.dtype = dtype
         self.remat = remat
+        self.recompute = recompute
         specs = block_specs(variant)
         stem = round_filters(_STEM_CHANNELS, v.width)
         self.num_features = round_filters(_HEAD_CHANNELS, v.width)
@@ -492,6 +536,11 @@ class EfficientNet(nnx.Module):
                                                  padding=padding, rngs=rngs)
                                           for spec in stage])
                                 for stage in specs])
+        if recompute == "elementwise":
+            for block in self.blocks():
+                for _, m in nnx.iter_modules(block):
+                    if isinstance(m, BatchNorm):
+                        m.in_recomputed_block = True
         self.head_conv = _conv(specs[-1][-1].out_channels, self.num_features, 1, dtype=dtype, rngs=rngs)
         self.head_bn = BatchNorm(self.num_features, act=True, dtype=dtype, rngs=rngs)
         if num_classes is None:
@@ -528,7 +577,7 @@ class EfficientNet(nnx.Module):
             return h
 
         x = self.stem_bn(self.stem_conv(x.astype(self.dtype)))
-        apply = nnx.remat(_apply_block) if self.remat else _apply_block
+        apply = _block_apply(self.remat, self.recompute)
         for i, stage in enumerate(self.stages):
             for block in stage:
                 x = apply(block, x)
