@@ -1,6 +1,7 @@
 """The GPU levers behind settings compute the same function as before (or, for symmetric
 padding, their own documented semantics), on CPU against independent references."""
 
+import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -160,6 +161,23 @@ def test_xla_presets_never_override_the_users_flags():
 
 def _record(images_per_s: float, spread: float) -> dict:
     return {"status": "ok", "record": {"images_per_s": images_per_s, "run_spread": spread}}
+
+
+def test_every_presets_flags_are_known_to_the_installed_xla():
+    """XLA aborts on a flag it does not know ("Unknown flag in XLA_FLAGS"), and XLA:CPU
+    parses the GPU flags too: a typo in a preset would cost a lent GPU's whole run."""
+    import subprocess
+    import sys
+
+    flags = sorted({flag for preset in PRESETS.values() for flag in preset})
+    proc = subprocess.run([sys.executable, "-c", "import jax; jax.numpy.ones(1).block_until_ready()"],
+                          env={**os.environ, "XLA_FLAGS": " ".join(flags), "JAX_PLATFORMS": "cpu"},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    bogus = subprocess.run([sys.executable, "-c", "import jax; jax.numpy.ones(1).block_until_ready()"],
+                           env={**os.environ, "XLA_FLAGS": "--xla_gpu_no_such_flag=1", "JAX_PLATFORMS": "cpu"},
+                           capture_output=True, text=True, timeout=120)
+    assert bogus.returncode != 0 and "Unknown flag" in bogus.stderr
 
 
 def test_the_combination_takes_the_levers_that_beat_the_baseline_by_more_than_the_spread():

@@ -25,6 +25,10 @@ PRESETS: dict[str, tuple[str, ...]] = {
     # buffer initialisation and the correctness check of each (levels 2-4); a cheaper cold
     # compile, the same choices unless a candidate is wrong (measured by gpu_check).
     "fast-compile-autotune1": ("--xla_gpu_enable_triton_gemm=false", "--xla_gpu_autotune_level=1"),
+    # fast-compile-autotune1, and LLVM's module split into parts compiled to PTX in parallel
+    # (the lent machine has 16 cores; XLA compiles one module on one thread by default).
+    "quick-compile": ("--xla_gpu_enable_triton_gemm=false", "--xla_gpu_autotune_level=1",
+                      "--xla_gpu_enable_llvm_module_compilation_parallelism=true"),
     # fast-compile without any autotuning: cuDNN's heuristics pick each convolution's
     # algorithm. The shortest cold compile, and a step some 25x slower: for measurements only.
     "no-autotune": ("--xla_gpu_enable_triton_gemm=false", "--xla_gpu_autotune_level=0"),

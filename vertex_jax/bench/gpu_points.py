@@ -78,6 +78,9 @@ def plan(dry: bool, xla: str = "fast-compile") -> list[Point]:
         Point(f"jax-eval-b{4 * b}", "jax", what="eval", batch=4 * b, cap_s=cap, estimate_s=10 if dry else 30),
         Point(f"loop-b{b}", "loop", batch=b, cap_s=cap + 50, estimate_s=10 if dry else 70),
         Point(f"{first}-recompute", "jax", overrides={"model.recompute": "elementwise"}, **lever),
+        # The first compile again: autotune level 1 and LLVM's module compiled in parallel.
+        Point(f"{first}-quick-compile-cold", "jax", batch=b, xla="quick-compile",
+              cache="quick-compile", isolate=True, cap_s=cap + 150, estimate_s=10 if dry else 90),
         # Levers not yet measured, then the combination of every lever that won.
         Point(f"{first}-symmetric", "jax", overrides={"model.padding": "symmetric"}, **lever),
         Point(f"{first}-shifts", "jax", overrides={"model.depthwise": "shifts"}, **lever),
