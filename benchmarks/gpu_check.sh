@@ -27,8 +27,12 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-# 65%: the PyTorch peer compiles (and allocates ~22-36 GiB) beside the JAX points
-export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.65}
+# The PyTorch peer compiles (and allocates ~22-36 GiB) beside the JAX points: JAX takes 65%
+# of an H200 (93 GiB), 55% of an 80 GB H100 (44 GiB: batch 32 peaked at 30 GiB on the H200;
+# batch 64 without model.recompute, ~57 GiB, then fails alone and says so in its point).
+MEM_MIB=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1)
+if [ -n "${MEM_MIB:-}" ] && [ "${MEM_MIB%%.*}" -lt 100000 ] 2>/dev/null; then FRACTION=0.55; else FRACTION=0.65; fi
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-$FRACTION}
 OUT_DIR=${OUT:-}
 LOG=${OUT_DIR:+$OUT_DIR/gpu_check.log}
 LOG=${LOG:-/tmp/gpu_check.log}

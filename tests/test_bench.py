@@ -195,7 +195,7 @@ def test_peer_trains_the_same_network_side_by_side(tmp_path):
 
 # The one-shot GPU check (vertex_jax.bench.gpu_check), run here in its dry mode.
 
-DRY_POINTS = ("jax-train-b2,peer-compile-cl-b2,jax-eval-b2,loop-b2,jax-train-b2-recompute,combo-b2,"
+DRY_POINTS = ("jax-train-b2,jax-eval-b2,peer-compile-cl-b2,loop-b2,jax-train-b2-recompute,combo-b2,"
               "profile-combo-b2")
 
 

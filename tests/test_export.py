@@ -32,7 +32,8 @@ from vertex_jax.synthetic.cohort import render_exam, simulate_patients
 from vertex_jax.cli import user_errors
 from vertex_jax.export.__main__ import main as export_main
 from vertex_jax.export.errors import ExportError
-from vertex_jax.export.graph import Signature, export_model, reference_model, signature_of
+from vertex_jax.export.graph import (Signature, closed_function, export_model, reference_model,
+                                     signature_of)
 from vertex_jax.export.metadata import read_thresholds
 from vertex_jax.export.run import export
 from vertex_jax.export.verify import jax_runner, max_differences
@@ -189,8 +190,11 @@ def test_parity_jax_onnxruntime_tensorflow(runtimes, batch, kind):
 
 
 def test_bfloat16_model_is_exported_and_checked_in_float32():
+    """Also: a training-only setting (model.recompute) is left out of the exported graph,
+    which closes over the weights (a rematerialised block could not be traced so)."""
     config = get_config("tiny")
     config.model.dtype = "bfloat16"
+    config.model.recompute = "elementwise"
     model = build_model(config, seed=2)
     randomise_batch_stats(model)
     model.eval()
@@ -204,6 +208,8 @@ def test_bfloat16_model_is_exported_and_checked_in_float32():
     np.testing.assert_allclose(jax_runner(reference, signature)(inputs)["logits"], as_f32["logits"],
                                atol=1e-5)
     assert np.abs(as_bf16["logits"] - as_f32["logits"]).max() > 1e-5  # bfloat16 really differs
+    assert exported.backbone.recompute == "none"
+    jax.make_jaxpr(closed_function(exported))(*(inputs[k] for k in ("image", "clinical", "clinical_mask")))
 
 
 def test_onnx_backend_scores_without_jax(runtimes, exported, tmp_path):

@@ -265,13 +265,15 @@ def _reductions(jaxpr) -> int:
 def test_elementwise_recompute_keeps_about_half_and_trains_the_same_network(impl):
     """``model.recompute=elementwise``: the same loss, gradients and running statistics as
     keeping everything (tiny EfficientNet, float32, training mode with drop-connect), with
-    about half the saved activations; with fused BatchNorm (the GPU form) the backward
-    pass recomputes no reduction (statistics and squeeze-excitation pools are kept).
+    about half the saved activations, and no reduction recomputed in the backward pass
+    (statistics and squeeze-excitation pools are kept).
 
-    Tolerance: the recomputed forward repeats the same float32 operations, but XLA may
-    fuse (and so round) the recomputing copy differently; the largest sums are the
-    BatchNorm statistics over n = 2 x 32 x 16 elements, whose reassociation changes a
-    result by at most n * 2^-24 of the summed magnitudes: |delta g| <= n * 2^-24 * max|g|."""
+    Tolerance: 1e-3 of the largest gradient. The recomputation repeats the same float32
+    operations, which XLA may fuse and so round differently; that rounding, compounded
+    through the network, stays orders of magnitude below it (5e-7 of the largest gradient
+    measured here, 5e-5 with a policy that changes the fusions). A wrong recomputation
+    (another drop-connect mask, other statistics, a lost gradient term) moves gradients
+    by their own size."""
     from flax.nnx import traversals
     from vertex_jax.errors import ConfigError
     from vertex_jax.models.efficientnet import EfficientNet
@@ -285,7 +287,7 @@ def test_elementwise_recompute_keeps_about_half_and_trains_the_same_network(impl
         net.train()
 
         def loss(m):
-            return jnp.sum(jnp.sin(m(x)))
+            return jnp.sum(jnp.square(m(x)))
         value, grads = nnx.jit(nnx.value_and_grad(loss))(net)
         graphdef, state = nnx.split(net)
         jaxpr = jax.make_jaxpr(jax.grad(lambda s: loss(nnx.merge(graphdef, s)), allow_int=True))(state)
@@ -295,11 +297,10 @@ def test_elementwise_recompute_keeps_about_half_and_trains_the_same_network(impl
                                saved=activation_bytes_per_image(net, 64, 32))
     kept, recomputed = runs["none"], runs["elementwise"]
     assert recomputed["saved"] < 0.6 * kept["saved"]  # 0.55 here; 0.44 for B4 at 1024x512
-    if impl == "fused":
-        assert recomputed["reductions"] == kept["reductions"]
+    assert recomputed["reductions"] == kept["reductions"]
     g_max = max(float(jnp.max(jnp.abs(g))) for g in kept["grads"].values())
-    tol = 2 * 32 * 16 * EPS32
-    assert abs(float(recomputed["value"] - kept["value"])) <= tol * abs(float(kept["value"]))
+    tol = 1e-3
+    assert abs(float(recomputed["value"] - kept["value"])) <= tol * float(kept["value"])
     for name, g in kept["grads"].items():
         np.testing.assert_allclose(recomputed["grads"][name], g, rtol=0, atol=tol * g_max, err_msg=str(name))
     for a, b in zip(recomputed["stats"], kept["stats"]):

@@ -7,8 +7,8 @@
 ``benchmarks/gpu_check.sh`` runs it on a lent GPU. It measures EfficientNet-B4 +
 clinical fusion at 1024×512 in bfloat16 (``configs/xray.py``): the training step's cold
 compile in a fresh compilation cache and its warm compile in a second process, the
-PyTorch peer (``torch.compile`` + channels-last, compiled in the background from the end
-of the first point on while JAX is measured, timed alone), evaluation, the training loop,
+PyTorch peer (``torch.compile`` + channels-last, compiled in the background once the
+isolated compile points are done, timed alone), evaluation, the training loop,
 each lever against the baseline (recomputed activations, symmetric padding, depthwise as
 shifts, BatchNorm backward, a packed state), the combination of the levers that won
 (decided during the run), larger batches, a profile of the combination, and XLA's default
@@ -113,9 +113,10 @@ def _run_jax_group(points: Sequence[Point], args: argparse.Namespace, timeout: f
 
 
 class PeerRun:
-    """The PyTorch peer, compiled in the background from its start (after the check's first
-    point: the cold compile is measured alone); it waits for its turn (:meth:`finish`)
-    before it times anything, so it never shares the GPU with a timed JAX point."""
+    """The PyTorch peer, compiled in the background from its start (after the check's
+    isolated points: cold compiles are measured alone). Its compile and its warm-up steps
+    run beside JAX points; it waits for its turn (:meth:`finish`) before it times anything,
+    so its timed steps never share the GPU."""
 
     def __init__(self, point: Point, args: argparse.Namespace, config: Any) -> None:
         from vertex_jax.bench.peer import PEER_SCRIPT, peer_command
@@ -180,7 +181,8 @@ def _config_flags(overrides: dict[str, Any]) -> list[str]:
 
 def _run_loop_point(point: Point, args: argparse.Namespace, timeout: float) -> dict[str, Any]:
     """``python -m vertex_jax.bench --what loop`` (random canvases, no cohort to generate)
-    at the combination's settings, sharing the check's compilation cache."""
+    with the levers that won before it in the plan (none: it runs before them, against the
+    baseline step), sharing the check's compilation cache."""
     if args.dry:
         return {"status": "unavailable", "reason": "the loop needs grain and ml_collections, "
                                                    "blocked in --dry"}
@@ -342,9 +344,9 @@ def run_check(args: argparse.Namespace) -> dict[str, Any]:
             if p.kind == "peer" and p.name not in peers and p.name not in results:
                 peers[p.name] = PeerRun(p, args, config)
     try:
-        for index, group in enumerate(_groups(points)):
-            if index == 1 or group[0].kind == "peer":  # after the first point (the cold compile)
-                start_peers()
+        for group in _groups(points):
+            if group[0].kind == "peer" or not all(p.isolate for p in group):
+                start_peers()  # after the isolated points (the cold and warm compiles)
             left = args.budget_s - (time.perf_counter() - start)
             need = sum(estimate.get(p.category, p.estimate_s) for p in group)
             names = ",".join(p.name for p in group)

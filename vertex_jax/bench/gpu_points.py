@@ -64,18 +64,20 @@ def plan(dry: bool, xla: str = "fast-compile") -> list[Point]:
     first = BASELINE.format(batch=b)
     lever = dict(lever=True, batch=b, cap_s=cap, estimate_s=10.0 if dry else 45.0)
     points = [
-        # Cold compile at the chosen flags (fresh cache; the peer starts compiling only after
-        # it, so the figure is JAX's alone), then the same in a second process.
+        # The isolated points come first and alone: the peer starts compiling only after them
+        # (gpu_check.run_check), so both cold compiles are JAX's alone. Cold compile at the
+        # chosen flags (fresh cache), then autotuning at level 1 from a cold cache, then the
+        # first in a second process (warm).
         Point(first, "jax", batch=b, isolate=True, cap_s=cap + 150, estimate_s=10 if dry else 120),
-        Point(f"{first}-warm", "jax", batch=b, isolate=True, cap_s=cap, estimate_s=10 if dry else 25),
-        # Autotuning at level 1 from a cold cache: its compile time and its step.
         Point(f"{first}-autotune1-cold", "jax", batch=b, xla="fast-compile-autotune1",
               cache="autotune1", isolate=True, cap_s=cap + 150, estimate_s=10 if dry else 100),
-        Point(f"peer-compile-cl-b{b}", "peer", batch=b, cap_s=cap + 60, estimate_s=10 if dry else 30,
-              peer_flags="" if dry else "--compile --channels-last"),
-        # Targets not yet measured on a GPU: evaluation at two batches, the loop, memory.
+        Point(f"{first}-warm", "jax", batch=b, isolate=True, cap_s=cap, estimate_s=10 if dry else 25),
+        # Targets not yet measured on a GPU: evaluation at two batches (while the peer
+        # compiles), the peer, the loop, memory.
         Point(f"jax-eval-b{b}", "jax", what="eval", batch=b, cap_s=cap, estimate_s=10 if dry else 30),
         Point(f"jax-eval-b{4 * b}", "jax", what="eval", batch=4 * b, cap_s=cap, estimate_s=10 if dry else 30),
+        Point(f"peer-compile-cl-b{b}", "peer", batch=b, cap_s=cap + 60, estimate_s=10 if dry else 50,
+              peer_flags="" if dry else "--compile --channels-last"),
         Point(f"loop-b{b}", "loop", batch=b, cap_s=cap + 50, estimate_s=10 if dry else 70),
         Point(f"{first}-recompute", "jax", overrides={"model.recompute": "elementwise"}, **lever),
         # The first compile again: autotune level 1 and LLVM's module compiled in parallel.

@@ -69,7 +69,7 @@ def _kind(source: str) -> str:
 
 def by_kind(config: Any, batch: int = 1) -> dict[str, float]:
     """Bytes per image of each kind (:data:`KINDS` and the rest), and ``"total"``."""
-    out: dict[str, float] = collections.Counter()
+    out: collections.Counter[str] = collections.Counter()
     for aval, source in saved_residuals_of(config, batch):
         out[_kind(source)] += aval.size * aval.dtype.itemsize / batch
     return {**{k: out.get(k, 0.0) for k, _ in KINDS}, _OTHER: out.get(_OTHER, 0.0),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -178,6 +178,14 @@ def normalize_input(image: jax.Array) -> jax.Array:
     return (x - mean) / std
 
 
+# What a block keeps for its backward pass under ``recompute="elementwise"``: convolution
+# outputs, BatchNorm statistics and the squeeze-excitation pool and gate (per-channel).
+# BatchNorm + swish outputs and the gated projection input (about half of the saved bytes,
+# docs/performance-notes.md §8) are recomputed from them, elementwise, in the backward pass.
+_KEPT_CONV, _KEPT_STATS, _KEPT_GATE = "conv", "bn_stats", "se_gate"
+RECOMPUTE = ("none", "elementwise")
+
+
 def _stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     xf = x.astype(jnp.float32)
     axes = tuple(range(x.ndim - 1))
@@ -197,7 +205,8 @@ def _batch_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 def _batch_stats_fwd(x):
     mean, var = _stats(x)
-    return (mean, var), (x, mean)
+    # named: a recomputing policy keeps the residual too, not only the returned mean
+    return (mean, var), (x, checkpoint_name(mean, _KEPT_STATS))
 
 
 def _batch_stats_bwd(residuals, cotangents):
@@ -291,7 +300,8 @@ class BatchNorm(nnx.BatchNorm):
     Training mode has two implementations of one function (``impl``, set for a whole
     network by :func:`set_bn_impl`): ``fused`` (:func:`fused_batch_norm`, a hand-written
     backward pass) and ``autodiff`` (batch statistics with a custom VJP, normalisation
-    rematerialised by ``jax.checkpoint``); ``auto`` is fused on accelerators (8% faster
+    rematerialised by ``jax.checkpoint``, or plain inside a block that
+    ``recompute="elementwise"`` recomputes); ``auto`` is fused on accelerators (8% faster
     training on an H200) and autodiff on CPUs (where fused is ~25% slower). Both keep only the compute-dtype input and
     per-channel statistics for the backward pass, not float32 copies of the activation.
     """
@@ -478,15 +488,7 @@ def _apply_block(block: MBConv, x: jax.Array) -> jax.Array:
     return block(x)
 
 
-# What a block keeps for its backward pass under ``recompute="elementwise"``: convolution
-# outputs, BatchNorm statistics and the squeeze-excitation pool and gate (per-channel).
-# BatchNorm + swish outputs and the gated projection input (about half of the saved bytes,
-# docs/performance-notes.md §8) are recomputed from them, elementwise, in the backward pass.
-_KEPT_CONV, _KEPT_STATS, _KEPT_GATE = "conv", "bn_stats", "se_gate"
-RECOMPUTE = ("none", "elementwise")
-
-
-def _block_apply(remat: bool, recompute: str):
+def _block_apply(remat: bool, recompute: str) -> Callable[[MBConv, jax.Array], jax.Array]:
     """How :meth:`EfficientNet.taps` applies a block: plainly, fully rematerialised
     (``remat``) or keeping only what ``recompute="elementwise"`` keeps."""
     if recompute not in RECOMPUTE:

@@ -139,7 +139,8 @@ def format_summary(model: EfficientNet, height: int, width: int, *, xla: bool = 
         lines.append(f"GMACs (XLA cost analysis, flops/2):     {xla_macs(model, height, width) / 1e9:.2f}")
     if memory:
         act = activation_bytes_per_image(model, height, width)
-        note = "; plus one block's working set while it is recomputed" if model.remat else ""
+        note = "; plus one block's working set while it is recomputed" \
+            if model.remat or model.recompute != "none" else ""
         lines.append(f"activation memory per training image:   {act / 2**30:.3f} GiB ({dtype} compute, "
                      f"autodiff residuals before XLA fusion{note})")
     return "\n".join(lines)
