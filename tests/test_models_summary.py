@@ -40,12 +40,16 @@ def test_xla_cost_analysis_agrees_with_the_count():
     assert 0.9 < ratio < 1.2  # XLA skips padded taps but adds elementwise work
 
 
-def test_activation_memory_scales_with_dtype_and_remat():
+def test_activation_memory_scales_with_dtype_remat_and_recompute():
     f32 = activation_bytes_per_image(_abstract("b0", dtype=jnp.float32), 64, 64)
     bf16 = activation_bytes_per_image(_abstract("b0", dtype=jnp.bfloat16), 64, 64)
     remat = activation_bytes_per_image(_abstract("b0", dtype=jnp.bfloat16, remat=True), 64, 64)
+    recompute = activation_bytes_per_image(_abstract("b0", dtype=jnp.bfloat16, depthwise="conv",
+                                                     recompute="elementwise"), 64, 64)
+    kept = activation_bytes_per_image(_abstract("b0", dtype=jnp.bfloat16, depthwise="conv"), 64, 64)
     assert 0.45 < bf16 / f32 < 0.55
     assert remat < 0.2 * bf16
+    assert remat < recompute < 0.6 * kept
 
 
 def test_cli_prints_the_summary(capsys):
@@ -54,5 +58,7 @@ def test_cli_prints_the_summary(capsys):
     assert "EfficientNet-b0: input 96x64x3" in out
     assert "5,288,548" in out and "stage7" in out
     assert "GMACs (XLA cost analysis" in out and "activation memory per training image" in out
+    main(["--variant", "b0", "--height", "96", "--width", "64", "--no-xla", "--recompute", "elementwise"])
+    assert "remat False, recompute elementwise" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["--variant", "b4", "--height", "16"])

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vertex_jax.cli import add_verbosity, user_errors
-from vertex_jax.models.efficientnet import RECOMPUTE, VARIANTS, EfficientNet
+from vertex_jax.models.efficientnet import DEPTHWISE_IMPLS, RECOMPUTE, VARIANTS, EfficientNet
 from vertex_jax.models.summary import format_summary
 
 
@@ -32,6 +32,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--remat", action="store_true", help="rematerialise each block")
     parser.add_argument("--recompute", default="none", choices=RECOMPUTE,
                         help="what each block keeps for the backward pass (model.recompute)")
+    parser.add_argument("--depthwise", default="conv", choices=DEPTHWISE_IMPLS,
+                        help="depthwise layers as grouped convolutions (conv, as on GPUs: the "
+                             "default), shifted multiply-adds (shifts) or auto (shifts on CPUs); "
+                             "sets the XLA and activation-memory figures")
     parser.add_argument("--no-xla", action="store_true", help="skip XLA cost analysis and memory count")
     add_verbosity(parser)
     args = parser.parse_args(argv)
@@ -39,7 +43,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("height and width must be at least 32")
     model = nnx.eval_shape(lambda: EfficientNet(
         args.variant, in_channels=args.in_channels, num_classes=args.num_classes or None,
-        dtype=jnp.dtype(args.dtype), remat=args.remat, recompute=args.recompute, rngs=nnx.Rngs(0)))
+        dtype=jnp.dtype(args.dtype), remat=args.remat, recompute=args.recompute,
+        depthwise=args.depthwise, rngs=nnx.Rngs(0)))
     print(format_summary(model, args.height, args.width, xla=not args.no_xla, memory=not args.no_xla))
 
 
