@@ -90,6 +90,7 @@ def plan(dry: bool, xla: str = "fast-compile") -> list[Point]:
         Point(f"jax-train-b{2 * b}", "jax", batch=2 * b, cap_s=cap, estimate_s=10 if dry else 60),
         Point(f"jax-train-b{2 * b}-recompute", "jax", batch=2 * b,
               overrides={"model.recompute": "elementwise"}, cap_s=cap, estimate_s=10 if dry else 60),
+        Point(f"jax-train-b{3 * b // 2}", "jax", batch=3 * b // 2, cap_s=cap, estimate_s=10 if dry else 60),
         Point(f"profile-combo-b{b}", "profile", batch=b, cap_s=cap, estimate_s=10 if dry else 40),
         # Levers measured on the H200 before (2026-12-04), measured again when time is left:
         # bn-autodiff and unpacked are the previous defaults.
