@@ -238,6 +238,7 @@ def test_gpu_check_dry_mode_writes_one_complete_json(tmp_path):
             assert np.isfinite(r[key]) and r[key] > 0, key
     for r in jax_records:  # the PyTorch eager peer compiles nothing: its compile_s may be 0
         assert r["compile_s"] > 0 and r["xla_memory_bytes_per_device"] > 0 and r["dtype"] == "bfloat16"
+        assert 0 < r["lower_s"] < r["compile_s"]  # tracing + lowering, then XLA's share
         assert len(r["step_s_each"]) == 1 and r["dispatch_s"] > 0 and r["run_spread"] == 0
     profile = doc["profile"]
     assert profile["status"] == "ok", profile["errors"]

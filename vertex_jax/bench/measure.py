@@ -206,7 +206,9 @@ def measure(config: Any, what: str, *, steps: int, repeats: int,
     step = make_step(config, what, graphdef, mesh, packing)
     model_flops = _model_flops(config, what, batch, mesh)
     t0 = time.perf_counter()
-    compiled = step.lower(state, batch).compile()
+    lowered = step.lower(state, batch)
+    lower_s = time.perf_counter() - t0
+    compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
     if on_compiled is not None:
         on_compiled(compile_s)
@@ -221,8 +223,8 @@ def measure(config: Any, what: str, *, steps: int, repeats: int,
         framework="jax", what=what, variant=config.model.variant, height=config.data.canvas[0],
         width=config.data.canvas[1], batch=batch_size, dtype=config.model.dtype,
         remat=bool(config.model.remat), options=dict(options or {}), devices=devices,
-        params=params, compile_s=compile_s, step_s_runs=timing.runs, model_flops=model_flops,
-        xla_flops=whole_step("flops"), xla_bytes=whole_step("bytes accessed"),
+        params=params, compile_s=compile_s, lower_s=lower_s, step_s_runs=timing.runs,
+        model_flops=model_flops, xla_flops=whole_step("flops"), xla_bytes=whole_step("bytes accessed"),
         peak_bytes=_peak_bytes(), xla_memory_bytes=_xla_memory_bytes(compiled), cpu_s_runs=timing.cpu,
         step_s_each=timing.steps, dispatch_s_each=timing.dispatch)
     return environment(), record

@@ -21,7 +21,7 @@ __all__ = ["FIELDS", "CpuClock", "make_record", "versions", "host", "document", 
 
 FIELDS = (
     "framework", "what", "variant", "height", "width", "batch", "dtype", "remat", "options",
-    "devices", "params", "compile_s", "step_s", "step_s_runs", "run_spread", "step_s_each",
+    "devices", "params", "compile_s", "lower_s", "step_s", "step_s_runs", "run_spread", "step_s_each",
     "dispatch_s", "images_per_s",
     "model_flops_per_step", "model_tflops_per_s_per_device",
     "xla_flops_per_step", "xla_tflops_per_s_per_device",
@@ -38,6 +38,7 @@ def _rate(amount: float | None, seconds: float, devices: int, unit: float) -> fl
 def make_record(*, framework: str, what: str, variant: str, height: int, width: int, batch: int,
                 dtype: str, remat: bool, options: dict[str, Any], devices: int, params: int | None,
                 compile_s: float | None, step_s_runs: Sequence[float], model_flops: float | None,
+                lower_s: float | None = None,
                 xla_flops: float | None = None, xla_bytes: float | None = None,
                 peak_bytes: int | None = None, xla_memory_bytes: int | None = None,
                 cpu_s_runs: Sequence[tuple[float, float]] = (), step_s_each: Sequence[float] = (),
@@ -46,12 +47,14 @@ def make_record(*, framework: str, what: str, variant: str, height: int, width: 
     step are for the whole (global) step; ``cpu_s_runs``: (user, system) CPU seconds per
     step of each run, reported as medians. ``run_spread`` is (slowest - fastest run) /
     median; ``step_s_each`` every timed step's wall time (when measured), ``dispatch_s``
-    the median host time of one step's dispatch (the call returning, not the step)."""
+    the median host time of one step's dispatch (the call returning, not the step);
+    ``lower_s`` the share of ``compile_s`` spent tracing and lowering to StableHLO in
+    Python (the rest is XLA's compile, its autotuning included, or a cache load)."""
     step_s = statistics.median(step_s_runs)
     record = {
         "framework": framework, "what": what, "variant": variant, "height": height, "width": width,
         "batch": batch, "dtype": dtype, "remat": remat, "options": options, "devices": devices,
-        "params": params, "compile_s": compile_s, "step_s": step_s, "step_s_runs": list(step_s_runs),
+        "params": params, "compile_s": compile_s, "lower_s": lower_s, "step_s": step_s, "step_s_runs": list(step_s_runs),
         "run_spread": (max(step_s_runs) - min(step_s_runs)) / step_s,
         "step_s_each": list(step_s_each) or None,
         "dispatch_s": statistics.median(dispatch_s_each) if dispatch_s_each else None,
