@@ -61,6 +61,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                    # and gating recomputed: about half the activation memory, the same
                    # function; docs/performance-notes.md §8). remat=True keeps nothing.
                    recompute="none",
+                   # Each stage's repeated blocks as one scanned loop: the same function and
+                   # parameters, half the program for XLA (B4: 14 block bodies, not 32), a
+                   # faster first compile (docs/performance-notes.md §9).
+                   scan_blocks=False,
                    init_weights="",  # Keras .h5 / timm .safetensors ImageNet weights
                    # "gap": global average pool + fusion MLP (the paper's); "evidence": a map of
                    # per-position logits pooled into the score (README, "Localisation").

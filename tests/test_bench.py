@@ -23,12 +23,13 @@ from vertex_jax.train import metrics
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_bench(tmp_path: Path, *flags: str, devices: int) -> tuple[dict, str]:
+def run_bench(tmp_path: Path, *flags: str, devices: int, env: dict | None = None) -> tuple[dict, str]:
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "-m", "vertex_jax.bench", "--config=configs/xray.py:tiny",
                            "--steps=1", "--repeats=1", f"--json={out}", *flags],
                           cwd=ROOT, capture_output=True, text=True, timeout=900,
-                          env=os.environ | {"JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(devices)})
+                          env=os.environ | {"JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(devices)}
+                          | (env or {}))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return json.loads(out.read_text()), proc.stdout
 
@@ -289,3 +290,35 @@ def test_residuals_command_splits_the_saved_activations_by_kind(tmp_path, capsys
     assert recomputed[bn_out] < 0.1 * kept[bn_out]  # the stem's and head's stay (outside blocks)
     assert recomputed["total"] < 0.6 * kept["total"]
     assert "elementwise" in capsys.readouterr().out
+
+
+def test_program_sizes_count_the_entry_computations_kernels():
+    """One elementwise fusion is one kernel; a second, independent result (a matrix product)
+    adds one; parameters, tuples and constants launch nothing."""
+    from vertex_jax.bench.compile_time import program_sizes
+
+    x = jnp.ones((64, 64), jnp.float32)
+
+    def sizes(fn):
+        lowered = jax.jit(fn).lower(x)
+        return program_sizes(lowered.as_text(), lowered.compile().as_text())
+    one = sizes(lambda a: jnp.sin(a) * 2.0 + 1.0)
+    two = sizes(lambda a: (jnp.sin(a) * 2.0 + 1.0, a @ a.T))
+    assert one["kernels"] == 1 and two["kernels"] == 2
+    assert two["stablehlo_ops"] > one["stablehlo_ops"] >= 3  # sine, multiply, add
+
+
+def test_cli_compile_point_is_cold_and_split_into_python_and_xla(tmp_path):
+    """``--what=compile``: a record per point from a cold compile (the persistent cache is
+    switched off for it, so nothing is written to it), lowering and XLA adding up to the
+    whole, and the program's sizes."""
+    cache = tmp_path / "cache"
+    result, stdout = run_bench(tmp_path, "--what=compile", "--sweep=augment.enabled=false",
+                               devices=1, env={"VERTEX_COMPILE_CACHE": str(cache)})
+    (r,) = result["records"]
+    assert r["options"] == {"augment.enabled": "false"}
+    assert r["what"] == "compile" and r["variant"] == "tiny" and r["batch"] == 8
+    assert r["compile_s"] == pytest.approx(r["lower_s"] + r["xla_s"]) and r["xla_s"] > 0
+    assert r["stablehlo_ops"] > r["kernels"] > 100  # tiny B0-like: ~5,000 and ~1,500
+    assert not any(p.is_file() for p in cache.rglob("*"))
+    assert "StableHLO ops" in stdout and "allocator" not in stdout

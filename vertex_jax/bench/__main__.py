@@ -7,6 +7,7 @@ if __name__ == "__main__":  # first, before the heavy imports: see vertex_jax.hu
 
     restart_with_hugepages()
 
+import functools
 import itertools
 import json
 import shlex
@@ -21,7 +22,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from vertex_jax.bench.loop import format_input_rates, measure_loop
-from vertex_jax.bench.measure import measure, measure_isolated
+from vertex_jax.bench.compile_time import format_compile_table, measure_compile
+from vertex_jax.bench.measure import measure, measure_isolated, run_isolated
 from vertex_jax.bench.peer import format_comparison, run_peer
 from vertex_jax.bench.record import document, format_table, host
 from vertex_jax.cli import absl_flags_parser, user_errors
@@ -32,8 +34,10 @@ from vertex_jax.models.build import tasks_of
 
 _CONFIG = config_flags.DEFINE_config_file("config", str(config_path("xray")),
                                           "Run configuration: a shipped name (xray, vfa) or a file, [:variant].")
-_WHAT = flags.DEFINE_enum("what", "train", ["train", "eval", "loop", "input", "export", "all"],
-                          "Which step to time; loop: the training loop itself (train_and_evaluate "
+_WHAT = flags.DEFINE_enum("what", "train", ["train", "eval", "loop", "compile", "input", "export", "all"],
+                          "Which step to time; compile: a cold compile of the training step, "
+                          "nothing run (vertex_jax.bench.compile_time); "
+                          "loop: the training loop itself (train_and_evaluate "
                           "capped at --steps steps, vertex_jax.bench.loop) beside the isolated "
                           "training step; input: the input pipeline (vertex_jax.bench.input); "
                           "export: the exported ONNX model on onnxruntime against JAX on the CPU "
@@ -174,11 +178,14 @@ def main(argv: list[str]) -> None:
     jobs = [(what, point, point_config(config, what, point))  # every point checked up front
             for what in whats for point in points]
     measure_fn = measure_isolated if _ISOLATE.value else measure
+    compile_fn = functools.partial(run_isolated, measure_compile) if _ISOLATE.value else measure_compile
     environment, records, extra = host(), [], {}  # replaced by the measured process's
     for what, point, point_cfg in jobs:
         options = {k: v for k, v in point.items() if k not in ("batch", "model.dtype", "model.remat")}
         print(f"measuring {what} {point or '(config as given)'}", flush=True)
-        if what == "loop":
+        if what == "compile":
+            environment, record = compile_fn(point_cfg, options=options)
+        elif what == "loop":
             environment, record, detail = measure_loop(point_cfg, steps=_STEPS.value,
                                                        repeats=_REPEATS.value, options=options,
                                                        isolate=_ISOLATE.value)
@@ -190,8 +197,11 @@ def main(argv: list[str]) -> None:
     if records:
         print(f"\n{environment['devices']}x {environment['device']} ({environment['platform']}), "
               f"{config.model.variant} at {config.data.canvas[0]}x{config.data.canvas[1]}")
-        print(format_table(records, extra=sorted({k for r in records for k in r["options"]})))
-        if environment["platform"] == "cpu":
+        if _WHAT.value == "compile":
+            print(format_compile_table(records))
+        else:
+            print(format_table(records, extra=sorted({k for r in records for k in r["options"]})))
+        if environment["platform"] == "cpu" and _WHAT.value != "compile":
             print("peak MiB: no allocator statistics on CPU (null); XLA MiB is XLA's memory plan.")
         if _WHAT.value == "loop":
             print("\n" + format_loop_ratio(records) + "\n" + format_input_rates(extra["loop_runs"]))

@@ -116,13 +116,15 @@ _COLUMNS = (
 )
 
 
-def format_table(records: Sequence[dict[str, Any]], extra: Sequence[str] = ()) -> str:
-    """A fixed-width table of ``records``; ``extra`` names ``options`` keys to show too."""
-    headers = [h for h, *_ in _COLUMNS] + list(extra)
+def format_table(records: Sequence[dict[str, Any]], extra: Sequence[str] = (),
+                 columns: Sequence[tuple[str, str, str, float]] = _COLUMNS) -> str:
+    """A fixed-width table of ``records``; ``extra`` names ``options`` keys to show too;
+    ``columns``: (header, record field, format, scale) each."""
+    headers = [h for h, *_ in columns] + list(extra)
     rows = []
     for r in records:
         row = [_cell(None if r[key] is None else (r[key] / scale if scale != 1 else r[key]), fmt)
-               for _, key, fmt, scale in _COLUMNS]
+               for _, key, fmt, scale in columns]
         rows.append(row + [str(r["options"].get(k, "-")) for k in extra])
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
     lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths))]

@@ -1,0 +1,85 @@
+"""A cold compile of the training step, nothing run: ``python -m vertex_jax.bench --what=compile``.
+
+The first compile is paid by every fresh machine, so its levers are measured apart from
+the step's speed: the persistent compilation cache is off for the point (each point runs
+in a fresh process), and the record splits the time into tracing + lowering in Python
+(``lower_s``) and XLA (``xla_s``: HLO passes, code generation and, on GPUs, autotuning),
+beside the program's size (StableHLO operations in, kernels of the compiled entry
+computation out). Sizes are counted from the program text, so they compare settings on
+one backend; XLA:CPU and XLA:GPU fuse differently.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+
+from vertex_jax import mesh as meshlib
+from vertex_jax.bench.measure import abstract_state, environment, make_step, random_batch, stepped_state
+from vertex_jax.bench.record import format_table
+
+__all__ = ["measure_compile", "program_sizes", "format_compile_table"]
+
+# Entry-computation instructions that launch no work of their own.
+_NOT_KERNELS = ("parameter", "constant", "tuple", "get-tuple-element", "bitcast", "after-all",
+                "partition-id", "replica-id", "opt-barrier")
+_OPCODE = re.compile(r"(?:^|[\s)}\]])([a-z][a-z0-9-]*)\(")
+
+
+def program_sizes(stablehlo: str, compiled_hlo: str) -> dict[str, int]:
+    """``stablehlo_ops``: operations of the lowered module (every function);
+    ``kernels``: instructions of the compiled entry computation that run something
+    (fusions, library calls such as convolutions, copies, loops)."""
+    ops = sum(1 for line in stablehlo.splitlines() if " = " in line and not line.lstrip().startswith("//"))
+    entry = compiled_hlo.split("\nENTRY ", 1)[-1].split("\n}", 1)[0]
+    kernels = 0
+    for line in entry.splitlines()[1:]:
+        if " = " not in line:
+            continue
+        opcode = _OPCODE.search(line.split(" = ", 1)[1])  # after the (maybe tuple) shape
+        kernels += bool(opcode) and opcode.group(1) not in _NOT_KERNELS
+    return {"stablehlo_ops": ops, "kernels": kernels}
+
+
+def measure_compile(config: Any, *, options: dict[str, Any] | None = None
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(environment, record) of one cold compile of ``config``'s training step at its
+    ``batch_size``, on every device of the mesh; the persistent cache is switched off
+    for this process, so run it in a fresh one (``run_isolated``) for a cold figure."""
+    jax.config.update("jax_enable_compilation_cache", False)
+    config = config.copy_and_resolve_references()
+    mesh = meshlib.make_mesh()
+    meshlib.check_batch(config.batch_size, mesh)
+    graphdef, _, params = abstract_state(config)
+    state, packing = stepped_state(config, "train", mesh)
+    batch = meshlib.to_global(random_batch(config, config.batch_size), mesh)
+    step = make_step(config, "train", graphdef, mesh, packing)
+    t0 = time.perf_counter()
+    lowered = step.lower(state, batch)
+    lower_s = time.perf_counter() - t0
+    compiled = lowered.compile()
+    xla_s = time.perf_counter() - t0 - lower_s
+    record = {
+        "framework": "jax", "what": "compile", "variant": config.model.variant,
+        "height": config.data.canvas[0], "width": config.data.canvas[1], "batch": config.batch_size,
+        "dtype": config.model.dtype, "options": dict(options or {}), "devices": mesh.devices.size,
+        "params": params, "compile_s": lower_s + xla_s, "lower_s": lower_s, "xla_s": xla_s,
+        **program_sizes(lowered.as_text(), compiled.as_text()),
+    }
+    return environment(), record
+
+
+_COLUMNS = (
+    ("what", "what", "", 1), ("batch", "batch", "d", 1), ("dtype", "dtype", "", 1),
+    ("compile s", "compile_s", ".1f", 1), ("lower s", "lower_s", ".1f", 1), ("XLA s", "xla_s", ".1f", 1),
+    ("StableHLO ops", "stablehlo_ops", "d", 1), ("kernels", "kernels", "d", 1),
+)
+
+
+def format_compile_table(records: Sequence[dict[str, Any]]) -> str:
+    """One line per compile record: seconds in Python and in XLA, program sizes, options."""
+    return format_table(records, extra=sorted({k for r in records for k in r["options"]}), columns=_COLUMNS)
