@@ -254,12 +254,11 @@ def test_auto_settings_pick_the_faster_form_per_platform(monkeypatch):
     assert calls == [1]
 
 
-def _equations(jaxpr, primitive: str) -> int:
-    """``primitive``'s equations in a jaxpr, its sub-jaxprs (remat, custom derivatives, a
-    scan's body: once) included."""
+def _reductions(jaxpr) -> int:
+    """reduce_sum equations of a jaxpr, its sub-jaxprs (remat, custom derivatives) included."""
     from jax._src import core
-    return sum(1 if e.primitive.name == primitive else 0 for e in jaxpr.eqns) + sum(
-        _equations(sub, primitive) for e in jaxpr.eqns for sub in core.jaxprs_in_params(e.params))
+    return sum(1 if e.primitive.name == "reduce_sum" else 0 for e in jaxpr.eqns) + sum(
+        _reductions(sub) for e in jaxpr.eqns for sub in core.jaxprs_in_params(e.params))
 
 
 @pytest.mark.parametrize("impl", ["fused", "autodiff"])
@@ -294,7 +293,7 @@ def test_elementwise_recompute_keeps_about_half_and_trains_the_same_network(impl
         jaxpr = jax.make_jaxpr(jax.grad(lambda s: loss(nnx.merge(graphdef, s)), allow_int=True))(state)
         runs[recompute] = dict(value=value, grads=traversals.flatten_mapping(nnx.to_pure_dict(grads)),
                                stats=jax.tree.leaves(nnx.state(net, nnx.BatchStat)),
-                               reductions=_equations(jaxpr.jaxpr, "reduce_sum"),
+                               reductions=_reductions(jaxpr.jaxpr),
                                saved=activation_bytes_per_image(net, 64, 32))
     kept, recomputed = runs["none"], runs["elementwise"]
     assert recomputed["saved"] < 0.6 * kept["saved"]  # 0.55 here; 0.44 for B4 at 1024x512
@@ -312,46 +311,68 @@ def test_elementwise_recompute_keeps_about_half_and_trains_the_same_network(impl
         EfficientNet("tiny", remat=True, recompute="elementwise", rngs=nnx.Rngs(0))
 
 
-def test_scanned_blocks_train_the_same_network(monkeypatch):
-    """``model.scan_blocks``: the same loss, gradients, running statistics and drop-connect
-    key counters as applying the blocks one by one (EfficientNet at width 0.25, depth 0.7:
-    three stages of three blocks, whose last two become one scanned body), training mode
-    with drop-connect on; and the traced program holds fewer convolutions.
+def _with_optimizer(model, tx):
+    return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
 
-    Tolerance: 1e-3 of the largest gradient, as for ``recompute`` above: the scan computes
-    the same float32 operations, fused differently (measured here: 4e-6 of the largest
-    gradient, the same order as recompiling the unscanned step at -O0); a block applied
-    with another's parameters, statistics, rate or mask moves gradients by their own size."""
-    from flax.nnx import traversals
-    from vertex_jax.models import efficientnet
 
-    monkeypatch.setitem(efficientnet.VARIANTS, "scan-test", efficientnet.Variant(0.25, 0.7, 64, 0.1))
-    x = jnp.asarray(np.random.default_rng(6).normal(size=(4, 96, 48, 3)), jnp.float32)
-    runs = {}
-    for scan in (False, True):
-        net = efficientnet.EfficientNet("scan-test", num_classes=4, depthwise="conv", scan_blocks=scan,
-                                        rngs=nnx.Rngs(0))
-        net.train()
+def _filled(leaf, rng):
+    """An array for the abstract ``leaf``: random normal (``rng``) or zero, a fixed key."""
+    if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        return jax.random.key(0)
+    if rng is None:
+        return jnp.zeros(leaf.shape, leaf.dtype)
+    return jnp.asarray(rng.normal(size=leaf.shape), leaf.dtype)
 
-        def loss(m):
-            return jnp.sum(jnp.square(m(x)))
-        value, grads = nnx.jit(nnx.value_and_grad(loss))(net)
-        graphdef, state = nnx.split(net)
-        jaxpr = jax.make_jaxpr(lambda s: loss(nnx.merge(graphdef, s)))(state)
-        runs[scan] = dict(value=value, grads=traversals.flatten_mapping(nnx.to_pure_dict(grads)),
-                          stats=jax.tree.leaves(nnx.state(net, nnx.BatchStat)),
-                          counts=[int(c) for c in jax.tree.leaves(nnx.state(net, nnx.RngCount))],
-                          convs=_equations(jaxpr.jaxpr, "conv_general_dilated"),
-                          scans=_equations(jaxpr.jaxpr, "scan"))
-    plain, scanned = runs[False], runs[True]
-    assert [len(stage) for stage in efficientnet.block_specs("scan-test")] == [1, 2, 2, 3, 3, 3, 1]
-    assert (plain["scans"], scanned["scans"]) == (0, 3)
-    assert scanned["convs"] == plain["convs"] - 3 * 3  # one body of three convolutions per scan
-    assert scanned["counts"] == plain["counts"] and max(plain["counts"]) == 1  # one mask each
-    g_max = max(float(jnp.max(jnp.abs(g))) for g in plain["grads"].values())
-    tol = 1e-3
-    assert abs(float(scanned["value"] - plain["value"])) <= tol * float(plain["value"])
-    for name, g in plain["grads"].items():
-        np.testing.assert_allclose(scanned["grads"][name], g, rtol=0, atol=tol * g_max, err_msg=str(name))
-    for a, b in zip(scanned["stats"], plain["stats"]):
-        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+def test_flat_moments_are_the_per_parameter_moments_concatenated():
+    """``optim.flatten``: after the same updates (the optimizer training builds, random
+    gradients), the flat state converted to the layout checkpoints keep
+    (``MomentLayout.to_saved``) equals the state updated per parameter (float32 rounding:
+    the same elementwise Adam), and ``from_saved`` gives the flat state back exactly; the
+    flat moment is ``ravel_pytree`` of the per-parameter one (an independent ordering).
+    With frozen stages and accumulated gradients, whose optimizer states nest the flat one
+    (the plain case: tests/test_train.py, a resumed run)."""
+    from jax.flatten_util import ravel_pytree
+    from vertex_jax.bench.measure import STEPS_PER_EPOCH
+    from vertex_jax.models.build import build_model
+    from vertex_jax.train.moments import MomentLayout
+    from vertex_jax.train.state import build_optimizer
+
+    states = {}
+    for flat in (True, False):
+        config = load_config("configs/xray.py:tiny")
+        config.optim.flatten = str(flat).lower()
+        config.optim.update(freeze_stages=1, grad_accum=2)  # two updates: one of Adam
+        tx = build_optimizer(config, STEPS_PER_EPOCH)
+        graphdef, params, rest = nnx.split(
+            nnx.eval_shape(lambda: _with_optimizer(build_model(config, seed=0), tx)), nnx.Param, ...)
+        rng = np.random.default_rng(7)  # the same random parameters for both, the rest zero
+        model, optimizer = nnx.merge(graphdef, jax.tree.map(lambda a: _filled(a, rng), params),
+                                     jax.tree.map(lambda a: _filled(a, None), rest))
+        grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype),
+                             nnx.state(model, nnx.Param))
+        update = nnx.jit(lambda o, m, g: o.update(m, g))
+        for _ in range(2):
+            update(optimizer, model, grads)
+        states[flat] = nnx.split((model, optimizer))[1]
+    layout = MomentLayout.of(config, STEPS_PER_EPOCH)
+    saved = layout.to_saved(states[True])
+    assert jax.tree.structure(saved) == jax.tree.structure(states[False])
+    for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(states[False])):
+        if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=1e-5, atol=1e-6)
+    back = layout.from_saved(saved)
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(states[True])):
+        if not jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+            np.testing.assert_array_equal(a, b)
+    flat_leaves = {jax.tree_util.keystr(p): v for p, v in
+                   jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(states[True]))[0]}
+    mus = [k for k in flat_leaves if k.endswith("['mu']")]
+    assert mus and all(flat_leaves[k].ndim == 1 and float(jnp.max(jnp.abs(flat_leaves[k]))) > 0 for k in mus)
+    saved_pure = nnx.to_pure_dict(saved)
+    for key in mus:
+        node = saved_pure
+        for part in key.strip("[]").split("]["):
+            node = node[part.strip("'")] if part.startswith("'") else node[int(part)]
+        np.testing.assert_array_equal(ravel_pytree(node)[0], flat_leaves[key])

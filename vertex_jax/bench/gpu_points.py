@@ -93,8 +93,8 @@ def plan(dry: bool, xla: str = "fast-compile") -> list[Point]:
         Point(f"jax-train-b{3 * b // 2}", "jax", batch=3 * b // 2, cap_s=cap, estimate_s=10 if dry else 60),
         Point(f"profile-combo-b{b}", "profile", batch=b, cap_s=cap, estimate_s=10 if dry else 40),
         # Levers measured on the H200 before (2026-12-04), measured again when time is left:
-        # bn-autodiff and unpacked are the previous defaults.
-        Point(f"{first}-flatten", "jax", overrides={"optim.flatten": True}, **lever),
+        # bn-autodiff, unpacked and per-parameter moments are the previous defaults.
+        Point(f"{first}-unflattened", "jax", overrides={"optim.flatten": False}, **lever),
         Point(f"{first}-bn-autodiff", "jax", overrides={"model.batchnorm": "autodiff"}, **lever),
         Point(f"{first}-unpacked", "jax", overrides={"pack_state": False}, **lever),
         Point(f"jax-train-b{2 * b}-remat", "jax", batch=2 * b, remat=True, cap_s=cap,

@@ -114,8 +114,7 @@ def rebuild(config: Any, model: VertexNet, **model_overrides: Any) -> VertexNet:
 def export_model(config: Any, model: VertexNet) -> VertexNet:
     """The model that is exported: float32 compute, grouped-convolution depthwise layers,
     no rematerialisation (a training-only setting; the export traces closed over weights)."""
-    return rebuild(config, model, dtype=EXPORT_DTYPE, depthwise="conv", remat=False, recompute="none",
-                   scan_blocks=False)
+    return rebuild(config, model, dtype=EXPORT_DTYPE, depthwise="conv", remat=False, recompute="none")
 
 
 def reference_model(config: Any, model: VertexNet) -> VertexNet:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -30,7 +30,7 @@ __all__ = [
     "VARIANTS", "Variant", "BlockSpec", "block_specs", "round_filters", "round_repeats",
     "BatchNorm", "MBConv", "EfficientNet", "to_unit_float", "normalize_input", "IMAGENET_MEAN",
     "IMAGENET_STD", "HEAD", "BATCHNORM_IMPLS", "PADDINGS", "conv_padding", "fused_batch_norm",
-    "set_bn_impl", "RECOMPUTE", "apply_scanned",
+    "set_bn_impl", "RECOMPUTE",
 ]
 
 
@@ -467,9 +467,7 @@ class MBConv(nnx.Module):
         else:
             self.drop_path = None
 
-    def __call__(self, x: jax.Array, drop_rate: jax.Array | None = None) -> jax.Array:
-        """The block on ``x``; ``drop_rate`` (traced) replaces the spec's drop-connect rate,
-        so that blocks differing only in it can share one scanned body."""
+    def __call__(self, x: jax.Array) -> jax.Array:
         h = x
         if self.expand_conv is not None:
             h = self.expand_bn(checkpoint_name(self.expand_conv(h), _KEPT_CONV))
@@ -481,27 +479,16 @@ class MBConv(nnx.Module):
         h = self.project_bn(checkpoint_name(self.project_conv(h), _KEPT_CONV))
         if self.spec.has_skip:
             if self.drop_path is not None:
-                h = self.drop_path(h) if drop_rate is None else self._drop_connect(h, drop_rate)
+                h = self.drop_path(h)
             h = h + x
         return h
 
-    def _drop_connect(self, h: jax.Array, rate: jax.Array) -> jax.Array:
-        """``self.drop_path(h)`` at a traced ``rate``: the same key, mask and scaling."""
-        if self.drop_path.deterministic:
-            return h
-        keep = 1.0 - rate
-        mask = jax.random.bernoulli(self.drop_path.rngs(), p=keep, shape=(h.shape[0], 1, 1, 1))
-        return jax.lax.select(jnp.broadcast_to(mask, h.shape), h / keep.astype(h.dtype), jnp.zeros_like(h))
+
+def _apply_block(block: MBConv, x: jax.Array) -> jax.Array:
+    return block(x)
 
 
-def _apply_block(block: MBConv, x: jax.Array, drop_rate: jax.Array | None = None) -> jax.Array:
-    return block(x, drop_rate)
-
-
-BlockApply = Callable[[MBConv, jax.Array, "jax.Array | None"], jax.Array]
-
-
-def _block_apply(remat: bool, recompute: str) -> BlockApply:
+def _block_apply(remat: bool, recompute: str) -> Callable[[MBConv, jax.Array], jax.Array]:
     """How :meth:`EfficientNet.taps` applies a block: plainly, fully rematerialised
     (``remat``) or keeping only what ``recompute="elementwise"`` keeps."""
     if recompute not in RECOMPUTE:
@@ -516,39 +503,6 @@ def _block_apply(remat: bool, recompute: str) -> BlockApply:
     return _apply_block
 
 
-def _same_but_rate(blocks: Sequence[MBConv]) -> bool:
-    """Whether ``blocks`` have one structure and spec, drop-connect rate and index aside."""
-    def key(b: MBConv) -> Any:
-        spec = dataclasses.replace(b.spec, index=0, drop_rate=0.0)
-        return spec, b.drop_path is None, jax.tree.structure(nnx.state(b))
-    first = key(blocks[0])
-    return all(key(b) == first for b in blocks[1:])
-
-
-def apply_scanned(blocks: Sequence[MBConv], x: jax.Array, apply: BlockApply) -> jax.Array:
-    """``blocks`` applied in order to ``x`` as one ``lax.scan`` over their stacked variables.
-
-    The same function as applying them one by one (each block's own parameters, BatchNorm
-    statistics, dropout key and drop-connect rate; running statistics and key counters are
-    written back), traced and compiled once instead of once per block. Parameters keep
-    their per-block layout, so checkpoints and imported weights are unaffected.
-    """
-    graphdef, _, _ = nnx.split(blocks[0], nnx.Param, ...)
-    params, others = zip(*(nnx.split(b, nnx.Param, ...)[1:] for b in blocks))
-    stack = functools.partial(jax.tree.map, lambda *leaves: jnp.stack(leaves))
-    rates = jnp.asarray([b.spec.drop_rate for b in blocks], jnp.float32)
-
-    def body(h, per_block):
-        block = nnx.merge(graphdef, *per_block[:2])
-        h = apply(block, h, per_block[2])
-        return h, nnx.split(block, nnx.Param, ...)[2]
-
-    x, updated = jax.lax.scan(body, x, (stack(*params), stack(*others), rates))
-    for i, block in enumerate(blocks):
-        nnx.update(block, jax.tree.map(lambda leaf: leaf[i], updated))
-    return x
-
-
 class EfficientNet(nnx.Module):
     """EfficientNet-B0..B7 on NHWC input already scaled by `normalize_input`.
 
@@ -560,14 +514,11 @@ class EfficientNet(nnx.Module):
     (the same function; about half the saved activations). `depthwise` picks the
     depthwise-convolution implementation (:class:`DepthwiseConv`), `padding` the strided
     convolutions' padding (:func:`conv_padding`; imported weights expect ``tf``).
-    `scan_blocks` runs each stage's repeated blocks (all but its first) as one
-    :func:`apply_scanned` loop: the same function and parameters, a program about half the
-    size (B4: 14 block bodies instead of 32) for a faster first compile.
     """
 
     def __init__(self, variant: str, *, in_channels: int = 3, num_classes: int | None = 1000,
                  dtype: Any = jnp.float32, remat: bool = False, recompute: str = "none",
-                 depthwise: str = "auto", padding: str = "tf", scan_blocks: bool = False, rngs: nnx.Rngs):
+                 depthwise: str = "auto", padding: str = "tf", rngs: nnx.Rngs):
         v = _variant(variant)
         _block_apply(remat, recompute)  # a bad combination fails here, not at the first call
         if in_channels < 1:
@@ -578,7 +529,6 @@ class EfficientNet(nnx.Module):
         self.dtype = dtype
         self.remat = remat
         self.recompute = recompute
-        self.scan_blocks = scan_blocks
         specs = block_specs(variant)
         stem = round_filters(_STEM_CHANNELS, v.width)
         self.num_features = round_filters(_HEAD_CHANNELS, v.width)
@@ -631,12 +581,8 @@ class EfficientNet(nnx.Module):
         x = self.stem_bn(self.stem_conv(x.astype(self.dtype)))
         apply = _block_apply(self.remat, self.recompute)
         for i, stage in enumerate(self.stages):
-            repeated = stage[1:]
-            if self.scan_blocks and len(repeated) > 1 and _same_but_rate(repeated):
-                x = apply_scanned(repeated, apply(stage[0], x), apply)
-            else:
-                for block in stage:
-                    x = apply(block, x)
+            for block in stage:
+                x = apply(block, x)
             x = keep(f"stage{i}", x)
         keep(HEAD, self.head_bn(self.head_conv(x)))
         return out

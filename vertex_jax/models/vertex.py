@@ -65,8 +65,7 @@ class VertexNet(nnx.Module):
                  num_clinical: int = 3, clinical_hidden: tuple[int, int] = (64, 32),
                  image_projection: int = 100, fusion_hidden: int = 100, in_channels: int = 1,
                  dtype: Any = jnp.float32, remat: bool = False, recompute: str = "none",
-                 depthwise: str = "auto", padding: str = "tf", scan_blocks: bool = False,
-                 head: str = "gap",
+                 depthwise: str = "auto", padding: str = "tf", head: str = "gap",
                  evidence_taps: Sequence[str] = (HEAD, "stage4"),
                  evidence_width: int = 64, pooling: str = "lse", lse_r: float = 1.0,
                  vertebra_channels: int = 0, vertebra_stride: int = 8, vertebra_width: int = 64,
@@ -83,7 +82,7 @@ class VertexNet(nnx.Module):
         self.num_clinical = num_clinical
         self.backbone = EfficientNet(variant, in_channels=in_channels, num_classes=None, dtype=dtype,
                                      remat=remat, recompute=recompute, depthwise=depthwise,
-                                     padding=padding, scan_blocks=scan_blocks, rngs=rngs)
+                                     padding=padding, rngs=rngs)
         if head not in HEADS:
             raise ConfigError(f"model head must be one of {HEADS}, got {head!r}")
         self.head = head

@@ -34,9 +34,10 @@ from vertex_jax.models.build import build_model, tasks_of
 from vertex_jax.models.weights import load_pretrained
 from vertex_jax.train.checkpoint import Checkpoints
 from vertex_jax.train.metrics import MetricWriter, Throughput, auroc_per_task
+from vertex_jax.train.moments import MomentLayout
 from vertex_jax.train.packing import StatePacking, pack_state_enabled
 from vertex_jax.train.prefetch import DevicePrefetch
-from vertex_jax.train.state import TrainState, build_optimizer, initialise
+from vertex_jax.train.state import TrainState, build_optimizer, flatten_enabled, initialise
 from vertex_jax.train.step import make_eval_step, make_train_step
 from vertex_jax.train.vertebra_data import training_tables
 from vertex_jax.errors import UserError
@@ -155,13 +156,18 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     progress = Progress()
     # Global, replicated arrays (also across processes); restores land in the same sharding.
     state = jax.jit(lambda s: s, out_shardings=meshlib.replicated(mesh))(ts.state)
+    # Checkpoints keep the optimizer's moments per parameter, whatever optim.flatten is.
+    layout = MomentLayout.of(config, steps_per_epoch, meshlib.replicated(mesh)) if flatten_enabled(config) else None
+    saved_form = layout.to_saved if layout else (lambda s: s)
+    trained_form = layout.from_saved if layout else (lambda s: s)
     source = ckpt.directory
-    restored = ckpt.restore_latest(state, train_iter)
+    restored = ckpt.restore_latest(saved_form(state), train_iter)
     if restored is None and config.resume:
         source = config.resume
-        restored = Checkpoints(config.resume).restore_latest(state, train_iter)
+        restored = Checkpoints(config.resume).restore_latest(saved_form(state), train_iter)
     if restored is not None:
         step, state, saved = restored
+        state = trained_form(state)
         progress = Progress(**saved)
         if leader:
             print(f"resumed from {source} at step {step} (best {runs.METRIC} {progress.best_auroc:.4f})",
@@ -181,7 +187,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
         write_run_card(workdir)
 
     def save(metrics: dict[str, float] | None = None) -> None:
-        ckpt.save(progress.step, state, train_iter, dataclasses.asdict(progress),
+        ckpt.save(progress.step, saved_form(state), train_iter, dataclasses.asdict(progress),
                   json.loads(config.to_json_best_effort()), card, metrics)
 
     def validate(s) -> dict[str, Any]:
@@ -289,7 +295,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     calibration = None
     if stopped != "preempted" and config.calibration != "none" and progress.best_step >= 0:
         if best_outputs is None:  # the best epoch came before a restart: score its checkpoint again
-            best_outputs = validate(ckpt.restore_state(progress.best_step, state))
+            best_outputs = validate(trained_form(ckpt.restore_state(progress.best_step, saved_form(state))))
         calibration = calibrate_outputs(
             config.calibration, best_outputs["logits"], best_outputs["labels"], best_outputs["label_mask"],
             tasks, split=config.data.val_split, domain=config.data.domain, step=progress.best_step)

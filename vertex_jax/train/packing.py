@@ -16,24 +16,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vertex_jax.errors import ConfigError
+from vertex_jax.auto_setting import auto_enabled
 
 __all__ = ["StatePacking", "pack_state_enabled"]
 
 
 def pack_state_enabled(config: Any) -> bool:
     """``config.pack_state``: true, false, or ``auto`` (packed on accelerators, +2.3% on an
-    H200; not on CPUs, where the copies in and out make the step slower). Strings as a
-    command line gives them (``--config.pack_state=false``) are understood."""
-    value = config.pack_state
-    text = str(value).strip().lower()
-    if text == "auto":
-        return jax.default_backend() != "cpu"
-    if text in ("true", "1"):
-        return True
-    if text in ("false", "0"):
-        return False
-    raise ConfigError(f"pack_state must be true, false or auto, got {value!r}")
+    H200 with ``optim.flatten``; not on CPUs, where the copies in and out make the step slower)."""
+    return auto_enabled(config.pack_state, "pack_state")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,28 +13,36 @@ import optax
 from flax import nnx
 
 from vertex_jax.models.vertex import VertexNet
+from vertex_jax.auto_setting import auto_enabled
 from vertex_jax.errors import ConfigError
 
 
 def build_optimizer(config: Any, steps_per_epoch: int) -> optax.GradientTransformation:
     """Adam with decoupled weight decay, warm-up + cosine, global-norm clipping.
 
-    ``optim.flatten``: the same updates on one concatenated vector (``optax.flatten``),
-    so the optimizer's moments are two arrays instead of two per parameter -- fewer
-    buffers for every step to pass and donate."""
+    ``optim.flatten`` (:func:`flatten_enabled`): the same updates on one concatenated
+    vector (``optax.flatten``), so the optimizer's moments are two arrays instead of two per
+    parameter -- fewer buffers to pass and donate, fewer kernels per step, a faster
+    compile. Checkpoints keep the per-parameter form either way (:mod:`.moments`)."""
     o = config.optim
     total = max(1, config.num_epochs * steps_per_epoch // o.grad_accum)
     warmup = min(total - 1, int(o.warmup_epochs * steps_per_epoch / o.grad_accum))
     schedule = optax.warmup_cosine_decay_schedule(0.0, o.lr, warmup, total, o.lr * o.min_lr_ratio)
     tx = optax.chain(optax.clip_by_global_norm(o.clip_norm) if o.clip_norm else optax.identity(),
                      optax.adamw(schedule, weight_decay=o.weight_decay))
-    if o.flatten:
+    if flatten_enabled(config):
         tx = optax.flatten(tx)
     frozen = frozen_prefixes(o.freeze_stages)
     if frozen:
         tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
                                    lambda params: _labels(params, frozen))
     return optax.MultiSteps(tx, o.grad_accum) if o.grad_accum > 1 else tx
+
+
+def flatten_enabled(config: Any) -> bool:
+    """``config.optim.flatten``: true, false or ``auto`` (flat on accelerators, where fewer
+    kernels per step pay; per parameter on CPUs)."""
+    return auto_enabled(config.optim.flatten, "optim.flatten")
 
 
 def frozen_prefixes(freeze_stages: int) -> tuple[str, ...]:
