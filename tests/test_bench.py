@@ -313,7 +313,7 @@ def test_cli_compile_point_is_cold_and_split_into_python_and_xla(tmp_path):
     switched off for it, so nothing is written to it), lowering and XLA adding up to the
     whole, and the program's sizes."""
     cache = tmp_path / "cache"
-    result, stdout = run_bench(tmp_path, "--what=compile", "--sweep=augment.enabled=false",
+    result, stdout = run_bench(tmp_path, "--what=compile", "--sweep=augment.enabled=false", "--noisolate",
                                devices=1, env={"VERTEX_COMPILE_CACHE": str(cache)})
     (r,) = result["records"]
     assert r["options"] == {"augment.enabled": "false"}
