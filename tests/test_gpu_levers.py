@@ -312,10 +312,6 @@ def test_elementwise_recompute_keeps_about_half_and_trains_the_same_network(impl
         EfficientNet("tiny", remat=True, recompute="elementwise", rngs=nnx.Rngs(0))
 
 
-def _with_optimizer(model, tx):
-    return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
-
-
 def _filled(leaf, rng):
     """An array for the abstract ``leaf``: random normal (``rng``) or zero, a fixed key."""
     if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
@@ -335,18 +331,16 @@ def test_flat_moments_are_the_per_parameter_moments_concatenated():
     (the plain case: tests/test_train.py, a resumed run)."""
     from jax.flatten_util import ravel_pytree
     from vertex_jax.bench.measure import STEPS_PER_EPOCH
-    from vertex_jax.models.build import build_model
     from vertex_jax.train.moments import MomentLayout
-    from vertex_jax.train.state import build_optimizer
+    from vertex_jax.train.state import model_and_optimizer
 
     states = {}
     for flat in (True, False):
         config = load_config("configs/xray.py:tiny")
         config.optim.flatten = str(flat).lower()
         config.optim.update(freeze_stages=1, grad_accum=2)  # two updates: one of Adam
-        tx = build_optimizer(config, STEPS_PER_EPOCH)
         graphdef, params, rest = nnx.split(
-            nnx.eval_shape(lambda: _with_optimizer(build_model(config, seed=0), tx)), nnx.Param, ...)
+            nnx.eval_shape(lambda: model_and_optimizer(config, STEPS_PER_EPOCH, seed=0)), nnx.Param, ...)
         rng = np.random.default_rng(7)  # the same random parameters for both, the rest zero
         model, optimizer = nnx.merge(graphdef, jax.tree.map(lambda a: _filled(a, rng), params),
                                      jax.tree.map(lambda a: _filled(a, None), rest))

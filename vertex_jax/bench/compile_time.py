@@ -12,14 +12,12 @@ one backend; XLA:CPU and XLA:GPU fuse differently.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 
-from vertex_jax import mesh as meshlib
-from vertex_jax.bench.measure import abstract_state, environment, make_step, random_batch, stepped_state
+from vertex_jax.bench.measure import environment, prepare_step
 from vertex_jax.bench.record import format_table
 
 __all__ = ["measure_compile", "program_sizes", "format_compile_table"]
@@ -52,22 +50,14 @@ def measure_compile(config: Any, *, options: dict[str, Any] | None = None
     for this process, so run it in a fresh one (``run_isolated``) for a cold figure."""
     jax.config.update("jax_enable_compilation_cache", False)
     config = config.copy_and_resolve_references()
-    mesh = meshlib.make_mesh()
-    meshlib.check_batch(config.batch_size, mesh)
-    graphdef, _, params = abstract_state(config)
-    state, packing = stepped_state(config, "train", mesh)
-    batch = meshlib.to_global(random_batch(config, config.batch_size), mesh)
-    step = make_step(config, "train", graphdef, mesh, packing)
-    t0 = time.perf_counter()
-    lowered = step.lower(state, batch)
-    lower_s = time.perf_counter() - t0
-    compiled = lowered.compile()
-    xla_s = time.perf_counter() - t0 - lower_s
+    point = prepare_step(config, "train")
+    lowered, compiled, lower_s, compile_s = point.compile()
+    xla_s = compile_s - lower_s
     record = {
         "framework": "jax", "what": "compile", "variant": config.model.variant,
-        "height": config.data.canvas[0], "width": config.data.canvas[1], "batch": config.batch_size,
-        "dtype": config.model.dtype, "options": dict(options or {}), "devices": mesh.devices.size,
-        "params": params, "compile_s": lower_s + xla_s, "lower_s": lower_s, "xla_s": xla_s,
+        "height": config.data.canvas[0], "width": config.data.canvas[1], "batch": point.batch_size,
+        "dtype": config.model.dtype, "options": dict(options or {}), "devices": point.mesh.devices.size,
+        "params": point.params, "compile_s": compile_s, "lower_s": lower_s, "xla_s": xla_s,
         **program_sizes(lowered.as_text(), compiled.as_text()),
     }
     return environment(), record

@@ -28,13 +28,13 @@ from vertex_jax import mesh as meshlib
 from vertex_jax.bench.flops import count_flops
 from vertex_jax.bench.record import CpuClock, host, make_record, versions
 from vertex_jax.compile_cache import enable_compilation_cache
-from vertex_jax.models.build import build_model, tasks_of
+from vertex_jax.models.build import tasks_of
 from vertex_jax.train.packing import StatePacking, pack_state_enabled
-from vertex_jax.train.state import build_optimizer, initialise
+from vertex_jax.train.state import initialise, model_and_optimizer
 from vertex_jax.train.step import make_eval_step, make_train_step
 from vertex_jax.errors import ConfigError
 
-__all__ = ["STEPS_PER_EPOCH", "stepped_state", "random_batch", "environment", "make_step", "abstract_state", "measure", "measure_isolated",
+__all__ = ["STEPS_PER_EPOCH", "PreparedStep", "prepare_step", "stepped_state", "random_batch", "environment", "make_step", "abstract_state", "measure", "measure_isolated",
            "run_isolated"]
 
 
@@ -78,8 +78,7 @@ def make_step(config: Any, what: str, graphdef: nnx.GraphDef, mesh,
 
 def _create(config: Any) -> tuple[nnx.Module, nnx.Optimizer]:
     """Model and optimizer as training builds them (``TrainState``'s structure)."""
-    model = build_model(config, seed=0)
-    return model, nnx.Optimizer(model, build_optimizer(config, STEPS_PER_EPOCH), wrt=nnx.Param)
+    return model_and_optimizer(config, STEPS_PER_EPOCH, seed=0)
 
 
 def abstract_state(config: Any) -> tuple[nnx.GraphDef, nnx.State, int]:
@@ -185,6 +184,39 @@ def _time(compiled, state, batch, *, steps: int, repeats: int, carries_state: bo
     return timing
 
 
+@dataclasses.dataclass
+class PreparedStep:
+    """The ``what`` step of a config, ready to lower: its mesh, global batch size,
+    parameter count, the state and a random batch it takes, and the jitted step."""
+
+    mesh: Any
+    batch_size: int
+    params: int
+    state: Any
+    batch: dict[str, jax.Array]
+    step: Any
+
+    def compile(self) -> tuple[Any, Any, float, float]:
+        """(lowered, compiled, seconds lowering, seconds in all) of the step."""
+        t0 = time.perf_counter()
+        lowered = self.step.lower(self.state, self.batch)
+        lower_s = time.perf_counter() - t0
+        compiled = lowered.compile()
+        return lowered, compiled, lower_s, time.perf_counter() - t0
+
+
+def prepare_step(config: Any, what: str) -> PreparedStep:
+    """``config``'s ``what`` ("train" or "eval") step on every device of the mesh, at its
+    ``batch_size`` (train) or ``eval_batch_size`` (eval), with a random state and batch."""
+    mesh = meshlib.make_mesh()
+    batch_size = config.batch_size if what == "train" else config.eval_batch_size
+    meshlib.check_batch(batch_size, mesh)
+    graphdef, _, params = abstract_state(config)
+    state, packing = stepped_state(config, what, mesh)
+    batch = meshlib.to_global(random_batch(config, batch_size), mesh)
+    return PreparedStep(mesh, batch_size, params, state, batch, make_step(config, what, graphdef, mesh, packing))
+
+
 def measure(config: Any, what: str, *, steps: int, repeats: int,
             options: dict[str, Any] | None = None,
             on_compiled: Callable[[float], None] | None = None,
@@ -196,20 +228,11 @@ def measure(config: Any, what: str, *, steps: int, repeats: int,
     if what not in ("train", "eval"):
         raise ConfigError(f"what must be 'train' or 'eval', got {what!r}")
     config = config.copy_and_resolve_references()
-    mesh = meshlib.make_mesh()
-    batch_size = config.batch_size if what == "train" else config.eval_batch_size
-    meshlib.check_batch(batch_size, mesh)
     enable_compilation_cache()
-    graphdef, _, params = abstract_state(config)
-    state, packing = stepped_state(config, what, mesh)
-    batch = meshlib.to_global(random_batch(config, batch_size), mesh)
-    step = make_step(config, what, graphdef, mesh, packing)
+    point = prepare_step(config, what)
+    mesh, batch_size, params, state, batch = point.mesh, point.batch_size, point.params, point.state, point.batch
     model_flops = _model_flops(config, what, batch, mesh)
-    t0 = time.perf_counter()
-    lowered = step.lower(state, batch)
-    lower_s = time.perf_counter() - t0
-    compiled = lowered.compile()
-    compile_s = time.perf_counter() - t0
+    lowered, compiled, lower_s, compile_s = point.compile()
     if on_compiled is not None:
         on_compiled(compile_s)
     cost = compiled.cost_analysis() or {}

@@ -30,14 +30,14 @@ from vertex_jax.model_card import write_run_card
 from vertex_jax.calibrate.run import calibrate_outputs
 from vertex_jax.calibrate.run import store as store_calibration
 from vertex_jax.data.prepare import PreparedData, describe_training_data, prepare
-from vertex_jax.models.build import build_model, tasks_of
+from vertex_jax.models.build import tasks_of
 from vertex_jax.models.weights import load_pretrained
 from vertex_jax.train.checkpoint import Checkpoints
 from vertex_jax.train.metrics import MetricWriter, Throughput, auroc_per_task
 from vertex_jax.train.moments import MomentLayout
 from vertex_jax.train.packing import StatePacking, pack_state_enabled
 from vertex_jax.train.prefetch import DevicePrefetch
-from vertex_jax.train.state import TrainState, build_optimizer, flatten_enabled, initialise
+from vertex_jax.train.state import TrainState, flatten_enabled, initialise, model_and_optimizer
 from vertex_jax.train.step import make_eval_step, make_train_step
 from vertex_jax.train.vertebra_data import training_tables
 from vertex_jax.errors import UserError
@@ -92,12 +92,7 @@ def evaluate(state, eval_step, dataset, mesh, tasks: tuple[str, ...]) -> dict[st
 def _initial_state(config: Any, steps_per_epoch: int) -> TrainState:
     """A fresh model (with ``model.init_weights`` in its backbone, then ``init_from``'s
     parameters over it) and its optimizer, initialised by one program (:func:`initialise`)."""
-    tx = build_optimizer(config, steps_per_epoch)
-
-    def create() -> tuple[nnx.Module, nnx.Optimizer]:
-        model = build_model(config, seed=config.seed)
-        return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
-    graphdef, state = initialise(create)
+    graphdef, state = initialise(lambda: model_and_optimizer(config, steps_per_epoch, config.seed))
     if not (config.model.init_weights or config.init_from):
         return TrainState(graphdef, state)
     model, optimizer = nnx.merge(graphdef, state)
@@ -160,11 +155,14 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     layout = MomentLayout.of(config, steps_per_epoch, meshlib.replicated(mesh)) if flatten_enabled(config) else None
     saved_form = layout.to_saved if layout else (lambda s: s)
     trained_form = layout.from_saved if layout else (lambda s: s)
+    # What a restore reads into: shapes and shardings only (no copy of the state kept alive).
+    restore_target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
+                                  jax.eval_shape(layout.to_saved, state) if layout else state)
     source = ckpt.directory
-    restored = ckpt.restore_latest(saved_form(state), train_iter)
+    restored = ckpt.restore_latest(restore_target, train_iter)
     if restored is None and config.resume:
         source = config.resume
-        restored = Checkpoints(config.resume).restore_latest(saved_form(state), train_iter)
+        restored = Checkpoints(config.resume).restore_latest(restore_target, train_iter)
     if restored is not None:
         step, state, saved = restored
         state = trained_form(state)
@@ -295,7 +293,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     calibration = None
     if stopped != "preempted" and config.calibration != "none" and progress.best_step >= 0:
         if best_outputs is None:  # the best epoch came before a restart: score its checkpoint again
-            best_outputs = validate(trained_form(ckpt.restore_state(progress.best_step, saved_form(state))))
+            best_outputs = validate(trained_form(ckpt.restore_state(progress.best_step, restore_target)))
         calibration = calibrate_outputs(
             config.calibration, best_outputs["logits"], best_outputs["labels"], best_outputs["label_mask"],
             tasks, split=config.data.val_split, domain=config.data.domain, step=progress.best_step)

@@ -18,8 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vertex_jax.models.build import build_model
-from vertex_jax.train.state import build_optimizer
+from vertex_jax.train.state import model_and_optimizer
 
 __all__ = ["MomentLayout"]
 
@@ -43,12 +42,7 @@ def _abstract_state(config: Any, steps_per_epoch: int, flat: bool) -> nnx.State:
     config = config.copy_and_resolve_references()
     setting = config.optim.flatten
     config.optim.flatten = flat if isinstance(setting, bool) else str(flat).lower()
-    tx = build_optimizer(config, steps_per_epoch)
-
-    def create() -> tuple[nnx.Module, nnx.Optimizer]:
-        model = build_model(config, seed=0)
-        return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
-    return nnx.split(nnx.eval_shape(create))[1]
+    return nnx.split(nnx.eval_shape(lambda: model_and_optimizer(config, steps_per_epoch, seed=0)))[1]
 
 
 def _filled(template: nnx.State, values: dict) -> nnx.State:

@@ -12,6 +12,7 @@ import jax
 import optax
 from flax import nnx
 
+from vertex_jax.models.build import build_model
 from vertex_jax.models.vertex import VertexNet
 from vertex_jax.auto_setting import auto_enabled
 from vertex_jax.errors import ConfigError
@@ -37,6 +38,13 @@ def build_optimizer(config: Any, steps_per_epoch: int) -> optax.GradientTransfor
         tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
                                    lambda params: _labels(params, frozen))
     return optax.MultiSteps(tx, o.grad_accum) if o.grad_accum > 1 else tx
+
+
+def model_and_optimizer(config: Any, steps_per_epoch: int, seed: int) -> tuple[VertexNet, nnx.Optimizer]:
+    """A fresh model per ``config`` and its optimizer over the parameters: what training
+    steps and checkpoints (``TrainState``'s structure)."""
+    model = build_model(config, seed=seed)
+    return model, nnx.Optimizer(model, build_optimizer(config, steps_per_epoch), wrt=nnx.Param)
 
 
 def flatten_enabled(config: Any) -> bool:
