@@ -128,6 +128,30 @@ def test_packing_round_trips_every_leaf_exactly():
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
+def test_the_parameters_are_packed_as_optax_flatten_ravels_them():
+    """The ``"params"`` buffer is the vector optax.flatten makes of the parameters (twelve
+    layers: list keys 10 and 11 sort after 9), the BatchNorm statistics and moments go by
+    dtype, and ``pack(params=...)`` puts a given vector in its place."""
+    from flax import nnx
+    from vertex_jax.train.packing import PARAMS
+
+    model = nnx.Sequential(*(m for _ in range(6) for m in (nnx.Linear(3, 3, rngs=nnx.Rngs(1)),
+                                                           nnx.BatchNorm(3, rngs=nnx.Rngs(1)))))
+    optimizer = nnx.Optimizer(model, optax.flatten(optax.adam(1e-3)), wrt=nnx.Param)
+    state = nnx.state((model, optimizer))
+    packing = StatePacking(state)
+    packed = jax.jit(packing.pack)(state)
+    flat_params = jnp.concatenate([jnp.ravel(p) for p in jax.tree.leaves(nnx.as_pure(nnx.state(model, nnx.Param)))])
+    np.testing.assert_array_equal(packed[PARAMS], flat_params)
+    assert packed["float32"].size == 6 * 2 * 3 + 2 * flat_params.size  # statistics, mu, nu
+    moved = packed[PARAMS] + 1.0
+    back = packing.unpack(packing.pack(state, params=moved))
+    for got, want in zip(jax.tree.leaves(nnx.state(back, nnx.Param)), jax.tree.leaves(nnx.state(model, nnx.Param))):
+        np.testing.assert_array_equal(got, want + 1.0)
+    np.testing.assert_array_equal(jax.tree.leaves(nnx.state(back, nnx.BatchStat))[0],
+                                  jax.tree.leaves(nnx.state(model, nnx.BatchStat))[0])
+
+
 def test_flattened_adam_makes_the_same_updates():
     """``optim.flatten``: optax.flatten around the same chain; float32 rounding apart
     (the clipping norm sums in another order), the same three updates."""
@@ -197,21 +221,28 @@ def test_the_combination_takes_the_levers_that_beat_the_baseline_by_more_than_th
 
 
 def test_the_packed_step_makes_the_same_step_as_the_unpacked_one():
-    """``pack_state``: the same training step on the state packed per dtype (tiny model,
-    one step on the fake devices): every array of the new state equal to float32 rounding."""
+    """``pack_state`` with flat Adam moments: the packed step updates the parameter vector
+    as one array (``updates_flat``), the unpacked one through optax.flatten per parameter.
+    Tiny model, one step on the fake devices: every array of the new state equal to float32
+    rounding (the same elementwise Adam on the same vector; only the clipping norm sums in
+    another order)."""
     from vertex_jax import mesh as meshlib
     from vertex_jax.bench.measure import _initial_state, abstract_state, make_step, random_batch
     from vertex_jax.config_files import load_config
+    from vertex_jax.train.step import updates_flat
 
     config = load_config("configs/xray.py:tiny")
     config.augment.enabled = False  # packing is about the state: a smaller program to compile
+    config.optim.flatten = "true"
     mesh = meshlib.make_mesh()
     config.batch_size = mesh.devices.size
     graphdef, _, _ = abstract_state(config)
     batch = meshlib.to_global(random_batch(config, config.batch_size), mesh)
     initial = _initial_state(config, mesh)
     states = []
-    for packing in (None, StatePacking(initial)):
+    packed_layout = StatePacking(initial)
+    assert updates_flat(config, packed_layout)
+    for packing in (None, packed_layout):
         state = jax.tree.map(jnp.copy, initial)  # the step donates its state
         if packing is not None:
             state = jax.jit(packing.pack)(state)
