@@ -187,18 +187,20 @@ def test_init_from_with_a_different_head(shared, baseline, tmp_path):
 
 
 def test_a_run_with_flat_moments_resumes_without_them(shared, baseline, tmp_path):
-    """``optim.flatten`` (the accelerators' default) changes only how the optimizer holds
-    Adam's moments: a run stopped with it resumes without it (as a GPU run continued on a
-    CPU) and ends where the uninterrupted run ends, and its checkpoint holds the moments
+    """``optim.flatten`` and ``pack_state`` (the accelerators' defaults: the loop steps the
+    packed state and the optimizer updates the parameter vector) change only how the step
+    holds the state: a run stopped with them resumes without them (as a GPU run continued on
+    a CPU) and ends where the uninterrupted run ends, and its checkpoint holds the moments
     per parameter, the layout every run reads."""
     from vertex_jax.runs import restore_arrays
 
     reference, _ = baseline
-    run_main(shared, tmp_path, "--config.max_steps=4", "--config.optim.flatten=true")
+    run_main(shared, tmp_path, "--config.max_steps=4", "--config.optim.flatten=true",
+             "--config.pack_state=true")
     moments = restore_arrays(tmp_path / "checkpoints" / "4" / "state")["1"]["opt_state"]
     mu = moments["1"]["0"]["mu"]
     assert isinstance(mu, dict) and "backbone" in mu  # per parameter, not one vector
-    out = run_main(shared, tmp_path)  # optim.flatten=auto: per parameter on the CPU
+    out = run_main(shared, tmp_path)  # both auto: per parameter and unpacked on the CPU
     assert "resumed from" in out and "at step 4" in out
     # Four steps of flat Adam round differently from per-parameter Adam; the two steps after
     # the resume start from there (statistics to 1e-4 where updates are lr = 1e-3 in size).
