@@ -29,6 +29,11 @@ PRESETS: dict[str, tuple[str, ...]] = {
     # (the lent machine has 16 cores; XLA compiles one module on one thread by default).
     "quick-compile": ("--xla_gpu_enable_triton_gemm=false", "--xla_gpu_autotune_level=1",
                       "--xla_gpu_enable_llvm_module_compilation_parallelism=true"),
+    # fast-compile with CUDA graphs from two kernels up (XLA's default: five). On the H200 the
+    # host launched ~3,700 kernels per step and ran about a step ahead of the device (§7);
+    # between B4's convolutions, which cannot join a graph (cuDNN status 5003, §7), runs of
+    # fusions are mostly shorter than five, so the default captures few of them.
+    "fast-compile-graphs": ("--xla_gpu_enable_triton_gemm=false", "--xla_gpu_graph_min_graph_size=2"),
     # fast-compile without any autotuning: cuDNN's heuristics pick each convolution's
     # algorithm. The shortest cold compile, and a step some 25x slower: for measurements only.
     "no-autotune": ("--xla_gpu_enable_triton_gemm=false", "--xla_gpu_autotune_level=0"),

@@ -80,6 +80,8 @@ def plan(dry: bool, xla: str = "fast-compile") -> list[Point]:
               peer_flags="" if dry else "--compile --channels-last"),
         Point(f"loop-b{b}", "loop", batch=b, cap_s=cap + 50, estimate_s=10 if dry else 70),
         Point(f"{first}-recompute", "jax", overrides={"model.recompute": "elementwise"}, **lever),
+        # Launch-bound steps (§7): CUDA graphs over shorter runs of kernels.
+        Point(f"{first}-graphs", "jax", xla="fast-compile-graphs", **lever),
         # The first compile again: autotune level 1 and LLVM's module compiled in parallel.
         Point(f"{first}-quick-compile-cold", "jax", batch=b, xla="quick-compile",
               cache="quick-compile", isolate=True, cap_s=cap + 150, estimate_s=10 if dry else 90),
