@@ -308,6 +308,29 @@ def test_program_sizes_count_the_entry_computations_kernels():
     assert two["stablehlo_ops"] > one["stablehlo_ops"] >= 3  # sine, multiply, add
 
 
+def _cuda_plugin_installed() -> bool:
+    if importlib.util.find_spec("jax_plugins") is None:
+        return False
+    return any(importlib.util.find_spec(f"jax_plugins.xla_cuda{v}") for v in (12, 13))
+
+
+@pytest.mark.skipif(not _cuda_plugin_installed(),
+                    reason="compiling for a described GPU needs JAX's CUDA plugin (pip install 'vertex_jax[gpu]')")
+def test_cli_compiles_for_a_described_gpu_without_one(tmp_path):
+    """``--target=h200``: XLA:GPU compiles the step for the described card on this CPU-only
+    machine, with the GPU forms of the ``auto`` settings; packing the state with flat Adam
+    moments (the vector update) leaves it fewer kernels than the per-parameter state."""
+    result, stdout = run_bench(tmp_path, "--what=compile", "--target=h200", "--noisolate",
+                               "--sweep=augment.enabled=false", "--sweep=pack_state=false,true",
+                               "--sweep=optim.flatten=false,true", devices=1)
+    env, records = result["environment"], result["records"]
+    assert env["platform"] == "cuda" and env["device"].startswith("h200")
+    kernels = {(r["options"]["pack_state"], r["options"]["optim.flatten"]): r["kernels"] for r in records}
+    assert all(r["target"] == "h200" and r["xla_s"] > 0 for r in records)
+    assert kernels[("true", "true")] < kernels[("false", "false")]
+    assert "h200 (described" in stdout
+
+
 def test_cli_compile_point_is_cold_and_split_into_python_and_xla(tmp_path):
     """``--what=compile``: a record per point from a cold compile (the persistent cache is
     switched off for it, so nothing is written to it), lowering and XLA adding up to the

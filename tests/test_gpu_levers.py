@@ -261,6 +261,7 @@ def test_the_packed_step_makes_the_same_step_as_the_unpacked_one():
 def test_auto_settings_pick_the_faster_form_per_platform(monkeypatch):
     """``pack_state`` and ``model.batchnorm`` default to auto: the GPU form on
     accelerators, the plain one on CPUs (these tests run on CPU)."""
+    from vertex_jax.auto_setting import assume_accelerator
     from vertex_jax.models import efficientnet
     from vertex_jax.train.packing import pack_state_enabled
 
@@ -284,6 +285,16 @@ def test_auto_settings_pick_the_faster_form_per_platform(monkeypatch):
     set_bn_impl(bn, "fused")
     np.testing.assert_allclose(bn(x), auto, rtol=1e-5, atol=1e-5)
     assert calls == [1]
+    # Compiling for a GPU that is not here (bench --what=compile --target): the GPU forms.
+    set_bn_impl(bn, "auto")
+    assume_accelerator(True)
+    try:
+        assert pack_state_enabled(setting("auto")) and not pack_state_enabled(setting("false"))
+        bn(x)
+        assert calls == [1, 1]
+    finally:
+        assume_accelerator(None)
+    assert pack_state_enabled(setting("auto")) is False
 
 
 def _reductions(jaxpr) -> int:

@@ -52,6 +52,9 @@ _SWEEP = flags.DEFINE_multi_string("sweep", [], "Any other config field to sweep
                                    "--sweep=model.depthwise=conv,shifts (repeatable).")
 _ISOLATE = flags.DEFINE_bool("isolate", True, "Measure each point in a fresh process (own "
                              "peak memory and compile time).")
+_TARGET = flags.DEFINE_enum("target", "", ["", "h100", "h200"], "With --what=compile: compile "
+                            "for this GPU without one (needs vertex_jax[gpu]; nothing runs or is "
+                            "autotuned; vertex_jax.bench.gpu_target).")
 _JSON = flags.DEFINE_string("json", "", "Also write the results here.")
 _PEER = flags.DEFINE_enum("peer", "", ["", "torch"], "Also train the same network with this "
                           "framework (benchmarks/torch_peer.py) at each training point.")
@@ -169,6 +172,8 @@ def main(argv: list[str]) -> None:
              }.get(_WHAT.value, [_WHAT.value])
     if _PEER.value and "train" not in whats:
         raise app.UsageError("--peer compares training steps: use --what=train or all")
+    if _TARGET.value and _WHAT.value != "compile":
+        raise app.UsageError("--target compiles for a GPU that is not here: use it with --what=compile")
     axes = sweep_axes()
     if _WHAT.value == "export" and any(key != "batch" for key, _ in axes):
         raise app.UsageError("--what=export times the config as given: sweep only --batch "
@@ -184,7 +189,7 @@ def main(argv: list[str]) -> None:
         options = {k: v for k, v in point.items() if k not in ("batch", "model.dtype", "model.remat")}
         print(f"measuring {what} {point or '(config as given)'}", flush=True)
         if what == "compile":
-            environment, record = compile_fn(point_cfg, options=options)
+            environment, record = compile_fn(point_cfg, options=options, target=_TARGET.value)
         elif what == "loop":
             environment, record, detail = measure_loop(point_cfg, steps=_STEPS.value,
                                                        repeats=_REPEATS.value, options=options,

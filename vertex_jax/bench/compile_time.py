@@ -17,6 +17,8 @@ from typing import Any
 
 import jax
 
+from vertex_jax.auto_setting import assume_accelerator
+from vertex_jax.bench.gpu_target import target_mesh
 from vertex_jax.bench.measure import environment, prepare_step
 from vertex_jax.bench.record import format_table
 
@@ -43,24 +45,34 @@ def program_sizes(stablehlo: str, compiled_hlo: str) -> dict[str, int]:
     return {"stablehlo_ops": ops, "kernels": kernels}
 
 
-def measure_compile(config: Any, *, options: dict[str, Any] | None = None
+def measure_compile(config: Any, *, options: dict[str, Any] | None = None, target: str = ""
                     ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(environment, record) of one cold compile of ``config``'s training step at its
     ``batch_size``, on every device of the mesh; the persistent cache is switched off
-    for this process, so run it in a fresh one (``run_isolated``) for a cold figure."""
+    for this process, so run it in a fresh one (``run_isolated``) for a cold figure.
+    ``target`` (``h100``, ``h200``): compiled for that GPU, described, not present
+    (:mod:`vertex_jax.bench.gpu_target`); ``auto`` settings take their GPU form."""
     jax.config.update("jax_enable_compilation_cache", False)
     config = config.copy_and_resolve_references()
-    point = prepare_step(config, "train")
+    mesh = None
+    if target:
+        assume_accelerator(True)
+        mesh = target_mesh(target)
+    point = prepare_step(config, "train", mesh)
     lowered, compiled, lower_s, compile_s = point.compile()
     xla_s = compile_s - lower_s
+    env = environment()
+    if target:
+        env.update(device=f"{target} (described: compiled here, never run)", platform="cuda",
+                   devices=point.mesh.devices.size)
     record = {
-        "framework": "jax", "what": "compile", "variant": config.model.variant,
+        "framework": "jax", "what": "compile", "target": target or None, "variant": config.model.variant,
         "height": config.data.canvas[0], "width": config.data.canvas[1], "batch": point.batch_size,
         "dtype": config.model.dtype, "options": dict(options or {}), "devices": point.mesh.devices.size,
         "params": point.params, "compile_s": compile_s, "lower_s": lower_s, "xla_s": xla_s,
         **program_sizes(lowered.as_text(), compiled.as_text()),
     }
-    return environment(), record
+    return env, record
 
 
 _COLUMNS = (

@@ -98,10 +98,29 @@ def stepped_state(config: Any, what: str, mesh) -> tuple[nnx.State | dict[str, j
     """A random initial state as the ``what`` step takes it, and its packing: packed per
     dtype for a training step when ``config.pack_state`` says so."""
     state = _initial_state(config, mesh)
-    if what != "train" or not pack_state_enabled(config):
+    packing = _packing(config, what, state)
+    if packing is None:
         return state, None
-    packing = StatePacking(state)
     return jax.jit(packing.pack, out_shardings=meshlib.replicated(mesh))(state), packing
+
+
+def _packing(config: Any, what: str, state: Any) -> StatePacking | None:
+    return StatePacking(state) if what == "train" and pack_state_enabled(config) else None
+
+
+def _abstract_inputs(config: Any, what: str, batch_size: int, mesh
+                     ) -> tuple[Any, dict[str, jax.ShapeDtypeStruct], StatePacking | None]:
+    """(state, batch, packing) as :func:`stepped_state` and :func:`random_batch` make
+    them, shapes and shardings only: for a mesh of a GPU that is not here."""
+    _, state, _ = abstract_state(config)
+    packing = _packing(config, what, state)
+    if packing is not None:
+        state = jax.eval_shape(packing.pack, state)
+    rep, sharded = meshlib.replicated(mesh), meshlib.batch_sharded(mesh)
+    state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), state)
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharded)
+             for k, v in random_batch(config, batch_size).items()}
+    return state, batch, packing
 
 
 def _model_flops(config: Any, what: str, batch: dict[str, jax.Array], mesh) -> float:
@@ -205,15 +224,20 @@ class PreparedStep:
         return lowered, compiled, lower_s, time.perf_counter() - t0
 
 
-def prepare_step(config: Any, what: str) -> PreparedStep:
+def prepare_step(config: Any, what: str, target_mesh: Any = None) -> PreparedStep:
     """``config``'s ``what`` ("train" or "eval") step on every device of the mesh, at its
-    ``batch_size`` (train) or ``eval_batch_size`` (eval), with a random state and batch."""
-    mesh = meshlib.make_mesh()
+    ``batch_size`` (train) or ``eval_batch_size`` (eval), with a random state and batch;
+    with ``target_mesh`` (:func:`vertex_jax.bench.gpu_target.target_mesh`) on that GPU's
+    mesh, the state and batch abstract: for compiling only."""
+    mesh = target_mesh if target_mesh is not None else meshlib.make_mesh()
     batch_size = config.batch_size if what == "train" else config.eval_batch_size
     meshlib.check_batch(batch_size, mesh)
     graphdef, _, params = abstract_state(config)
-    state, packing = stepped_state(config, what, mesh)
-    batch = meshlib.to_global(random_batch(config, batch_size), mesh)
+    if target_mesh is not None:
+        state, batch, packing = _abstract_inputs(config, what, batch_size, mesh)
+    else:
+        state, packing = stepped_state(config, what, mesh)
+        batch = meshlib.to_global(random_batch(config, batch_size), mesh)
     return PreparedStep(mesh, batch_size, params, state, batch, make_step(config, what, graphdef, mesh, packing))
 
 

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
+from vertex_jax.auto_setting import on_accelerator
 from vertex_jax.errors import ConfigError
 
 __all__ = [
@@ -322,7 +323,7 @@ class BatchNorm(nnx.BatchNorm):
                                   self.act, self.compute_dtype)
         impl = self.impl
         if impl == "auto":
-            impl = "autodiff" if jax.default_backend() == "cpu" else "fused"
+            impl = "fused" if on_accelerator() else "autodiff"
         if impl == "fused":
             y, mean, var = fused_batch_norm(x, scale, bias, self.epsilon, self.act, self.compute_dtype)
         else:
@@ -411,7 +412,7 @@ class DepthwiseConv(nnx.Conv):
     def __call__(self, x: jax.Array) -> jax.Array:
         impl = self.impl
         if impl == "auto":
-            impl = "shifts" if jax.default_backend() == "cpu" else "conv"
+            impl = "conv" if on_accelerator() else "shifts"
         if impl == "conv":
             return super().__call__(x)
         return depthwise_shifts(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
