@@ -326,7 +326,8 @@ def test_cli_compiles_for_a_described_gpu_without_one(tmp_path):
     env, records = result["environment"], result["records"]
     assert env["platform"] == "cuda" and env["device"].startswith("h200")
     kernels = {(r["options"]["pack_state"], r["options"]["optim.flatten"]): r["kernels"] for r in records}
-    assert all(r["target"] == "h200" and r["xla_s"] > 0 for r in records)
+    assert all(r["target"] == "h200" and r["xla_s"] > 0 and r["xla_memory_bytes_per_device"] > 0
+               for r in records)
     assert kernels[("true", "true")] < kernels[("false", "false")]
     assert "h200 (described" in stdout
 
@@ -343,5 +344,6 @@ def test_cli_compile_point_is_cold_and_split_into_python_and_xla(tmp_path):
     assert r["what"] == "compile" and r["variant"] == "tiny" and r["batch"] == 8
     assert r["compile_s"] == pytest.approx(r["lower_s"] + r["xla_s"]) and r["xla_s"] > 0
     assert r["stablehlo_ops"] > r["kernels"] > 100  # tiny B0-like: ~5,000 and ~1,500
+    assert r["xla_memory_bytes_per_device"] > r["params"] * 4  # at least the float32 parameters
     assert not any(p.is_file() for p in cache.rglob("*"))
     assert "StableHLO ops" in stdout and "allocator" not in stdout

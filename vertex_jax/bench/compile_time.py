@@ -5,7 +5,7 @@ the step's speed: the persistent compilation cache is off for the point (each po
 in a fresh process), and the record splits the time into tracing + lowering in Python
 (``lower_s``) and XLA (``xla_s``: HLO passes, code generation and, on GPUs, autotuning),
 beside the program's size (StableHLO operations in, kernels of the compiled entry
-computation out). Sizes are counted from the program text, so they compare settings on
+computation out) and XLA's memory plan (arguments + outputs + temporaries - aliased). Sizes are counted from the program text, so they compare settings on
 one backend; XLA:CPU and XLA:GPU fuse differently.
 """
 
@@ -19,7 +19,7 @@ import jax
 
 from vertex_jax.auto_setting import assume_accelerator
 from vertex_jax.bench.gpu_target import target_mesh
-from vertex_jax.bench.measure import environment, prepare_step
+from vertex_jax.bench.measure import xla_memory_bytes, environment, prepare_step
 from vertex_jax.bench.record import format_table
 
 __all__ = ["measure_compile", "program_sizes", "format_compile_table"]
@@ -71,6 +71,7 @@ def measure_compile(config: Any, *, options: dict[str, Any] | None = None, targe
         "dtype": config.model.dtype, "options": dict(options or {}), "devices": point.mesh.devices.size,
         "params": point.params, "compile_s": compile_s, "lower_s": lower_s, "xla_s": xla_s,
         **program_sizes(lowered.as_text(), compiled.as_text()),
+        "xla_memory_bytes_per_device": xla_memory_bytes(compiled),
     }
     return env, record
 
@@ -79,6 +80,7 @@ _COLUMNS = (
     ("what", "what", "", 1), ("batch", "batch", "d", 1), ("dtype", "dtype", "", 1),
     ("compile s", "compile_s", ".1f", 1), ("lower s", "lower_s", ".1f", 1), ("XLA s", "xla_s", ".1f", 1),
     ("StableHLO ops", "stablehlo_ops", "d", 1), ("kernels", "kernels", "d", 1),
+    ("XLA MiB/dev", "xla_memory_bytes_per_device", ".0f", 2**20),
 )
 
 

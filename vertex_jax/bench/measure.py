@@ -140,7 +140,8 @@ def _peak_bytes() -> int | None:
     return max(peaks) if peaks else None
 
 
-def _xla_memory_bytes(compiled) -> int | None:
+def xla_memory_bytes(compiled: Any) -> int | None:
+    """XLA's memory plan of a compiled program: arguments + outputs + temporaries - aliased."""
     m = compiled.memory_analysis()
     if m is None:
         return None
@@ -272,7 +273,7 @@ def measure(config: Any, what: str, *, steps: int, repeats: int,
         remat=bool(config.model.remat), options=dict(options or {}), devices=devices,
         params=params, compile_s=compile_s, lower_s=lower_s, step_s_runs=timing.runs,
         model_flops=model_flops, xla_flops=whole_step("flops"), xla_bytes=whole_step("bytes accessed"),
-        peak_bytes=_peak_bytes(), xla_memory_bytes=_xla_memory_bytes(compiled), cpu_s_runs=timing.cpu,
+        peak_bytes=_peak_bytes(), xla_memory_bytes=xla_memory_bytes(compiled), cpu_s_runs=timing.cpu,
         step_s_each=timing.steps, dispatch_s_each=timing.dispatch)
     return environment(), record
 
