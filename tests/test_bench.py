@@ -202,7 +202,8 @@ DRY_POINTS = ("jax-train-b2,jax-eval-b2,peer-compile-cl-b2,loop-b2,jax-train-b2-
 
 def test_gpu_check_dry_mode_writes_one_complete_json(tmp_path):
     """Tiny config, batch 2, one step, each point a time-boxed child process with the lent
-    machine's missing packages (grain, ml_collections, pydicom, ...) blocked."""
+    machine's missing packages (grain, ml_collections, pydicom, ...) blocked, and the GPU's
+    forms of the auto settings (packed state, flat moments, fused BatchNorm)."""
     out = tmp_path / "gpu_check.json"
     proc = subprocess.run([sys.executable, "-m", "vertex_jax.bench.gpu_check", "--dry",
                            f"--points={DRY_POINTS}", f"--json={out}"], cwd=ROOT,
@@ -223,6 +224,8 @@ def test_gpu_check_dry_mode_writes_one_complete_json(tmp_path):
                                 "profile-combo-b2")} == {"ok"}
     assert status["peer-compile-cl-b2"] in ("ok", "unavailable")  # torch is optional here
     assert status["loop-b2"] == "unavailable" and doc["rerun"] is None
+    forms = {p["name"]: p["forms"] for p in doc["points"] if "forms" in p}
+    assert forms["jax-train-b2"] == {"accelerator_forms": True, "pack_state": True, "optim.flatten": True}
     assert all(p["wall_s"] >= 0 for p in doc["points"])
     jax_records = [r for r in doc["records"] if r["framework"] == "jax"]
     assert [(r["what"], r["options"]["point"]) for r in jax_records] == [

@@ -124,6 +124,16 @@ def _config(point: Point, args: argparse.Namespace) -> Any:
                         depthwise=args.depthwise, overrides=point.overrides)
 
 
+def _forms(config: Any) -> dict[str, bool]:
+    """What this process made of the ``auto`` settings: their accelerator forms or not,
+    and the packed state and flat moments of the training step."""
+    from vertex_jax.auto_setting import on_accelerator
+    from vertex_jax.train.packing import pack_state_enabled
+    from vertex_jax.train.state import flatten_enabled
+    return {"accelerator_forms": on_accelerator(), "pack_state": pack_state_enabled(config),
+            "optim.flatten": flatten_enabled(config)}
+
+
 def _run_jax_point(point: Point, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     from vertex_jax.bench.measure import measure
 
@@ -132,7 +142,8 @@ def _run_jax_point(point: Point, args: argparse.Namespace, out: Path) -> dict[st
     environment, record = measure(_config(point, args), point.what, steps=args.steps,
                                   repeats=args.repeats, options={"point": point.name},
                                   on_compiled=compiled, budget_s=TIMING_BUDGET_S)
-    return {"environment": environment, "record": record, "memory_stats": _memory_stats()}
+    return {"environment": environment, "record": record, "memory_stats": _memory_stats(),
+            "forms": _forms(_config(point, args))}
 
 
 def _run_profile_point(point: Point, args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -167,8 +178,11 @@ def _run_profile_point(point: Point, args: argparse.Namespace, out: Path) -> dic
 def child_main(args: argparse.Namespace) -> None:
     """Run the points of ``--child`` (a JSON list) in this process, each result to
     ``<results_dir>/<name>.json`` as soon as it is measured."""
+    from vertex_jax.auto_setting import assume_accelerator
     from vertex_jax.compile_cache import enable_compilation_cache
 
+    if args.dry:  # rehearse the GPU's programs: auto settings (packing, flat moments, BatchNorm) in their GPU form
+        assume_accelerator(True)
     enable_compilation_cache(args.cache_dir)
     out = Path(args.results_dir)
     for spec in json.loads(args.child):
