@@ -350,3 +350,13 @@ def test_cli_compile_point_is_cold_and_split_into_python_and_xla(tmp_path):
     assert r["xla_memory_bytes_per_device"] > r["params"] * 4  # at least the float32 parameters
     assert not any(p.is_file() for p in cache.rglob("*"))
     assert "StableHLO ops" in stdout and "allocator" not in stdout
+
+
+def test_cli_compile_eval_point_compiles_the_evaluation_step_at_its_batch(tmp_path):
+    """``--what=compile-eval``: the evaluation step, at the swept evaluation batch; no
+    optimizer, so a smaller program than the training step's."""
+    result, _ = run_bench(tmp_path, "--what=compile-eval", "--batch=4", "--noisolate", devices=1,
+                          env={"VERTEX_COMPILE_CACHE": "off"})
+    (r,) = result["records"]
+    assert r["what"] == "compile-eval" and r["batch"] == 4 and r["xla_s"] > 0
+    assert 0 < r["kernels"] < 1000 and r["xla_memory_bytes_per_device"] > 0

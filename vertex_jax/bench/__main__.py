@@ -34,9 +34,11 @@ from vertex_jax.models.build import tasks_of
 
 _CONFIG = config_flags.DEFINE_config_file("config", str(config_path("xray")),
                                           "Run configuration: a shipped name (xray, vfa) or a file, [:variant].")
-_WHAT = flags.DEFINE_enum("what", "train", ["train", "eval", "loop", "compile", "input", "export", "all"],
+_WHAT = flags.DEFINE_enum("what", "train", ["train", "eval", "loop", "compile", "compile-eval", "input",
+                                           "export", "all"],
                           "Which step to time; compile: a cold compile of the training step, "
-                          "nothing run (vertex_jax.bench.compile_time); "
+                          "nothing run (vertex_jax.bench.compile_time), compile-eval: of the "
+                          "evaluation step; "
                           "loop: the training loop itself (train_and_evaluate "
                           "capped at --steps steps, vertex_jax.bench.loop) beside the isolated "
                           "training step; input: the input pipeline (vertex_jax.bench.input); "
@@ -52,7 +54,7 @@ _SWEEP = flags.DEFINE_multi_string("sweep", [], "Any other config field to sweep
                                    "--sweep=model.depthwise=conv,shifts (repeatable).")
 _ISOLATE = flags.DEFINE_bool("isolate", True, "Measure each point in a fresh process (own "
                              "peak memory and compile time).")
-_TARGET = flags.DEFINE_enum("target", "", ["", "h100", "h200"], "With --what=compile: compile "
+_TARGET = flags.DEFINE_enum("target", "", ["", "h100", "h200"], "With --what=compile(-eval): compile "
                             "for this GPU without one (needs vertex_jax[gpu]; nothing runs or is "
                             "autotuned; vertex_jax.bench.gpu_target).")
 _JSON = flags.DEFINE_string("json", "", "Also write the results here.")
@@ -94,7 +96,7 @@ def point_config(config: ml_collections.ConfigDict, what: str, point: dict[str, 
     config = config.copy_and_resolve_references()
     for key, text in point.items():
         if key == "batch":
-            field = "eval_batch_size" if what == "eval" else "batch_size"
+            field = "eval_batch_size" if what in ("eval", "compile-eval") else "batch_size"
             config[field] = _convert(config[field], text, "batch")
             continue
         *parents, leaf = key.split(".")
@@ -172,8 +174,9 @@ def main(argv: list[str]) -> None:
              }.get(_WHAT.value, [_WHAT.value])
     if _PEER.value and "train" not in whats:
         raise app.UsageError("--peer compares training steps: use --what=train or all")
-    if _TARGET.value and _WHAT.value != "compile":
-        raise app.UsageError("--target compiles for a GPU that is not here: use it with --what=compile")
+    compiling = _WHAT.value in ("compile", "compile-eval")
+    if _TARGET.value and not compiling:
+        raise app.UsageError("--target compiles for a GPU that is not here: use it with --what=compile(-eval)")
     axes = sweep_axes()
     if _WHAT.value == "export" and any(key != "batch" for key, _ in axes):
         raise app.UsageError("--what=export times the config as given: sweep only --batch "
@@ -188,8 +191,9 @@ def main(argv: list[str]) -> None:
     for what, point, point_cfg in jobs:
         options = {k: v for k, v in point.items() if k not in ("batch", "model.dtype", "model.remat")}
         print(f"measuring {what} {point or '(config as given)'}", flush=True)
-        if what == "compile":
-            environment, record = compile_fn(point_cfg, options=options, target=_TARGET.value)
+        if what in ("compile", "compile-eval"):
+            environment, record = compile_fn(point_cfg, options=options, target=_TARGET.value,
+                                             step="eval" if what == "compile-eval" else "train")
         elif what == "loop":
             environment, record, detail = measure_loop(point_cfg, steps=_STEPS.value,
                                                        repeats=_REPEATS.value, options=options,
@@ -202,11 +206,11 @@ def main(argv: list[str]) -> None:
     if records:
         print(f"\n{environment['devices']}x {environment['device']} ({environment['platform']}), "
               f"{config.model.variant} at {config.data.canvas[0]}x{config.data.canvas[1]}")
-        if _WHAT.value == "compile":
+        if compiling:
             print(format_compile_table(records))
         else:
             print(format_table(records, extra=sorted({k for r in records for k in r["options"]})))
-        if environment["platform"] == "cpu" and _WHAT.value != "compile":
+        if environment["platform"] == "cpu" and not compiling:
             print("peak MiB: no allocator statistics on CPU (null); XLA MiB is XLA's memory plan.")
         if _WHAT.value == "loop":
             print("\n" + format_loop_ratio(records) + "\n" + format_input_rates(extra["loop_runs"]))

@@ -1,4 +1,5 @@
-"""A cold compile of the training step, nothing run: ``python -m vertex_jax.bench --what=compile``.
+"""A cold compile of the training (or evaluation) step, nothing run:
+``python -m vertex_jax.bench --what=compile`` (``compile-eval``).
 
 The first compile is paid by every fresh machine, so its levers are measured apart from
 the step's speed: the persistent compilation cache is off for the point (each point runs
@@ -45,10 +46,10 @@ def program_sizes(stablehlo: str, compiled_hlo: str) -> dict[str, int]:
     return {"stablehlo_ops": ops, "kernels": kernels}
 
 
-def measure_compile(config: Any, *, options: dict[str, Any] | None = None, target: str = ""
-                    ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(environment, record) of one cold compile of ``config``'s training step at its
-    ``batch_size``, on every device of the mesh; the persistent cache is switched off
+def measure_compile(config: Any, *, options: dict[str, Any] | None = None, target: str = "",
+                    step: str = "train") -> tuple[dict[str, Any], dict[str, Any]]:
+    """(environment, record) of one cold compile of ``config``'s ``step`` ("train" at its
+    ``batch_size``, or "eval" at its ``eval_batch_size``), on every device of the mesh; the persistent cache is switched off
     for this process, so run it in a fresh one (``run_isolated``) for a cold figure.
     ``target`` (``h100``, ``h200``): compiled for that GPU, described, not present
     (:mod:`vertex_jax.bench.gpu_target`); ``auto`` settings take their GPU form."""
@@ -58,7 +59,7 @@ def measure_compile(config: Any, *, options: dict[str, Any] | None = None, targe
     if target:
         assume_accelerator(True)
         mesh = target_mesh(target)
-    point = prepare_step(config, "train", mesh)
+    point = prepare_step(config, step, mesh)
     lowered, compiled, lower_s, compile_s = point.compile()
     xla_s = compile_s - lower_s
     env = environment()
@@ -66,7 +67,7 @@ def measure_compile(config: Any, *, options: dict[str, Any] | None = None, targe
         env.update(device=f"{target} (described: compiled here, never run)", platform="cuda",
                    devices=point.mesh.devices.size)
     record = {
-        "framework": "jax", "what": "compile", "target": target or None, "variant": config.model.variant,
+        "framework": "jax", "what": "compile" if step == "train" else f"compile-{step}", "target": target or None, "variant": config.model.variant,
         "height": config.data.canvas[0], "width": config.data.canvas[1], "batch": point.batch_size,
         "dtype": config.model.dtype, "options": dict(options or {}), "devices": point.mesh.devices.size,
         "params": point.params, "compile_s": compile_s, "lower_s": lower_s, "xla_s": xla_s,
