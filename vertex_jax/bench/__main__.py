@@ -45,6 +45,7 @@ _WHAT = flags.DEFINE_enum("what", "train", ["train", "eval", "loop", "compile", 
                           "export: the exported ONNX model on onnxruntime against JAX on the CPU "
                           "(vertex_jax.bench.export; --batch sizes, default 1,2); all: train, eval "
                           "and input.")
+_COMPILING = {"compile": "train", "compile-eval": "eval"}  # --what -> the step compiled
 _STEPS = flags.DEFINE_integer("steps", 10, "Steps per timed run.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs; the median is reported.")
 _BATCH = flags.DEFINE_list("batch", [], "Global batch sizes to sweep (default: the config's).")
@@ -96,7 +97,7 @@ def point_config(config: ml_collections.ConfigDict, what: str, point: dict[str, 
     config = config.copy_and_resolve_references()
     for key, text in point.items():
         if key == "batch":
-            field = "eval_batch_size" if what in ("eval", "compile-eval") else "batch_size"
+            field = "eval_batch_size" if _COMPILING.get(what, what) == "eval" else "batch_size"
             config[field] = _convert(config[field], text, "batch")
             continue
         *parents, leaf = key.split(".")
@@ -174,7 +175,7 @@ def main(argv: list[str]) -> None:
              }.get(_WHAT.value, [_WHAT.value])
     if _PEER.value and "train" not in whats:
         raise app.UsageError("--peer compares training steps: use --what=train or all")
-    compiling = _WHAT.value in ("compile", "compile-eval")
+    compiling = _WHAT.value in _COMPILING
     if _TARGET.value and not compiling:
         raise app.UsageError("--target compiles for a GPU that is not here: use it with --what=compile(-eval)")
     axes = sweep_axes()
@@ -191,9 +192,9 @@ def main(argv: list[str]) -> None:
     for what, point, point_cfg in jobs:
         options = {k: v for k, v in point.items() if k not in ("batch", "model.dtype", "model.remat")}
         print(f"measuring {what} {point or '(config as given)'}", flush=True)
-        if what in ("compile", "compile-eval"):
+        if what in _COMPILING:
             environment, record = compile_fn(point_cfg, options=options, target=_TARGET.value,
-                                             step="eval" if what == "compile-eval" else "train")
+                                             step=_COMPILING[what])
         elif what == "loop":
             environment, record, detail = measure_loop(point_cfg, steps=_STEPS.value,
                                                        repeats=_REPEATS.value, options=options,

@@ -6,8 +6,8 @@ the step's speed: the persistent compilation cache is off for the point (each po
 in a fresh process), and the record splits the time into tracing + lowering in Python
 (``lower_s``) and XLA (``xla_s``: HLO passes, code generation and, on GPUs, autotuning),
 beside the program's size (StableHLO operations in, kernels of the compiled entry
-computation out) and XLA's memory plan (arguments + outputs + temporaries - aliased). Sizes are counted from the program text, so they compare settings on
-one backend; XLA:CPU and XLA:GPU fuse differently.
+computation out) and XLA's memory plan (arguments + outputs + temporaries - aliased).
+Sizes are counted from the program text, so they compare settings on one backend; XLA:CPU and XLA:GPU fuse differently.
 """
 
 from __future__ import annotations
@@ -49,25 +49,29 @@ def program_sizes(stablehlo: str, compiled_hlo: str) -> dict[str, int]:
 def measure_compile(config: Any, *, options: dict[str, Any] | None = None, target: str = "",
                     step: str = "train") -> tuple[dict[str, Any], dict[str, Any]]:
     """(environment, record) of one cold compile of ``config``'s ``step`` ("train" at its
-    ``batch_size``, or "eval" at its ``eval_batch_size``), on every device of the mesh; the persistent cache is switched off
-    for this process, so run it in a fresh one (``run_isolated``) for a cold figure.
+    ``batch_size``, or "eval" at its ``eval_batch_size``), on every device of the mesh;
+    the persistent cache is switched off for this process, so run it in a fresh one (``run_isolated``) for a cold figure.
     ``target`` (``h100``, ``h200``): compiled for that GPU, described, not present
     (:mod:`vertex_jax.bench.gpu_target`); ``auto`` settings take their GPU form."""
     jax.config.update("jax_enable_compilation_cache", False)
     config = config.copy_and_resolve_references()
-    mesh = None
+    mesh = target_mesh(target) if target else None
     if target:
         assume_accelerator(True)
-        mesh = target_mesh(target)
-    point = prepare_step(config, step, mesh)
-    lowered, compiled, lower_s, compile_s = point.compile()
+    try:
+        point = prepare_step(config, step, mesh)
+        lowered, compiled, lower_s, compile_s = point.compile()
+    finally:
+        if target:
+            assume_accelerator(None)  # the GPU forms only for this program
     xla_s = compile_s - lower_s
     env = environment()
     if target:
         env.update(device=f"{target} (described: compiled here, never run)", platform="cuda",
                    devices=point.mesh.devices.size)
     record = {
-        "framework": "jax", "what": "compile" if step == "train" else f"compile-{step}", "target": target or None, "variant": config.model.variant,
+        "framework": "jax", "what": "compile" if step == "train" else f"compile-{step}",
+        "target": target or None, "variant": config.model.variant,
         "height": config.data.canvas[0], "width": config.data.canvas[1], "batch": point.batch_size,
         "dtype": config.model.dtype, "options": dict(options or {}), "devices": point.mesh.devices.size,
         "params": point.params, "compile_s": compile_s, "lower_s": lower_s, "xla_s": xla_s,

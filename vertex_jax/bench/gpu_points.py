@@ -139,11 +139,12 @@ def _run_jax_point(point: Point, args: argparse.Namespace, out: Path) -> dict[st
 
     def compiled(seconds: float) -> None:  # survives a kill while the step is timed
         (out / f"{point.name}.compiled.json").write_text(json.dumps({"compile_s": seconds}))
-    environment, record = measure(_config(point, args), point.what, steps=args.steps,
+    config = _config(point, args)
+    environment, record = measure(config, point.what, steps=args.steps,
                                   repeats=args.repeats, options={"point": point.name},
                                   on_compiled=compiled, budget_s=TIMING_BUDGET_S)
     return {"environment": environment, "record": record, "memory_stats": _memory_stats(),
-            "forms": _forms(_config(point, args))}
+            "forms": _forms(config)}
 
 
 def _run_profile_point(point: Point, args: argparse.Namespace, out: Path) -> dict[str, Any]:

@@ -108,11 +108,11 @@ def _packing(config: Any, what: str, state: Any) -> StatePacking | None:
     return StatePacking(state) if what == "train" and pack_state_enabled(config) else None
 
 
-def _abstract_inputs(config: Any, what: str, batch_size: int, mesh
+def _abstract_inputs(config: Any, what: str, batch_size: int, mesh, state: nnx.State
                      ) -> tuple[Any, dict[str, jax.ShapeDtypeStruct], StatePacking | None]:
     """(state, batch, packing) as :func:`stepped_state` and :func:`random_batch` make
-    them, shapes and shardings only: for a mesh of a GPU that is not here."""
-    _, state, _ = abstract_state(config)
+    them, from the abstract ``state``: shapes and shardings only, for a mesh of a GPU
+    that is not here."""
     packing = _packing(config, what, state)
     if packing is not None:
         state = jax.eval_shape(packing.pack, state)
@@ -233,9 +233,9 @@ def prepare_step(config: Any, what: str, target_mesh: Any = None) -> PreparedSte
     mesh = target_mesh if target_mesh is not None else meshlib.make_mesh()
     batch_size = config.batch_size if what == "train" else config.eval_batch_size
     meshlib.check_batch(batch_size, mesh)
-    graphdef, _, params = abstract_state(config)
+    graphdef, abstract, params = abstract_state(config)
     if target_mesh is not None:
-        state, batch, packing = _abstract_inputs(config, what, batch_size, mesh)
+        state, batch, packing = _abstract_inputs(config, what, batch_size, mesh, abstract)
     else:
         state, packing = stepped_state(config, what, mesh)
         batch = meshlib.to_global(random_batch(config, batch_size), mesh)
