@@ -53,6 +53,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                    # pass) or "autodiff", the same function; auto: fused on GPUs, autodiff
                    # on CPUs, the faster on each (docs/performance-notes.md §7).
                    batchnorm="auto",
+                   # The fused BatchNorm's backward pass keeps its swish cotangent in "float32"
+                   # or rounds it to the "compute" dtype (bfloat16: fewer bytes per step, as
+                   # op-by-op frameworks do; not yet measured on a GPU, §12).
+                   batchnorm_grad="float32",
                    # Strided convolutions: "tf" (TF SAME, as the Keras/timm weights were
                    # trained) or "symmetric" ((k-1)/2 each side; no explicit pad on GPUs).
                    padding="tf",

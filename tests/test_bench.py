@@ -311,6 +311,63 @@ def test_program_sizes_count_the_entry_computations_kernels():
     assert two["stablehlo_ops"] > one["stablehlo_ops"] >= 3  # sine, multiply, add
 
 
+@pytest.mark.parametrize("name", ["elementwise", "slices of a packed vector", "two results", "reduction"])
+def test_kernel_bytes_agree_with_xla_cost_analysis_on_cpu(name):
+    """The bytes estimated from the program text against XLA:CPU's own cost analysis of
+    the same compiled program (which a described GPU lacks): operands and results, a
+    sliced operand counted by its slices. XLA also counts a few bytes of scalars."""
+    from vertex_jax.bench.hlo_kernels import kernel_summary
+
+    a, v = jnp.ones((256, 256), jnp.float32), jnp.ones((100_000,), jnp.float32)
+    fn, args = {
+        "elementwise": (lambda a, b: a * b + 1.0, (a, a)),
+        "slices of a packed vector": (lambda v: (v[:1000] * 2.0, v[5000:7000] + 1.0), (v,)),
+        "two results": (lambda a: (jnp.sin(a) * 2.0 + 1.0, a @ a.T), (a,)),
+        "reduction": (lambda a: jnp.sum(a * a, axis=0), (a,)),
+    }[name]
+    compiled = jax.jit(fn).lower(*args).compile()
+    estimate = kernel_summary(compiled.as_text())["kernel_bytes"]
+    assert abs(estimate - compiled.cost_analysis()["bytes accessed"]) <= 64
+    if name == "slices of a packed vector":
+        assert estimate < 0.1 * v.nbytes  # not the whole vector per slice
+
+
+_GPU_TEXT = """HloModule step
+
+%fused_slice (param_0.1: f32[100]) -> f32[10] {
+  %param_0.1 = f32[100]{0} parameter(0)
+  ROOT %slice.1 = f32[10]{0} slice(%param_0.1), slice={[0:10]}
+}
+
+ENTRY %main (p0: f32[100], p1: bf16[8,4,4,16], w: bf16[16,1,1,16]) -> bf16[8,4,4,16] {
+  %p0 = f32[100]{0} parameter(0)
+  %p1 = bf16[8,4,4,16]{3,2,1,0} parameter(1)
+  %w = bf16[16,1,1,16]{3,2,1,0} parameter(2)
+  %wrapped_slice = f32[10]{0} fusion(%p0), kind=kLoop, calls=%fused_slice
+  %cudnn-conv.1 = (bf16[8,4,4,16]{3,2,1,0}, u8[1024]{0}) custom-call(%p1, %w), window={size=1x1}, dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convForward"
+  %get-tuple-element.1 = bf16[8,4,4,16]{3,2,1,0} get-tuple-element(%cudnn-conv.1), index=0
+  %cudnn-conv.2 = (bf16[8,4,4,16]{3,2,1,0}, u8[1024]{0}) custom-call(%get-tuple-element.1, %w), window={size=1x1}, dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convForward"
+  %get-tuple-element.2 = bf16[8,4,4,16]{3,2,1,0} get-tuple-element(%cudnn-conv.2), index=0
+  %cudnn-conv.3 = (bf16[8,4,4,16]{3,2,1,0}, u8[1024]{0}) custom-call(%get-tuple-element.2, %w), window={size=1x1 pad=0_0x0_0 lhs_dilate=1x1}, dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convForward"
+  ROOT %get-tuple-element.3 = bf16[8,4,4,16]{3,2,1,0} get-tuple-element(%cudnn-conv.3), index=0
+}
+"""
+
+
+def test_kernels_of_a_gpu_program_text():
+    """A GPU program's text (the form ``--target`` compiles): a slice fusion reads its
+    slice; a cuDNN call reads its operands and writes its result, not its scratch
+    buffer; calls with the same shapes and window are one autotuning problem."""
+    from vertex_jax.bench.hlo_kernels import entry_kernels, kernel_summary
+
+    kernels = entry_kernels(_GPU_TEXT)
+    assert [(k.kind, k.bytes_in, k.bytes_out) for k in kernels] == [
+        ("wrapped_slice", 40, 40), *[("__cudnn$convForward", 8 * 4 * 4 * 16 * 2 + 16 * 16 * 2, 8 * 4 * 4 * 16 * 2)] * 3]
+    summary = kernel_summary(_GPU_TEXT)
+    assert summary["library_calls"] == {"__cudnn$convForward": {"calls": 3, "distinct": 2}}
+    assert summary["library_problems"] == 2 and summary["kernels"] == 4
+
+
 def _cuda_plugin_installed() -> bool:
     if importlib.util.find_spec("jax_plugins") is None:
         return False

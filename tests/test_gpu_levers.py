@@ -32,11 +32,22 @@ def naive_bn(x, scale, bias, act):
     return jax.nn.silu(z) if act else z
 
 
+@pytest.fixture(params=[False, True], ids=["cpu-form", "accelerator-form"])
+def accelerator_form(request):
+    """Trace as on a CPU, or as on an accelerator (the per-channel sums become one
+    two-operand reduction) -- both run here on the CPU."""
+    from vertex_jax.auto_setting import assume_accelerator
+    assume_accelerator(request.param)
+    yield request.param
+    assume_accelerator(None)
+
+
 @pytest.mark.parametrize("act", [True, False])
-def test_fused_batchnorm_matches_autodiff_of_the_plain_formula(act):
+def test_fused_batchnorm_matches_autodiff_of_the_plain_formula(act, accelerator_form):
     """Output and every gradient against autodiff of the two-pass formula, in float64
     (x64 on); the fused form computes in float32, so they agree to float32 rounding
-    of sums over n = 192 elements: relative error < n * 2^-24 * (a small constant)."""
+    of sums over n = 192 elements: relative error < n * 2^-24 * (a small constant),
+    whatever order the sums add in (two reductions or one two-operand reduction)."""
     rng = np.random.default_rng(0)
     x = rng.normal(1.5, 2.0, (4, 8, 6, 5))  # mean comparable to std: little cancellation
     scale, bias = rng.normal(1, 0.3, 5), rng.normal(0, 0.3, 5)
@@ -82,6 +93,49 @@ def test_both_batchnorm_impls_train_the_same_network():
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol * float(jnp.max(jnp.abs(b))))
     with pytest.raises(ValueError, match="model.batchnorm"):
         set_bn_impl(nnx.Sequential(), "cudnn")
+    with pytest.raises(ValueError, match="model.batchnorm_grad"):
+        set_bn_impl(nnx.Sequential(), "fused", "float16")
+
+
+def test_batchnorm_grad_compute_rounds_only_the_swish_cotangent(accelerator_form):
+    """``model.batchnorm_grad=compute`` under bfloat16: the fused backward pass rounds
+    ``dz`` (the cotangent before the swish) to bfloat16. Against the float32 form the
+    output is identical and each gradient moves by at most what rounding ``dz`` can
+    move it: |d dz_i| <= 2^-8 |dz_i| (with slack over bf16's 2^-9), so the bias gradient
+    sum(dz) by 2^-8 sum|dz|, the scale gradient sum(dz x_hat) by 2^-8 sum|dz x_hat|, and dx
+    by its own arithmetic plus one bfloat16 rounding of each side. ``dz`` and ``x_hat`` come
+    from a float64 evaluation of the formula, independent of the code under test."""
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.normal(0.3, 1.0, (4, 6, 5, 8)), jnp.bfloat16)
+    scale = jnp.asarray(rng.normal(1, 0.3, 8), jnp.float32)
+    bias = jnp.asarray(rng.normal(0, 0.3, 8), jnp.float32)
+    w = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+
+    def grads(grad):
+        def loss(x, scale, bias):
+            y, _, _ = fused_batch_norm(x, scale, bias, 1e-3, True, jnp.bfloat16, grad)
+            return jnp.sum(y.astype(jnp.float32) * w)
+        return [np.asarray(g, np.float64) for g in jax.grad(loss, argnums=(0, 1, 2))(x, scale, bias)]
+
+    (dx32, ds32, db32), (dx16, ds16, db16) = grads("float32"), grads("compute")
+    xf, g = np.asarray(x, np.float64), np.asarray(w.astype(jnp.bfloat16), np.float64)  # dL/dy in bf16
+    n = xf.size // 8
+    mean, var = xf.mean(axis=(0, 1, 2)), xf.var(axis=(0, 1, 2))
+    rstd = 1 / np.sqrt(var + 1e-3)
+    x_hat = (xf - mean) * rstd
+    z = x_hat * np.asarray(scale, np.float64) + np.asarray(bias, np.float64)
+    sig = 1 / (1 + np.exp(-z))
+    dz = np.abs(g * sig * (1 + z * (1 - sig)))
+    f32 = 64 * n * EPS32  # float32 sums in either form
+    r = 2.0 ** -8
+    assert np.all(np.abs(db16 - db32) <= r * dz.sum((0, 1, 2)) + f32 * dz.sum((0, 1, 2)))
+    assert np.all(np.abs(ds16 - ds32) <= (r + f32) * (dz * np.abs(x_hat)).sum((0, 1, 2)))
+    c = np.abs(np.asarray(scale, np.float64)) * rstd
+    bound_dx = c * (r + f32) * (dz + dz.mean((0, 1, 2)) + np.abs(x_hat) * (dz * np.abs(x_hat)).mean((0, 1, 2)))
+    assert np.all(np.abs(dx16 - dx32) <= bound_dx + r * (np.abs(dx16) + np.abs(dx32)))
+    assert not np.array_equal(ds16, ds32)  # the rounding happened (XLA did not fold it away)
+    with pytest.raises(ValueError, match="model.batchnorm_grad"):
+        fused_batch_norm(x, scale, bias, 1e-3, True, jnp.bfloat16, "bfloat16")
 
 
 @pytest.mark.parametrize("kernel", [3, 5])

@@ -6,13 +6,14 @@ the step's speed: the persistent compilation cache is off for the point (each po
 in a fresh process), and the record splits the time into tracing + lowering in Python
 (``lower_s``) and XLA (``xla_s``: HLO passes, code generation and, on GPUs, autotuning),
 beside the program's size (StableHLO operations in, kernels of the compiled entry
-computation out) and XLA's memory plan (arguments + outputs + temporaries - aliased).
+computation out, with the bytes they move and the library calls autotuning times,
+:mod:`vertex_jax.bench.hlo_kernels`) and XLA's memory plan (arguments + outputs +
+temporaries - aliased).
 Sizes are counted from the program text, so they compare settings on one backend; XLA:CPU and XLA:GPU fuse differently.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,30 +21,19 @@ import jax
 
 from vertex_jax.auto_setting import assume_accelerator
 from vertex_jax.bench.gpu_target import target_mesh
+from vertex_jax.bench.hlo_kernels import kernel_summary
 from vertex_jax.bench.measure import xla_memory_bytes, environment, prepare_step
 from vertex_jax.bench.record import format_table
 
 __all__ = ["measure_compile", "program_sizes", "format_compile_table"]
 
-# Entry-computation instructions that launch no work of their own.
-_NOT_KERNELS = ("parameter", "constant", "tuple", "get-tuple-element", "bitcast", "after-all",
-                "partition-id", "replica-id", "opt-barrier")
-_OPCODE = re.compile(r"(?:^|[\s)}\]])([a-z][a-z0-9-]*)\(")
-
-
-def program_sizes(stablehlo: str, compiled_hlo: str) -> dict[str, int]:
-    """``stablehlo_ops``: operations of the lowered module (every function);
-    ``kernels``: instructions of the compiled entry computation that run something
-    (fusions, library calls such as convolutions, copies, loops)."""
+def program_sizes(stablehlo: str, compiled_hlo: str) -> dict[str, Any]:
+    """``stablehlo_ops``: operations of the lowered module (every function); from the
+    compiled entry computation (:func:`vertex_jax.bench.hlo_kernels.kernel_summary`):
+    ``kernels``, their estimated ``kernel_bytes``, the ``library_calls`` and how many
+    distinct ``library_problems`` autotuning times."""
     ops = sum(1 for line in stablehlo.splitlines() if " = " in line and not line.lstrip().startswith("//"))
-    entry = compiled_hlo.split("\nENTRY ", 1)[-1].split("\n}", 1)[0]
-    kernels = 0
-    for line in entry.splitlines()[1:]:
-        if " = " not in line:
-            continue
-        opcode = _OPCODE.search(line.split(" = ", 1)[1])  # after the (maybe tuple) shape
-        kernels += bool(opcode) and opcode.group(1) not in _NOT_KERNELS
-    return {"stablehlo_ops": ops, "kernels": kernels}
+    return {"stablehlo_ops": ops, **kernel_summary(compiled_hlo)}
 
 
 def measure_compile(config: Any, *, options: dict[str, Any] | None = None, target: str = "",
@@ -85,6 +75,7 @@ _COLUMNS = (
     ("what", "what", "", 1), ("batch", "batch", "d", 1), ("dtype", "dtype", "", 1),
     ("compile s", "compile_s", ".1f", 1), ("lower s", "lower_s", ".1f", 1), ("XLA s", "xla_s", ".1f", 1),
     ("StableHLO ops", "stablehlo_ops", "d", 1), ("kernels", "kernels", "d", 1),
+    ("kernel GB", "kernel_bytes", ".1f", 1e9), ("library problems", "library_problems", "d", 1),
     ("XLA MiB/dev", "xla_memory_bytes_per_device", ".0f", 2**20),
 )
 

@@ -82,6 +82,8 @@ def plan(dry: bool, xla: str = "fast-compile") -> list[Point]:
         Point(f"{first}-recompute", "jax", overrides={"model.recompute": "elementwise"}, **lever),
         # Launch-bound steps (§7): CUDA graphs over shorter runs of kernels.
         Point(f"{first}-graphs", "jax", xla="fast-compile-graphs", **lever),
+        # Fewer bytes per step (§12): the fused BatchNorm's swish cotangent in bfloat16.
+        Point(f"{first}-bn-grad-compute", "jax", overrides={"model.batchnorm_grad": "compute"}, **lever),
         # The first compile again: autotune level 1 and LLVM's module compiled in parallel.
         Point(f"{first}-quick-compile-cold", "jax", batch=b, xla="quick-compile",
               cache="quick-compile", isolate=True, cap_s=cap + 150, estimate_s=10 if dry else 90),

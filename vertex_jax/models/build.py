@@ -63,5 +63,5 @@ def build_model(config: Any, seed: int) -> VertexNet:
                       vertebra_detach=m.vertebra_detach,
                       rngs=nnx.Rngs(seed))
     set_bn_momentum(model, m.bn_momentum)  # backbone and evidence head
-    set_bn_impl(model, m.batchnorm)
+    set_bn_impl(model, m.batchnorm, m.batchnorm_grad)
     return model

@@ -21,6 +21,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
@@ -187,11 +188,27 @@ _KEPT_CONV, _KEPT_STATS, _KEPT_GATE = "conv", "bn_stats", "se_gate"
 RECOMPUTE = ("none", "elementwise")
 
 
+def _channel_sums(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-channel sums of ``a`` and ``b`` (same shape) over all but the last axis.
+
+    On accelerators one two-operand reduction: XLA:GPU splits a long reduction into two
+    kernels, and two ``jnp.sum`` calls share only the first (192 kernels fewer in the B4
+    step, docs/performance-notes.md §12). XLA:CPU runs a two-operand reduction as a
+    scalar loop (~6x slower), so CPUs keep two sums.
+    """
+    axes = tuple(range(a.ndim - 1))
+    if not on_accelerator():
+        return jnp.sum(a, axis=axes), jnp.sum(b, axis=axes)
+    zero = np.zeros((), a.dtype)
+    return jax.lax.reduce((a, b), (zero, zero), lambda p, q: (p[0] + q[0], p[1] + q[1]), axes)
+
+
 def _stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     xf = x.astype(jnp.float32)
-    axes = tuple(range(x.ndim - 1))
-    mean = jnp.mean(xf, axis=axes)
-    return mean, jnp.maximum(jnp.mean(jnp.square(xf), axis=axes) - jnp.square(mean), 0.0)
+    n = x.size // x.shape[-1]
+    total, squares = _channel_sums(xf, jnp.square(xf))
+    mean = total / n
+    return mean, jnp.maximum(squares / n - jnp.square(mean), 0.0)
 
 
 @jax.custom_vjp
@@ -239,7 +256,7 @@ def _named(stats: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
 
 
 def fused_batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float, act: bool,
-                     dtype: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+                     dtype: Any, grad: str = "float32") -> tuple[jax.Array, jax.Array, jax.Array]:
     """Training-mode BatchNorm (+ optional swish) with a hand-written backward pass:
     ``(y, batch mean, biased batch variance)``, statistics in float32.
 
@@ -254,26 +271,34 @@ def fused_batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: f
     keep them and redo only the elementwise part; the backward pass of the normalisation
     carries their share of ``x``'s gradient, so the returned statistics carry none
     (BatchNorm only averages them into its running statistics).
+
+    ``grad`` (:data:`BATCHNORM_GRADS`): with ``"compute"``, the backward pass rounds the
+    swish's cotangent ``dz`` to the output cotangent's dtype (bfloat16 under mixed
+    precision) before its two passes read it, as a framework that differentiates op by
+    op does; ``"float32"`` keeps it in float32 (XLA writes it out in float32 between the
+    passes: on the B4 step, 25 of some 240 GB per step, docs/performance-notes.md §12).
     """
+    if grad not in BATCHNORM_GRADS:
+        raise ConfigError(f"model.batchnorm_grad must be one of {BATCHNORM_GRADS}, got {grad!r}")
     mean, var = _named(_stats(jax.lax.stop_gradient(x)))
-    return _normalize_act_fused(x, scale, bias, mean, var, epsilon, act, dtype), mean, var
+    return _normalize_act_fused(x, scale, bias, mean, var, epsilon, act, dtype, grad), mean, var
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
-def _normalize_act_fused(x, scale, bias, mean, var, epsilon: float, act: bool, dtype) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
+def _normalize_act_fused(x, scale, bias, mean, var, epsilon: float, act: bool, dtype,
+                         grad: str) -> jax.Array:
     """:func:`_normalize_act_plain` for ``mean, var`` = the batch statistics of ``x``: its
     backward pass gives ``x`` the whole BatchNorm gradient (through the statistics too) and
     ``mean``, ``var`` none, so it is right only as :func:`fused_batch_norm` calls it."""
     return _normalize_act_plain(x, scale, bias, mean, var, epsilon, act, dtype)
 
 
-def _normalize_act_fused_fwd(x, scale, bias, mean, var, epsilon, act, dtype):
+def _normalize_act_fused_fwd(x, scale, bias, mean, var, epsilon, act, dtype, grad):
     return _normalize_act_plain(x, scale, bias, mean, var, epsilon, act, dtype), (x, scale, bias, mean, var)
 
 
-def _normalize_act_fused_bwd(epsilon, act, dtype, residuals, g_y):
+def _normalize_act_fused_bwd(epsilon, act, dtype, grad, residuals, g_y):
     x, scale, bias, mean, var = residuals
-    axes = tuple(range(x.ndim - 1))
     n = x.size // x.shape[-1]
     rstd = jax.lax.rsqrt(var + epsilon)
     x_hat = (x.astype(jnp.float32) - mean) * rstd
@@ -282,8 +307,10 @@ def _normalize_act_fused_bwd(epsilon, act, dtype, residuals, g_y):
         z = x_hat * scale + bias
         s = jax.nn.sigmoid(z)
         dz = dz * (s * (1.0 + z * (1.0 - s)))
-    sum_dz = jnp.sum(dz, axis=axes)
-    sum_dz_xhat = jnp.sum(dz * x_hat, axis=axes)
+        if grad == "compute" and g_y.dtype != jnp.float32:
+            # The barrier keeps XLA (excess precision allowed) from folding the round trip away.
+            dz = jax.lax.optimization_barrier(dz.astype(g_y.dtype)).astype(jnp.float32)
+    sum_dz, sum_dz_xhat = _channel_sums(dz, dz * x_hat)
     dx = (scale * rstd) * (dz - sum_dz / n - x_hat * (sum_dz_xhat / n))
     return dx.astype(x.dtype), sum_dz_xhat, sum_dz, jnp.zeros_like(mean), jnp.zeros_like(var)
 
@@ -291,6 +318,7 @@ def _normalize_act_fused_bwd(epsilon, act, dtype, residuals, g_y):
 _normalize_act_fused.defvjp(_normalize_act_fused_fwd, _normalize_act_fused_bwd)
 
 BATCHNORM_IMPLS = ("auto", "autodiff", "fused")
+BATCHNORM_GRADS = ("float32", "compute")  # the fused backward pass's swish cotangent
 
 
 class BatchNorm(nnx.BatchNorm):
@@ -314,6 +342,7 @@ class BatchNorm(nnx.BatchNorm):
         self.act = act
         self.compute_dtype = dtype
         self.impl = impl
+        self.grad = "float32"  # fused only: :data:`BATCHNORM_GRADS`, set by set_bn_impl
         self.in_recomputed_block = False  # set by EfficientNet for recompute="elementwise"
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -325,7 +354,8 @@ class BatchNorm(nnx.BatchNorm):
         if impl == "auto":
             impl = "fused" if on_accelerator() else "autodiff"
         if impl == "fused":
-            y, mean, var = fused_batch_norm(x, scale, bias, self.epsilon, self.act, self.compute_dtype)
+            y, mean, var = fused_batch_norm(x, scale, bias, self.epsilon, self.act, self.compute_dtype,
+                                             self.grad)
         else:
             mean, var = _named(_batch_stats(x))
             normalize = _normalize_act_plain if self.in_recomputed_block else _normalize_act
@@ -336,13 +366,16 @@ class BatchNorm(nnx.BatchNorm):
         return y
 
 
-def set_bn_impl(module: nnx.Module, impl: str) -> None:
-    """Use BatchNorm implementation ``impl`` (:data:`BATCHNORM_IMPLS`) everywhere in ``module``."""
+def set_bn_impl(module: nnx.Module, impl: str, grad: str = "float32") -> None:
+    """Use BatchNorm implementation ``impl`` (:data:`BATCHNORM_IMPLS`) everywhere in
+    ``module``, the fused one keeping its swish cotangent in ``grad`` (:data:`BATCHNORM_GRADS`)."""
     if impl not in BATCHNORM_IMPLS:
         raise ConfigError(f"model.batchnorm must be one of {BATCHNORM_IMPLS}, got {impl!r}")
+    if grad not in BATCHNORM_GRADS:
+        raise ConfigError(f"model.batchnorm_grad must be one of {BATCHNORM_GRADS}, got {grad!r}")
     for _, m in nnx.iter_modules(module):
         if isinstance(m, BatchNorm):
-            m.impl = impl
+            m.impl, m.grad = impl, grad
 
 
 DEPTHWISE_IMPLS = ("auto", "conv", "shifts")
