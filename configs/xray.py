@@ -57,6 +57,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                    # or rounds it to the "compute" dtype (bfloat16: fewer bytes per step, as
                    # op-by-op frameworks do; not yet measured on a GPU, §12).
                    batchnorm_grad="float32",
+                   # Squeeze-excite layers as a matrix product ("dot": cuBLAS on GPUs, autotuned
+                   # per shape at the first compile) or multiply-and-sum in float32 ("reduce":
+                   # XLA's own kernels, 54 fewer autotuning problems for B4; §12).
+                   se_dense="dot",
                    # Strided convolutions: "tf" (TF SAME, as the Keras/timm weights were
                    # trained) or "symmetric" ((k-1)/2 each side; no explicit pad on GPUs).
                    padding="tf",

@@ -14,8 +14,9 @@ from scipy.signal import correlate2d
 
 from vertex_jax.bench.gpu_check import _combine, lever_verdicts
 from vertex_jax.bench.gpu_points import Point
-from vertex_jax.models.efficientnet import (BatchNorm, DepthwiseConv, conv_padding,
-                                            fused_batch_norm, set_bn_impl, _conv)
+from vertex_jax.models.efficientnet import (BatchNorm, DepthwiseConv, MBConv, block_specs,
+                                            conv_padding, fused_batch_norm, se_dense,
+                                            set_bn_impl, set_se_dense, _conv)
 from vertex_jax.train.packing import StatePacking
 from vertex_jax.config_files import load_config
 from vertex_jax.xla_flags import PRESETS, apply_preset
@@ -136,6 +137,39 @@ def test_batchnorm_grad_compute_rounds_only_the_swish_cotangent(accelerator_form
     assert not np.array_equal(ds16, ds32)  # the rounding happened (XLA did not fold it away)
     with pytest.raises(ValueError, match="model.batchnorm_grad"):
         fused_batch_norm(x, scale, bias, 1e-3, True, jnp.bfloat16, "bfloat16")
+
+
+def test_se_dense_reduce_is_the_layer_without_a_matrix_product():
+    """``model.se_dense=reduce`` computes the squeeze-excite layer as products summed in
+    float32: against float64 ``s @ W + b`` it errs by at most float32 rounding of a sum of
+    ``c_in`` products (c_in * 2^-24 * sum|s_i W_ij| + |b| 2^-24, slack 4x), like the float32
+    matrix product; its output keeps the layer's dtype, and a block's traced program in
+    that form has no matrix product at all (nothing for a GPU's autotuner)."""
+    rng = np.random.default_rng(3)
+    layer = nnx.Linear(96, 24, dtype=jnp.float32, param_dtype=jnp.float32, rngs=nnx.Rngs(0))
+    layer.bias[...] = jnp.asarray(rng.normal(size=24), jnp.float32)
+    s = jnp.asarray(rng.normal(size=(5, 1, 1, 96)), jnp.float32)
+    w, b, s64 = (np.asarray(a, np.float64) for a in (layer.kernel[...], layer.bias[...], s))
+    ref = s64 @ w + b
+    bound = 4 * (96 * EPS32 * (np.abs(s64) @ np.abs(w)) + EPS32 * np.abs(b))
+    for form in ("dot", "reduce"):
+        out = np.asarray(se_dense(layer, s, form), np.float64)
+        assert out.shape == ref.shape and np.all(np.abs(out - ref) <= bound), form
+    layer16 = nnx.Linear(96, 24, dtype=jnp.bfloat16, param_dtype=jnp.float32, rngs=nnx.Rngs(0))
+    assert se_dense(layer16, s, "reduce").dtype == jnp.bfloat16
+    with pytest.raises(ValueError, match="model.se_dense"):
+        se_dense(layer, s, "einsum")
+
+    spec = block_specs("tiny")[1][0]
+    block = MBConv(spec, rngs=nnx.Rngs(0))
+    x = jnp.ones((2, 8, 8, spec.in_channels), jnp.float32)
+    def dots(form):
+        set_se_dense(block, form)
+        g, st = nnx.split(block)
+        return str(jax.make_jaxpr(lambda st: nnx.merge(g, st)(x))(st)).count("dot_general")
+    assert dots("dot") == 2 and dots("reduce") == 0
+    with pytest.raises(ValueError, match="model.se_dense"):
+        set_se_dense(block, "einsum")
 
 
 @pytest.mark.parametrize("kernel", [3, 5])

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import jax.numpy as jnp
 from flax import nnx
 
-from vertex_jax.models.efficientnet import set_bn_impl, set_bn_momentum
+from vertex_jax.models.efficientnet import set_bn_impl, set_bn_momentum, set_se_dense
 from vertex_jax.models.vertex import VertexNet
 from vertex_jax.errors import ConfigError
 
@@ -64,4 +64,5 @@ def build_model(config: Any, seed: int) -> VertexNet:
                       rngs=nnx.Rngs(seed))
     set_bn_momentum(model, m.bn_momentum)  # backbone and evidence head
     set_bn_impl(model, m.batchnorm, m.batchnorm_grad)
+    set_se_dense(model, m.se_dense)
     return model

@@ -473,6 +473,32 @@ def _conv(cin: int, cout: int, kernel: int, *, stride: int = 1, dtype: Any, rngs
                     kernel_init=_conv_init, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
 
 
+SE_DENSE_FORMS = ("dot", "reduce")
+
+
+def se_dense(layer: nnx.Linear, s: jax.Array, form: str) -> jax.Array:
+    """A squeeze-excite layer (``layer``, on pooled ``s`` of shape [..., in]) in ``form``:
+    ``dot``, the layer itself (a matrix product: a cuBLAS call on GPUs, which XLA autotunes
+    once per distinct shape), or ``reduce``, the same products summed in float32 by XLA's
+    own reduction kernels (nothing to autotune; docs/performance-notes.md §12). The output
+    has the layer's dtype either way."""
+    if form == "dot":
+        return layer(s)
+    if form != "reduce":
+        raise ConfigError(f"model.se_dense must be one of {SE_DENSE_FORMS}, got {form!r}")
+    products = s.astype(jnp.float32)[..., :, None] * layer.kernel[...]
+    return (jnp.sum(products, axis=-2) + layer.bias[...]).astype(layer.dtype)
+
+
+def set_se_dense(module: nnx.Module, form: str) -> None:
+    """Compute every squeeze-excite layer of ``module`` in ``form`` (:func:`se_dense`)."""
+    if form not in SE_DENSE_FORMS:
+        raise ConfigError(f"model.se_dense must be one of {SE_DENSE_FORMS}, got {form!r}")
+    for _, m in nnx.iter_modules(module):
+        if isinstance(m, MBConv):
+            m.se_dense = form
+
+
 class MBConv(nnx.Module):
     """Mobile inverted bottleneck: [1x1 expand] -> depthwise -> squeeze-excite -> 1x1 project (+skip)."""
 
@@ -493,6 +519,7 @@ class MBConv(nnx.Module):
                                     dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
         self.se_expand = nnx.Linear(spec.se_channels, hidden, kernel_init=_conv_init,
                                     dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+        self.se_dense = "dot"  # :data:`SE_DENSE_FORMS`, set by set_se_dense
         self.project_conv = _conv(hidden, spec.out_channels, 1, dtype=dtype, rngs=rngs)
         self.project_bn = BatchNorm(spec.out_channels, act=False, dtype=dtype, rngs=rngs)
         if spec.has_skip and spec.drop_rate > 0:
@@ -507,8 +534,8 @@ class MBConv(nnx.Module):
             h = self.expand_bn(checkpoint_name(self.expand_conv(h), _KEPT_CONV))
         h = self.dw_bn(checkpoint_name(self.dw_conv(h), _KEPT_CONV))
         s = checkpoint_name(jnp.mean(h, axis=(1, 2), keepdims=True, dtype=jnp.float32), _KEPT_GATE)
-        s = jax.nn.silu(self.se_reduce(s))
-        s = checkpoint_name(jax.nn.sigmoid(self.se_expand(s)), _KEPT_GATE)
+        s = jax.nn.silu(se_dense(self.se_reduce, s, self.se_dense))
+        s = checkpoint_name(jax.nn.sigmoid(se_dense(self.se_expand, s, self.se_dense)), _KEPT_GATE)
         h = h * s.astype(self.dtype)
         h = self.project_bn(checkpoint_name(self.project_conv(h), _KEPT_CONV))
         if self.spec.has_skip:
