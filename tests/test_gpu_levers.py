@@ -269,6 +269,13 @@ def test_xla_presets_never_override_the_users_flags():
     with pytest.raises(ValueError, match="xla_preset"):
         apply_preset("turbo", {})
     assert set(PRESETS) >= {"default", "fast-compile", "no-autotune"}
+    # Presets join with "+": every flag of each, once, a later preset's value winning.
+    joined = apply_preset("fast-compile-graphs+fast-compile-no-excess-precision", {}).split()
+    assert sorted(joined) == sorted(["--xla_gpu_enable_triton_gemm=false", "--xla_gpu_graph_min_graph_size=2",
+                                     "--xla_allow_excess_precision=false"])
+    assert apply_preset("default+no-autotune", {}) == " ".join(PRESETS["no-autotune"])
+    with pytest.raises(ValueError, match="xla_preset"):
+        apply_preset("fast-compile+turbo", {})
 
 
 def _record(images_per_s: float, spread: float) -> dict:
@@ -297,14 +304,17 @@ def test_the_combination_takes_the_levers_that_beat_the_baseline_by_more_than_th
               Point("a", "jax", lever=True, overrides={"model.padding": "symmetric"}),
               Point("b", "jax", lever=True, xla="no-autotune"),
               Point("c", "jax", lever=True, overrides={"pack_state": True}),
+              Point("d", "jax", lever=True, xla="fast-compile-graphs"),
               Point("combo", "combo")]
     results = {"base": _record(50, 0.0), "base-warm": _record(100, 0.02), "a": _record(101.5, 0.01),
-               "b": _record(110, 0.01), "c": _record(104, 0.03)}
+               "b": _record(110, 0.01), "c": _record(104, 0.03), "d": _record(99, 0.01)}
     verdicts = lever_verdicts(points, results, "base")
     assert verdicts["a"]["ratio"] == pytest.approx(1.015)  # against the warm rerun
-    assert {k: v["wins"] for k, v in verdicts.items()} == {"a": False, "b": True, "c": True}
+    assert {k: v["wins"] for k, v in verdicts.items()} == {"a": False, "b": True, "c": True, "d": False}
     combo = _combine(points[-1], verdicts)
     assert combo.kind == "jax" and combo.xla == "no-autotune" and combo.overrides == {"pack_state": True}
+    results["d"] = _record(108, 0.01)  # two winning presets: both, joined
+    assert _combine(points[-1], lever_verdicts(points, results, "base")).xla == "no-autotune+fast-compile-graphs"
     assert lever_verdicts(points, {}, "base") == {}
 
 

@@ -2,8 +2,10 @@
 
 XLA reads ``XLA_FLAGS`` once, when the backend starts, so :func:`apply_preset` must run
 before the first device is touched; flags already in ``XLA_FLAGS`` win over the preset's
-(a user's own setting is never overridden). The flags only concern GPUs: XLA:CPU accepts
-and ignores them.
+(a user's own setting is never overridden). Presets join with ``+``
+(``fast-compile-graphs+fast-compile-no-excess-precision``: every flag of each, a later
+preset's value winning). The flags concern GPUs (XLA:CPU accepts and ignores them), except
+``xla_allow_excess_precision``, which XLA:CPU honours too.
 """
 
 from __future__ import annotations
@@ -34,6 +36,13 @@ PRESETS: dict[str, tuple[str, ...]] = {
     # between B4's convolutions, which cannot join a graph (cuDNN status 5003, §7), runs of
     # fusions are mostly shorter than five, so the default captures few of them.
     "fast-compile-graphs": ("--xla_gpu_enable_triton_gemm=false", "--xla_gpu_graph_min_graph_size=2"),
+    # fast-compile, and bfloat16 roundings kept where the program makes them. By default XLA
+    # may skip a float32 -> bfloat16 -> float32 round trip and use the float32 value, and so
+    # it kept float32 copies of B4's swish outputs for the backward pass: the described H200's
+    # memory plan falls from 30.0 to 26.0 GiB at batch 32 without it, and ~5% of the bytes
+    # (docs/performance-notes.md, section 12).
+    "fast-compile-no-excess-precision": ("--xla_gpu_enable_triton_gemm=false",
+                                         "--xla_allow_excess_precision=false"),
     # fast-compile without any autotuning: cuDNN's heuristics pick each convolution's
     # algorithm. The shortest cold compile, and a step some 25x slower: for measurements only.
     "no-autotune": ("--xla_gpu_enable_triton_gemm=false", "--xla_gpu_autotune_level=0"),
@@ -45,10 +54,14 @@ DEFAULT_PRESET = "fast-compile"
 
 
 def preset_flags(name: str) -> tuple[str, ...]:
-    """The flags of preset ``name``."""
-    if name not in PRESETS:
-        raise ConfigError(f"xla_preset must be one of {sorted(PRESETS)}, got {name!r}")
-    return PRESETS[name]
+    """The flags of preset ``name``: one of :data:`PRESETS`, or several joined with ``+``."""
+    flags: dict[str, str] = {}
+    for part in name.split("+"):
+        if part not in PRESETS:
+            raise ConfigError(f"xla_preset must be one of {sorted(PRESETS)} (or several joined "
+                              f"with '+'), got {name!r}")
+        flags.update((flag.split("=", 1)[0], flag) for flag in PRESETS[part])
+    return tuple(flags.values())
 
 
 def apply_preset(name: str, environ: dict[str, str] | None = None) -> str:

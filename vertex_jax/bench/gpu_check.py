@@ -231,14 +231,14 @@ def lever_verdicts(points: Sequence[Point], results: dict[str, dict[str, Any]], 
 
 
 def _combine(point: Point, verdicts: dict[str, dict[str, Any]]) -> Point:
-    """``point`` with the overrides and XLA preset of every winning lever (a ``combo``
-    point becomes a training-step point)."""
+    """``point`` with the overrides and XLA presets of every winning lever (a ``combo``
+    point becomes a training-step point; several winning presets are joined with ``+``)."""
     overrides, xla = dict(point.overrides), point.xla
     for v in verdicts.values():
         if v["wins"]:
             overrides.update(v["overrides"])
             if v["xla"] != point.xla:
-                xla = v["xla"]
+                xla = v["xla"] if xla == point.xla else f"{xla}+{v['xla']}"
     return dataclasses.replace(point, kind="jax" if point.kind == "combo" else point.kind,
                                overrides=overrides, xla=xla)
 

@@ -84,6 +84,8 @@ def plan(dry: bool, xla: str = "fast-compile") -> list[Point]:
         Point(f"{first}-graphs", "jax", xla="fast-compile-graphs", **lever),
         # Fewer bytes per step (§12): the fused BatchNorm's swish cotangent in bfloat16.
         Point(f"{first}-bn-grad-compute", "jax", overrides={"model.batchnorm_grad": "compute"}, **lever),
+        # Memory and bytes (§12): no float32 copies where the program rounds to bfloat16.
+        Point(f"{first}-no-excess-precision", "jax", xla="fast-compile-no-excess-precision", **lever),
         # The first compile with 54 fewer autotuning problems (§12): squeeze-excite as
         # XLA's reductions; a cold cache of its own, so its compile seconds are the figure.
         Point(f"{first}-se-reduce-cold", "jax", batch=b, overrides={"model.se_dense": "reduce"},
