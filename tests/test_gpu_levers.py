@@ -98,6 +98,26 @@ def test_both_batchnorm_impls_train_the_same_network():
         set_bn_impl(nnx.Sequential(), "fused", "float16")
 
 
+def test_batch_statistics_of_a_batch_sharded_over_devices(accelerator_form):
+    """Data-parallel training shards the batch: in either form the per-channel statistics
+    come from per-device partial sums and one all-reduce (no device gathers the
+    activations), and equal numpy's mean and variance to float32 rounding."""
+    import re
+    from jax.sharding import NamedSharding, PartitionSpec
+    from vertex_jax.models.efficientnet import _stats
+
+    mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    x = np.random.default_rng(2).normal(1, 2, (2 * jax.device_count(), 6, 5, 3)).astype(np.float32)
+    sharded = jax.device_put(x, NamedSharding(mesh, PartitionSpec("data")))
+    compiled = jax.jit(_stats).lower(sharded).compile()
+    collectives = set(re.findall(r"\b(all-reduce|all-gather|all-to-all|collective-permute)\b", compiled.as_text()))
+    assert collectives == ({"all-reduce"} if jax.device_count() > 1 else set())
+    mean, var = compiled(sharded)
+    tol = 8 * (x.size // 3) * EPS32
+    np.testing.assert_allclose(mean, x.mean(axis=(0, 1, 2)), rtol=tol)
+    np.testing.assert_allclose(var, x.var(axis=(0, 1, 2)), rtol=tol)
+
+
 def test_batchnorm_grad_compute_rounds_only_the_swish_cotangent(accelerator_form):
     """``model.batchnorm_grad=compute`` under bfloat16: the fused backward pass rounds
     ``dz`` (the cotangent before the swish) to bfloat16. Against the float32 form the
