@@ -14,9 +14,9 @@ from scipy.signal import correlate2d
 
 from vertex_jax.bench.gpu_check import _combine, lever_verdicts
 from vertex_jax.bench.gpu_points import Point
-from vertex_jax.models.efficientnet import (BatchNorm, DepthwiseConv, MBConv, block_specs,
-                                            conv_padding, fused_batch_norm, se_dense,
-                                            set_bn_impl, set_se_dense, _conv)
+from vertex_jax.models.batchnorm import BatchNorm, fused_batch_norm, set_bn_impl
+from vertex_jax.models.efficientnet import (DepthwiseConv, MBConv, block_specs, conv_padding,
+                                            se_dense, set_se_dense, _conv)
 from vertex_jax.train.packing import StatePacking
 from vertex_jax.config_files import load_config
 from vertex_jax.xla_flags import PRESETS, apply_preset
@@ -104,7 +104,7 @@ def test_batch_statistics_of_a_batch_sharded_over_devices(accelerator_form):
     activations), and equal numpy's mean and variance to float32 rounding."""
     import re
     from jax.sharding import NamedSharding, PartitionSpec
-    from vertex_jax.models.efficientnet import _stats
+    from vertex_jax.models.batchnorm import _stats
 
     mesh = jax.make_mesh((jax.device_count(),), ("data",))
     x = np.random.default_rng(2).normal(1, 2, (2 * jax.device_count(), 6, 5, 3)).astype(np.float32)
@@ -380,7 +380,7 @@ def test_auto_settings_pick_the_faster_form_per_platform(monkeypatch):
     """``pack_state`` and ``model.batchnorm`` default to auto: the GPU form on
     accelerators, the plain one on CPUs (these tests run on CPU)."""
     from vertex_jax.auto_setting import assume_accelerator
-    from vertex_jax.models import efficientnet
+    from vertex_jax.models import batchnorm
     from vertex_jax.train.packing import pack_state_enabled
 
     assert jax.default_backend() == "cpu"
@@ -393,7 +393,7 @@ def test_auto_settings_pick_the_faster_form_per_platform(monkeypatch):
     with pytest.raises(ValueError, match="pack_state"):
         pack_state_enabled(setting("sometimes"))
     calls = []
-    monkeypatch.setattr(efficientnet, "fused_batch_norm",
+    monkeypatch.setattr(batchnorm, "fused_batch_norm",
                         lambda *a: calls.append(1) or fused_batch_norm(*a))
     bn = BatchNorm(3, act=False, dtype=jnp.float32, rngs=nnx.Rngs(0))
     x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 4, 4, 3)), jnp.float32)

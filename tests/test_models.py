@@ -9,7 +9,8 @@ import pytest
 from flax import nnx
 
 from vertex_jax.models import VARIANTS, EfficientNet, VertexNet, block_specs, normalize_input
-from vertex_jax.models.efficientnet import BatchNorm, round_filters
+from vertex_jax.models.batchnorm import BatchNorm
+from vertex_jax.models.efficientnet import round_filters
 
 # Parameter counts with a 1000-class head, as timm reports for tf_efficientnet_b0..b7.
 PARAMS = {"b0": 5_288_548, "b1": 7_794_184, "b2": 9_109_994, "b3": 12_233_232,

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 import jax.numpy as jnp
 from flax import nnx
 
-from vertex_jax.models.efficientnet import set_bn_impl, set_bn_momentum, set_se_dense
+from vertex_jax.models.batchnorm import set_bn_impl, set_bn_momentum
+from vertex_jax.models.efficientnet import set_se_dense
 from vertex_jax.models.vertex import VertexNet
 from vertex_jax.errors import ConfigError
 

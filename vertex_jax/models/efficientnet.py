@@ -14,25 +14,23 @@ features and logits are float32.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from vertex_jax.auto_setting import on_accelerator
 from vertex_jax.errors import ConfigError
+from vertex_jax.models.batchnorm import KEPT_STATS, BatchNorm
 
 __all__ = [
     "VARIANTS", "Variant", "BlockSpec", "block_specs", "round_filters", "round_repeats",
-    "BatchNorm", "MBConv", "EfficientNet", "to_unit_float", "normalize_input", "IMAGENET_MEAN",
-    "IMAGENET_STD", "HEAD", "BATCHNORM_IMPLS", "PADDINGS", "conv_padding", "fused_batch_norm",
-    "set_bn_impl", "RECOMPUTE",
+    "MBConv", "EfficientNet", "to_unit_float", "normalize_input", "IMAGENET_MEAN",
+    "IMAGENET_STD", "HEAD", "PADDINGS", "conv_padding", "RECOMPUTE", "se_dense", "set_se_dense",
 ]
 
 
@@ -74,8 +72,6 @@ _STEM_CHANNELS = 32
 _HEAD_CHANNELS = 1280
 SE_RATIO = 0.25
 DROP_CONNECT_RATE = 0.2
-BN_MOMENTUM = 0.99
-BN_EPSILON = 1e-3
 HEAD = "head"  # name of the head convolution's output among the feature taps
 
 # ImageNet normalisation used by the Keras and timm `tf_` weights, applied to [0, 1] inputs.
@@ -184,198 +180,8 @@ def normalize_input(image: jax.Array) -> jax.Array:
 # outputs, BatchNorm statistics and the squeeze-excitation pool and gate (per-channel).
 # BatchNorm + swish outputs and the gated projection input (about half of the saved bytes,
 # docs/performance-notes.md §8) are recomputed from them, elementwise, in the backward pass.
-_KEPT_CONV, _KEPT_STATS, _KEPT_GATE = "conv", "bn_stats", "se_gate"
+_KEPT_CONV, _KEPT_GATE = "conv", "se_gate"
 RECOMPUTE = ("none", "elementwise")
-
-
-def _channel_sums(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per-channel sums of ``a`` and ``b`` (same shape) over all but the last axis.
-
-    On accelerators one two-operand reduction: XLA:GPU splits a long reduction into two
-    kernels, and two ``jnp.sum`` calls share only the first (192 kernels fewer in the B4
-    step, docs/performance-notes.md §12). XLA:CPU runs a two-operand reduction as a
-    scalar loop (~6x slower), so CPUs keep two sums.
-    """
-    axes = tuple(range(a.ndim - 1))
-    if not on_accelerator():
-        return jnp.sum(a, axis=axes), jnp.sum(b, axis=axes)
-    zero = np.zeros((), a.dtype)
-    return jax.lax.reduce((a, b), (zero, zero), lambda p, q: (p[0] + q[0], p[1] + q[1]), axes)
-
-
-def _stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    xf = x.astype(jnp.float32)
-    n = x.size // x.shape[-1]
-    total, squares = _channel_sums(xf, jnp.square(xf))
-    mean = total / n
-    return mean, jnp.maximum(squares / n - jnp.square(mean), 0.0)
-
-
-@jax.custom_vjp
-def _batch_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per-channel mean and biased variance over all but the last axis, in float32.
-
-    Custom VJP: the backward pass needs only `x` and the mean (no float32 copy of `x`, no
-    recomputed reduction).
-    """
-    return _stats(x)
-
-
-def _batch_stats_fwd(x):
-    mean, var = _stats(x)
-    # named: a recomputing policy keeps the residual too, not only the returned mean
-    return (mean, var), (x, checkpoint_name(mean, _KEPT_STATS))
-
-
-def _batch_stats_bwd(residuals, cotangents):
-    x, mean = residuals
-    g_mean, g_var = cotangents
-    n = x.size // x.shape[-1]
-    dx = (g_mean + 2.0 * g_var * (x.astype(jnp.float32) - mean)) / n
-    return (dx.astype(x.dtype),)
-
-
-_batch_stats.defvjp(_batch_stats_fwd, _batch_stats_bwd)
-
-
-def _normalize_act_plain(x, scale, bias, mean, var, epsilon: float, act: bool, dtype) -> jax.Array:
-    """(x - mean) * scale / sqrt(var + eps) + bias, optional swish, computed in float32."""
-    y = (x.astype(jnp.float32) - mean) * (scale * jax.lax.rsqrt(var + epsilon)) + bias
-    return (jax.nn.silu(y) if act else y).astype(dtype)
-
-
-# Rematerialised: the backward pass keeps the compute-dtype input, not float32 temporaries.
-# Inside a block under recompute="elementwise" the plain form is used: the block's own
-# policy recomputes it, and an inner checkpoint's output would be kept by that policy.
-_normalize_act = functools.partial(jax.checkpoint, static_argnums=(5, 6, 7))(_normalize_act_plain)
-
-
-def _named(stats: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
-    """Batch statistics named so that ``recompute="elementwise"`` keeps them."""
-    return tuple(checkpoint_name(v, _KEPT_STATS) for v in stats)  # type: ignore[return-value]
-
-
-def fused_batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float, act: bool,
-                     dtype: Any, grad: str = "float32") -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Training-mode BatchNorm (+ optional swish) with a hand-written backward pass:
-    ``(y, batch mean, biased batch variance)``, statistics in float32.
-
-    The same function as :func:`_batch_stats` + :func:`_normalize_act`. Its backward pass
-    reads ``x`` and the output cotangent twice in all: one fused reduction for
-    ``sum(dz)`` and ``sum(dz * x_hat)`` (the bias and scale gradients), one elementwise
-    pass for ``dx = scale * rstd * (dz - mean(dz) - x_hat * mean(dz * x_hat))``, where
-    autodiff of the two-part form emits a reduction for each of scale, bias, mean and
-    variance. Residuals: ``x`` in its own dtype and per-channel vectors.
-
-    The statistics are computed apart from the normalisation, so a recomputing policy can
-    keep them and redo only the elementwise part; the backward pass of the normalisation
-    carries their share of ``x``'s gradient, so the returned statistics carry none
-    (BatchNorm only averages them into its running statistics).
-
-    ``grad`` (:data:`BATCHNORM_GRADS`): with ``"compute"``, the backward pass rounds the
-    swish's cotangent ``dz`` to the output cotangent's dtype (bfloat16 under mixed
-    precision) before its two passes read it, as a framework that differentiates op by
-    op does; ``"float32"`` keeps it in float32 (XLA writes it out in float32 between the
-    passes: on the B4 step, 25 of some 240 GB per step, docs/performance-notes.md §12).
-    """
-    if grad not in BATCHNORM_GRADS:
-        raise ConfigError(f"model.batchnorm_grad must be one of {BATCHNORM_GRADS}, got {grad!r}")
-    mean, var = _named(_stats(jax.lax.stop_gradient(x)))
-    return _normalize_act_fused(x, scale, bias, mean, var, epsilon, act, dtype, grad), mean, var
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
-def _normalize_act_fused(x, scale, bias, mean, var, epsilon: float, act: bool, dtype,
-                         grad: str) -> jax.Array:
-    """:func:`_normalize_act_plain` for ``mean, var`` = the batch statistics of ``x``: its
-    backward pass gives ``x`` the whole BatchNorm gradient (through the statistics too) and
-    ``mean``, ``var`` none, so it is right only as :func:`fused_batch_norm` calls it."""
-    return _normalize_act_plain(x, scale, bias, mean, var, epsilon, act, dtype)
-
-
-def _normalize_act_fused_fwd(x, scale, bias, mean, var, epsilon, act, dtype, grad):
-    return _normalize_act_plain(x, scale, bias, mean, var, epsilon, act, dtype), (x, scale, bias, mean, var)
-
-
-def _normalize_act_fused_bwd(epsilon, act, dtype, grad, residuals, g_y):
-    x, scale, bias, mean, var = residuals
-    n = x.size // x.shape[-1]
-    rstd = jax.lax.rsqrt(var + epsilon)
-    x_hat = (x.astype(jnp.float32) - mean) * rstd
-    dz = g_y.astype(jnp.float32)
-    if act:  # d silu(z) / dz = s (1 + z (1 - s)), s = sigmoid(z)
-        z = x_hat * scale + bias
-        s = jax.nn.sigmoid(z)
-        dz = dz * (s * (1.0 + z * (1.0 - s)))
-        if grad == "compute" and g_y.dtype != jnp.float32:
-            # The barrier keeps XLA (excess precision allowed) from folding the round trip away.
-            dz = jax.lax.optimization_barrier(dz.astype(g_y.dtype)).astype(jnp.float32)
-    sum_dz, sum_dz_xhat = _channel_sums(dz, dz * x_hat)
-    dx = (scale * rstd) * (dz - sum_dz / n - x_hat * (sum_dz_xhat / n))
-    return dx.astype(x.dtype), sum_dz_xhat, sum_dz, jnp.zeros_like(mean), jnp.zeros_like(var)
-
-
-_normalize_act_fused.defvjp(_normalize_act_fused_fwd, _normalize_act_fused_bwd)
-
-BATCHNORM_IMPLS = ("auto", "autodiff", "fused")
-BATCHNORM_GRADS = ("float32", "compute")  # the fused backward pass's swish cotangent
-
-
-class BatchNorm(nnx.BatchNorm):
-    """`nnx.BatchNorm` (same variables, train/eval switch) with the TF reference settings
-    (momentum 0.99, epsilon 1e-3), float32 statistics, an optional fused swish and output in
-    the compute dtype.
-
-    Training mode has two implementations of one function (``impl``, set for a whole
-    network by :func:`set_bn_impl`): ``fused`` (:func:`fused_batch_norm`, a hand-written
-    backward pass) and ``autodiff`` (batch statistics with a custom VJP, normalisation
-    rematerialised by ``jax.checkpoint``, or plain inside a block that
-    ``recompute="elementwise"`` recomputes); ``auto`` is fused on accelerators (8% faster
-    training on an H200) and autodiff on CPUs (where fused is ~25% slower). Both keep only the compute-dtype input and
-    per-channel statistics for the backward pass, not float32 copies of the activation.
-    """
-
-    def __init__(self, features: int, *, act: bool, dtype: Any, rngs: nnx.Rngs,
-                 impl: str = "auto"):
-        super().__init__(features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=jnp.float32,
-                         param_dtype=jnp.float32, rngs=rngs)
-        self.act = act
-        self.compute_dtype = dtype
-        self.impl = impl
-        self.grad = "float32"  # fused only: :data:`BATCHNORM_GRADS`, set by set_bn_impl
-        self.in_recomputed_block = False  # set by EfficientNet for recompute="elementwise"
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        scale, bias = self.scale[...], self.bias[...]
-        if self.use_running_average:
-            return _normalize_act(x, scale, bias, self.mean[...], self.var[...], self.epsilon,
-                                  self.act, self.compute_dtype)
-        impl = self.impl
-        if impl == "auto":
-            impl = "fused" if on_accelerator() else "autodiff"
-        if impl == "fused":
-            y, mean, var = fused_batch_norm(x, scale, bias, self.epsilon, self.act, self.compute_dtype,
-                                             self.grad)
-        else:
-            mean, var = _named(_batch_stats(x))
-            normalize = _normalize_act_plain if self.in_recomputed_block else _normalize_act
-            y = normalize(x, scale, bias, mean, var, self.epsilon, self.act, self.compute_dtype)
-        m = self.momentum
-        self.mean[...] = jax.lax.stop_gradient(m * self.mean[...] + (1 - m) * mean)
-        self.var[...] = jax.lax.stop_gradient(m * self.var[...] + (1 - m) * var)
-        return y
-
-
-def set_bn_impl(module: nnx.Module, impl: str, grad: str = "float32") -> None:
-    """Use BatchNorm implementation ``impl`` (:data:`BATCHNORM_IMPLS`) everywhere in
-    ``module``, the fused one keeping its swish cotangent in ``grad`` (:data:`BATCHNORM_GRADS`)."""
-    if impl not in BATCHNORM_IMPLS:
-        raise ConfigError(f"model.batchnorm must be one of {BATCHNORM_IMPLS}, got {impl!r}")
-    if grad not in BATCHNORM_GRADS:
-        raise ConfigError(f"model.batchnorm_grad must be one of {BATCHNORM_GRADS}, got {grad!r}")
-    for _, m in nnx.iter_modules(module):
-        if isinstance(m, BatchNorm):
-            m.impl, m.grad = impl, grad
 
 
 DEPTHWISE_IMPLS = ("auto", "conv", "shifts")
@@ -451,19 +257,6 @@ class DepthwiseConv(nnx.Conv):
         return depthwise_shifts(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
                                 self.strides[0] if isinstance(self.strides, tuple) else self.strides,
                                 self.padding_mode)
-
-
-def set_bn_momentum(module: nnx.Module, momentum: float) -> None:
-    """Set the running-statistics momentum of every backbone BatchNorm in ``module``.
-
-    The reference 0.99 averages over ~100 steps; short runs (hundreds of steps) evaluate
-    with statistics still near their initial values unless it is lowered (e.g. 0.9).
-    """
-    if not 0.0 <= momentum < 1.0:
-        raise ConfigError(f"BatchNorm momentum must be in [0, 1), got {momentum}")
-    for _, m in nnx.iter_modules(module):
-        if isinstance(m, BatchNorm):
-            m.momentum = momentum
 
 
 def _conv(cin: int, cout: int, kernel: int, *, stride: int = 1, dtype: Any, rngs: nnx.Rngs,
@@ -560,7 +353,7 @@ def _block_apply(remat: bool, recompute: str) -> Callable[[MBConv, jax.Array], j
         return nnx.remat(_apply_block)
     if recompute == "elementwise":
         return nnx.remat(_apply_block, policy=jax.checkpoint_policies.save_only_these_names(
-            _KEPT_CONV, _KEPT_STATS, _KEPT_GATE))
+            _KEPT_CONV, KEPT_STATS, _KEPT_GATE))
     return _apply_block
 
 

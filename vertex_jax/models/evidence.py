@@ -30,7 +30,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vertex_jax.models.efficientnet import HEAD, BatchNorm, block_specs
+from vertex_jax.models.batchnorm import BatchNorm
+from vertex_jax.models.efficientnet import HEAD, block_specs
 from vertex_jax.errors import ConfigError
 
 POOLINGS = ("lse", "max", "mean")

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vertex_jax.models.efficientnet import BatchNorm
+from vertex_jax.models.batchnorm import BatchNorm
 from vertex_jax.errors import ConfigError
 from vertex_jax.models.evidence import _upsample_to, tap_strides
 
