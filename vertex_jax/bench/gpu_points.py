@@ -80,12 +80,12 @@ def plan(dry: bool, xla: str = "fast-compile") -> list[Point]:
               peer_flags="" if dry else "--compile --channels-last"),
         Point(f"loop-b{b}", "loop", batch=b, cap_s=cap + 50, estimate_s=10 if dry else 70),
         Point(f"{first}-recompute", "jax", overrides={"model.recompute": "elementwise"}, **lever),
-        # Launch-bound steps (§7): CUDA graphs over shorter runs of kernels.
-        Point(f"{first}-graphs", "jax", xla="fast-compile-graphs", **lever),
-        # Fewer bytes per step (§12): the fused BatchNorm's swish cotangent in bfloat16.
-        Point(f"{first}-bn-grad-compute", "jax", overrides={"model.batchnorm_grad": "compute"}, **lever),
         # Memory and bytes (§12): no float32 copies where the program rounds to bfloat16.
         Point(f"{first}-no-excess-precision", "jax", xla="fast-compile-no-excess-precision", **lever),
+        # Fewer bytes per step (§12): the fused BatchNorm's swish cotangent in bfloat16.
+        Point(f"{first}-bn-grad-compute", "jax", overrides={"model.batchnorm_grad": "compute"}, **lever),
+        # Launch overhead (§7; at most ~5 µs a kernel by §12): CUDA graphs over shorter runs.
+        Point(f"{first}-graphs", "jax", xla="fast-compile-graphs", **lever),
         # The first compile with 54 fewer autotuning problems (§12): squeeze-excite as
         # XLA's reductions; a cold cache of its own, so its compile seconds are the figure.
         Point(f"{first}-se-reduce-cold", "jax", batch=b, overrides={"model.se_dense": "reduce"},
