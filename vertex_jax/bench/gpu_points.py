@@ -82,6 +82,9 @@ def plan(dry: bool, xla: str = "fast-compile") -> list[Point]:
         Point(f"{first}-recompute", "jax", overrides={"model.recompute": "elementwise"}, **lever),
         # Memory and bytes (§12): no float32 copies where the program rounds to bfloat16.
         Point(f"{first}-no-excess-precision", "jax", xla="fast-compile-no-excess-precision", **lever),
+        # Evaluation is bound by bytes (§12): the same preset there, at the larger batch.
+        Point(f"jax-eval-b{4 * b}-no-excess-precision", "jax", what="eval", batch=4 * b,
+              xla="fast-compile-no-excess-precision", cap_s=cap, estimate_s=10 if dry else 20),
         # Fewer bytes per step (§12): the fused BatchNorm's swish cotangent in bfloat16.
         Point(f"{first}-bn-grad-compute", "jax", overrides={"model.batchnorm_grad": "compute"}, **lever),
         # Launch overhead (§7; at most ~5 µs a kernel by §12): CUDA graphs over shorter runs.
