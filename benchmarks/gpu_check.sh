@@ -9,7 +9,8 @@
 #
 # On the lent machine (device tool), from the repo root:
 #   run(command="bash benchmarks/gpu_check.sh", carry=["benchmarks/wheels"], timeout_s=600)
-# The result comes back as $OUT/gpu_check.json (+ gpu_check.log, profile.xplane.pb); copy
+# The result comes back as $OUT/gpu_check.json (+ gpu_check.log; KEEP_TRACE=1: profile.xplane.pb
+# and the profiled program's text, profile.hlo.txt.gz); copy
 # it to benchmarks/results/gpu_check_<gpu>.json here. A rerun of the points that did not
 # fit: the JSON's "rerun" field, e.g. bash benchmarks/gpu_check.sh --points=jax-eval-b16,...
 #

@@ -253,6 +253,10 @@ def test_gpu_check_dry_mode_writes_one_complete_json(tmp_path):
         assert op["count"] > 0 and np.isfinite(op["ms_per_step"]) and 0 < op["share"] <= 1
     assert sum(op["share"] for op in profile["top_ops"]) <= 1 + 1e-9
     assert "top op kinds (profile" in proc.stdout
+    # The traced program's kernels joined to the trace by name: their bytes against their time.
+    timed = profile["bytes_and_time"]
+    assert timed["matched_share"] > 0.5 and timed["est_gb_per_step"] > 0
+    assert all(r["ms_per_step"] > 0 and r["est_gb_per_s"] >= 0 for r in timed["by_kind"])
 
 
 def test_gpu_check_config_matches_ml_collections():
@@ -352,6 +356,25 @@ ENTRY %main (p0: f32[100], p1: bf16[8,4,4,16], w: bf16[16,1,1,16]) -> bf16[8,4,4
   ROOT %get-tuple-element.3 = bf16[8,4,4,16]{3,2,1,0} get-tuple-element(%cudnn-conv.3), index=0
 }
 """
+
+
+def test_bytes_against_time_joins_trace_events_to_kernels_by_name():
+    """Per kind: the traced nanoseconds of its kernels over the steps, its estimated bytes
+    per step, their ratio; events of no entry kernel count only in the unmatched share."""
+    from vertex_jax.bench.hlo_kernels import Kernel
+    from vertex_jax.bench.trace import _bytes_and_time
+
+    kernels = [Kernel("%a.1", "loop_a", 1_000_000, 1_000_000), Kernel("%a.2", "loop_a", 2_000_000, 0),
+               Kernel("%conv.1", "__cudnn$convForward", 4_000_000, 4_000_000, "key")]
+    events = [("a.1", "k", 1_000), ("a.2", "k", 3_000), ("conv.1", "k", 5_000)] * 2 + [("copy.9", "k", 8_000)]
+    out = _bytes_and_time(events, kernels, steps=2)
+    assert out["matched_share"] == pytest.approx(18_000 / 26_000)
+    assert out["est_gb_per_step"] == pytest.approx(0.012)
+    assert out["by_kind"] == [  # the most time first
+        {"kind": "__cudnn$convForward", "ms_per_step": pytest.approx(0.005), "est_gb_per_step": pytest.approx(0.008),
+         "est_gb_per_s": pytest.approx(0.008 / 5e-6)},
+        {"kind": "loop_a", "ms_per_step": pytest.approx(0.004), "est_gb_per_step": pytest.approx(0.004),
+         "est_gb_per_s": pytest.approx(0.004 / 4e-6)}]
 
 
 def test_kernels_of_a_gpu_program_text():

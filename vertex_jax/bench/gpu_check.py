@@ -401,6 +401,13 @@ def run_check(args: argparse.Namespace) -> dict[str, Any]:
         print("\ntop op kinds (profile, ms/step):")
         for op in profile.get("top_kinds", [])[:10]:
             print(f"  {op['ms_per_step']:9.3f}  {op['share']:6.1%}  {op['name']}")
+        bt = profile.get("bytes_and_time")
+        if bt:
+            print(f"\nkernels' estimated bytes against their time ({bt['est_gb_per_step']:.1f} GB/step, "
+                  f"{bt['matched_share']:.0%} of the traced time matched; ms/step, GB/step, GB/s):")
+            for row in bt["by_kind"][:10]:
+                print(f"  {row['ms_per_step']:9.3f}  {row['est_gb_per_step']:7.2f}  "
+                      f"{row['est_gb_per_s']:9.1f}  {row['kind']}")
     if doc["rerun"]:
         print(f"\nnot measured; rerun: python -m vertex_jax.bench.gpu_check {doc['rerun']}")
     return doc
@@ -433,7 +440,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache-root", default=None, help="the points' compilation caches "
                         "(default: a fresh temporary folder, so the first compile is cold)")
     parser.add_argument("--keep-trace", type=Path, default=None, help="copy the profile's "
-                        ".xplane.pb here")
+                        ".xplane.pb here (and its program's text beside it, NAME.hlo.txt.gz)")
     parser.add_argument("--json", type=Path, default=None, help="write the result here")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--results-dir", default=None, help=argparse.SUPPRESS)

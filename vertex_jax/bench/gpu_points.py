@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gzip
 import json
 import shutil
 import tempfile
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vertex_jax.bench.hlo_kernels import entry_kernels
 from vertex_jax.bench.plain_config import point_config
 from vertex_jax.bench.trace import summarize_trace
 
@@ -175,11 +177,17 @@ def _run_profile_point(point: Point, args: argparse.Namespace, out: Path) -> dic
     trace_dir = Path(tempfile.mkdtemp(prefix="gpu_check_trace_"))
     with jax.profiler.trace(str(trace_dir)):
         step_s = _time(compiled, state, batch, steps=steps, repeats=1, carries_state=True).runs[0]
-    summary = summarize_trace(trace_dir, steps + 2)  # _time's two warm-up steps are traced too
+    program = compiled.as_text()
+    # _time's two warm-up steps are traced too
+    summary = summarize_trace(trace_dir, steps + 2, kernels=entry_kernels(program))
     kept = sorted(trace_dir.rglob("*.xplane.pb"))
     if args.keep_trace and kept:
         shutil.copyfile(kept[-1], args.keep_trace)
         summary["kept_trace"] = str(args.keep_trace)
+        program_copy = args.keep_trace.with_name(args.keep_trace.name.split(".")[0] + ".hlo.txt.gz")
+        with gzip.open(program_copy, "wt") as f:  # the kernels' names in the trace are its instructions
+            f.write(program)
+        summary["kept_program"] = str(program_copy)
     summary.update(compile_s=compile_s, step_s=step_s, images_per_s=point.batch / step_s,
                    traced_steps=steps + 2, what=point.what, batch=point.batch, remat=point.remat,
                    overrides=point.overrides)

@@ -1,4 +1,7 @@
-"""The top XLA operations of a ``jax.profiler`` trace: by op, by op kind, by GPU kernel."""
+"""The top XLA operations of a ``jax.profiler`` trace: by op, by op kind, by GPU kernel;
+and, given the traced program's kernels (:mod:`vertex_jax.bench.hlo_kernels`), the time
+and estimated bytes of each kind of kernel, which calibrates the byte estimates that a
+described GPU's program gives (docs/performance-notes.md §12)."""
 
 from __future__ import annotations
 
@@ -6,8 +9,11 @@ import gzip
 import json
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from vertex_jax.bench.hlo_kernels import Kernel
 
 __all__ = ["summarize_trace"]
 
@@ -56,9 +62,32 @@ def _trace_json_events(path: Path) -> tuple[list[tuple[str, str, int]], str]:
     return out, "trace.json"
 
 
-def summarize_trace(trace_dir: Path, steps: int, top: int = 15) -> dict[str, Any]:
+def _bytes_and_time(events: list[tuple[str, str, int]], kernels: Sequence[Kernel], steps: int
+                    ) -> dict[str, Any]:
+    """Per kind of the program's kernels: traced ms per step, estimated GB per step and
+    their ratio (GB/s), by the trace's op names; and the share of traced time matched."""
+    by_name = {k.name.lstrip("%"): k for k in kernels}
+    ns, gb = defaultdict(int), defaultdict(float)
+    for k in kernels:
+        gb[k.kind] += (k.bytes_in + k.bytes_out) / 1e9
+    matched = 0
+    for op, _, duration in events:
+        kernel = by_name.get(op)
+        if kernel is not None:
+            ns[kernel.kind] += duration
+            matched += duration
+    rows = [{"kind": kind, "ms_per_step": ns[kind] / 1e6 / steps, "est_gb_per_step": gb[kind],
+             "est_gb_per_s": gb[kind] / (ns[kind] / 1e9 / steps)} for kind in sorted(ns, key=ns.get, reverse=True)]
+    total = sum(d for _, _, d in events)
+    return {"matched_share": matched / total if total else 0.0, "est_gb_per_step": sum(gb.values()),
+            "by_kind": rows}
+
+
+def summarize_trace(trace_dir: Path, steps: int, top: int = 15, kernels: Sequence[Kernel] = ()
+                    ) -> dict[str, Any]:
     """Top XLA ops (and op kinds, and GPU kernels) by time in the profile under
-    ``trace_dir``; errors are recorded, never raised."""
+    ``trace_dir``, and with the traced program's ``kernels`` their bytes against their
+    time (``bytes_and_time``); errors are recorded, never raised."""
     errors = []
     for pattern, reader in (("*.xplane.pb", _xplane_events), ("*.trace.json.gz", _trace_json_events)):
         for path in sorted(trace_dir.rglob(pattern)):
@@ -85,5 +114,7 @@ def summarize_trace(trace_dir: Path, steps: int, top: int = 15) -> dict[str, Any
                        "top_ops": rank(lambda e: e[0]), "top_kinds": rank(lambda e: _op_kind(e[0]))}
             if source.startswith("device"):
                 summary["top_kernels"] = rank(lambda e: e[1])
+            if kernels:
+                summary["bytes_and_time"] = _bytes_and_time(events, kernels, steps)
             return {**summary, "errors": errors}
     return {"status": "error", "errors": errors or [f"no trace files under {trace_dir}"]}
