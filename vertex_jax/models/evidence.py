@@ -60,7 +60,7 @@ def tap_channels(variant: str, backbone_features: int) -> dict[str, int]:
 
 def check_taps(variant: str, taps: Sequence[str]) -> tuple[str, ...]:
     known = tap_names(variant)
-    if not taps or (unknown := [t for t in taps if t not in known]):
+    if not taps or any(t not in known for t in taps):
         raise ConfigError(f"layers must be names from {known}, got {tuple(taps)}")
     return tuple(taps)
 
@@ -77,7 +77,7 @@ def task_poolings(pooling: str, num_tasks: int) -> tuple[str, ...]:
     names = tuple(p.strip() for p in pooling.split(","))
     if len(names) == 1:
         names = names * num_tasks
-    if len(names) != num_tasks or (bad := [p for p in names if p not in POOLINGS]):
+    if len(names) != num_tasks or any(p not in POOLINGS for p in names):
         raise ConfigError(f"evidence pooling must be one of {POOLINGS} or one per task ({num_tasks}), "
                          f"got {pooling!r}")
     return names
