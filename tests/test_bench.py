@@ -352,8 +352,9 @@ ENTRY %main (p0: f32[100], p1: bf16[8,4,4,16], w: bf16[16,1,1,16]) -> bf16[8,4,4
   %get-tuple-element.1 = bf16[8,4,4,16]{3,2,1,0} get-tuple-element(%cudnn-conv.1), index=0
   %cudnn-conv.2 = (bf16[8,4,4,16]{3,2,1,0}, u8[1024]{0}) custom-call(%get-tuple-element.1, %w), window={size=1x1}, dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convForward"
   %get-tuple-element.2 = bf16[8,4,4,16]{3,2,1,0} get-tuple-element(%cudnn-conv.2), index=0
-  %cudnn-conv.3 = (bf16[8,4,4,16]{3,2,1,0}, u8[1024]{0}) custom-call(%get-tuple-element.2, %w), window={size=1x1 pad=0_0x0_0 lhs_dilate=1x1}, dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convForward"
-  ROOT %get-tuple-element.3 = bf16[8,4,4,16]{3,2,1,0} get-tuple-element(%cudnn-conv.3), index=0
+  %cudnn-conv.3 = (bf16[8,2,2,16]{3,2,1,0}, u8[1024]{0}) custom-call(%get-tuple-element.2, %w), window={size=1x1 stride=2x2}, dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convForward"
+  %get-tuple-element.3 = bf16[8,2,2,16]{3,2,1,0} get-tuple-element(%cudnn-conv.3), index=0
+  ROOT %custom-call.4 = bf16[8,2,2,16]{3,2,1,0} custom-call(%get-tuple-element.3), custom_call_target="Sharding"
 }
 """
 
@@ -365,11 +366,13 @@ def test_bytes_against_time_joins_trace_events_to_kernels_by_name():
     from vertex_jax.bench.trace import _bytes_and_time
 
     kernels = [Kernel("%a.1", "loop_a", 1_000_000, 1_000_000), Kernel("%a.2", "loop_a", 2_000_000, 0),
-               Kernel("%conv.1", "__cudnn$convForward", 4_000_000, 4_000_000, "key")]
+               Kernel("%conv.1", "__cudnn$convForward", 4_000_000, 4_000_000, "key"),
+               Kernel("%a.3", "loop_a", 5_000_000, 0)]  # not in the trace (inside a CUDA graph, say)
     events = [("a.1", "k", 1_000), ("a.2", "k", 3_000), ("conv.1", "k", 5_000)] * 2 + [("copy.9", "k", 8_000)]
     out = _bytes_and_time(events, kernels, steps=2)
     assert out["matched_share"] == pytest.approx(18_000 / 26_000)
-    assert out["est_gb_per_step"] == pytest.approx(0.012)
+    assert out["est_gb_per_step"] == pytest.approx(0.012) and out["unmatched_est_gb_per_step"] == pytest.approx(0.005)
+    assert _bytes_and_time([("a.1", "k", 0)], kernels, 1)["by_kind"][0]["est_gb_per_s"] is None
     assert out["by_kind"] == [  # the most time first
         {"kind": "__cudnn$convForward", "ms_per_step": pytest.approx(0.005), "est_gb_per_step": pytest.approx(0.008),
          "est_gb_per_s": pytest.approx(0.008 / 5e-6)},
@@ -384,11 +387,13 @@ def test_kernels_of_a_gpu_program_text():
     from vertex_jax.bench.hlo_kernels import entry_kernels, kernel_summary
 
     kernels = entry_kernels(_GPU_TEXT)
+    conv_in, conv_out = 8 * 4 * 4 * 16 * 2 + 16 * 16 * 2, 8 * 4 * 4 * 16 * 2
     assert [(k.kind, k.bytes_in, k.bytes_out) for k in kernels] == [
-        ("wrapped_slice", 40, 40), *[("__cudnn$convForward", 8 * 4 * 4 * 16 * 2 + 16 * 16 * 2, 8 * 4 * 4 * 16 * 2)] * 3]
-    summary = kernel_summary(_GPU_TEXT)
+        ("wrapped_slice", 40, 40), *[("__cudnn$convForward", conv_in, conv_out)] * 2,
+        ("__cudnn$convForward", conv_in, conv_out // 4), ("Sharding", conv_out // 4, conv_out // 4)]
+    summary = kernel_summary(_GPU_TEXT)  # a custom call that no library runs is no problem to tune
     assert summary["library_calls"] == {"__cudnn$convForward": {"calls": 3, "distinct": 2}}
-    assert summary["library_problems"] == 2 and summary["kernels"] == 4
+    assert summary["library_problems"] == 2 and summary["kernels"] == 5
 
 
 def _cuda_plugin_installed() -> bool:

@@ -109,7 +109,9 @@ def test_batch_statistics_of_a_batch_sharded_over_devices(accelerator_form):
     mesh = jax.make_mesh((jax.device_count(),), ("data",))
     x = np.random.default_rng(2).normal(1, 2, (2 * jax.device_count(), 6, 5, 3)).astype(np.float32)
     sharded = jax.device_put(x, NamedSharding(mesh, PartitionSpec("data")))
-    compiled = jax.jit(_stats).lower(sharded).compile()
+    lowered = jax.jit(lambda x: _stats(x)).lower(sharded)  # a new function: traced in this form
+    assert lowered.as_text().count("stablehlo.reduce") == (1 if accelerator_form else 2)
+    compiled = lowered.compile()
     collectives = set(re.findall(r"\b(all-reduce|all-gather|all-to-all|collective-permute)\b", compiled.as_text()))
     assert collectives == ({"all-reduce"} if jax.device_count() > 1 else set())
     mean, var = compiled(sharded)
@@ -137,6 +139,10 @@ def test_batchnorm_grad_compute_rounds_only_the_swish_cotangent(accelerator_form
             y, _, _ = fused_batch_norm(x, scale, bias, 1e-3, True, jnp.bfloat16, grad)
             return jnp.sum(y.astype(jnp.float32) * w)
         return [np.asarray(g, np.float64) for g in jax.grad(loss, argnums=(0, 1, 2))(x, scale, bias)]
+
+    outputs = [np.asarray(fused_batch_norm(x, scale, bias, 1e-3, True, jnp.bfloat16, grad)[0], np.float32)
+               for grad in ("float32", "compute")]
+    np.testing.assert_array_equal(*outputs)  # the forward pass is untouched
 
     (dx32, ds32, db32), (dx16, ds16, db16) = grads("float32"), grads("compute")
     xf, g = np.asarray(x, np.float64), np.asarray(w.astype(jnp.bfloat16), np.float64)  # dL/dy in bf16

@@ -45,7 +45,7 @@ from typing import Any, Sequence
 
 from vertex_jax.bench.gpu_points import BASELINE, Point, child_main, plan
 from vertex_jax.bench.plain_config import MISSING_ON_DEVICE, block_imports, load_run_config
-from vertex_jax.xla_flags import PRESETS, apply_preset
+from vertex_jax.xla_flags import PRESETS, apply_preset, preset_flags
 
 __all__ = ["lever_verdicts", "run_check", "main"]
 
@@ -406,11 +406,19 @@ def run_check(args: argparse.Namespace) -> dict[str, Any]:
             print(f"\nkernels' estimated bytes against their time ({bt['est_gb_per_step']:.1f} GB/step, "
                   f"{bt['matched_share']:.0%} of the traced time matched; ms/step, GB/step, GB/s):")
             for row in bt["by_kind"][:10]:
-                print(f"  {row['ms_per_step']:9.3f}  {row['est_gb_per_step']:7.2f}  "
-                      f"{row['est_gb_per_s']:9.1f}  {row['kind']}")
+                rate = "-" if row["est_gb_per_s"] is None else f"{row['est_gb_per_s']:.1f}"
+                print(f"  {row['ms_per_step']:9.3f}  {row['est_gb_per_step']:7.2f}  {rate:>9}  {row['kind']}")
     if doc["rerun"]:
         print(f"\nnot measured; rerun: python -m vertex_jax.bench.gpu_check {doc['rerun']}")
     return doc
+
+
+def _preset(name: str) -> str:
+    try:
+        preset_flags(name)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return name
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -435,8 +443,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--budget-s", type=float, default=None, help="wall-clock budget of "
                         "all points (default 500; --dry 300)")
     parser.add_argument("--points", default="", help="only these points (comma-separated names)")
-    parser.add_argument("--xla", default="fast-compile", choices=sorted(PRESETS),
-                        help="XLA flag preset of the points that name none (vertex_jax.xla_flags)")
+    parser.add_argument("--xla", default="fast-compile", type=_preset,
+                        help="XLA flag preset of the points that name none (vertex_jax.xla_flags: "
+                        f"{', '.join(sorted(PRESETS))}, or several joined with '+')")
     parser.add_argument("--cache-root", default=None, help="the points' compilation caches "
                         "(default: a fresh temporary folder, so the first compile is cold)")
     parser.add_argument("--keep-trace", type=Path, default=None, help="copy the profile's "

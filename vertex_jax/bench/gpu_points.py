@@ -184,7 +184,7 @@ def _run_profile_point(point: Point, args: argparse.Namespace, out: Path) -> dic
     if args.keep_trace and kept:
         shutil.copyfile(kept[-1], args.keep_trace)
         summary["kept_trace"] = str(args.keep_trace)
-        program_copy = args.keep_trace.with_name(args.keep_trace.name.split(".")[0] + ".hlo.txt.gz")
+        program_copy = args.keep_trace.with_suffix("").with_suffix(".hlo.txt.gz")  # profile.xplane.pb -> profile.hlo.txt.gz
         with gzip.open(program_copy, "wt") as f:  # the kernels' names in the trace are its instructions
             f.write(program)
         summary["kept_program"] = str(program_copy)

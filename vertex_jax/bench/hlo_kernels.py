@@ -20,16 +20,18 @@ import re
 from collections import Counter
 from typing import Any
 
-__all__ = ["Kernel", "entry_kernels", "kernel_summary", "shape_bytes"]
+__all__ = ["Kernel", "entry_kernels", "kernel_summary", "op_kind", "shape_bytes"]
 
 # Entry-computation instructions that launch no work of their own.
 _NOT_KERNELS = ("parameter", "constant", "tuple", "get-tuple-element", "bitcast", "after-all",
                 "partition-id", "replica-id", "opt-barrier")
 _OPCODE = re.compile(r"(?:^|[\s)}\]])([a-z][a-z0-9-]*)\(")
-_ARRAY = re.compile(r"\b([a-z]+[0-9]*)\[([\d,]*)\]")
+_ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([\d,]*)\]")
 _NAME = re.compile(r"%[\w.\-]+")
-_ITEM_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4,
-               "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
+_ITEM_BYTES = {"pred": 1, "s4": 1, "u4": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "f8e4m3": 1,
+               "f8e5m2fnuz": 1, "f8e4m3fnuz": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4,
+               "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}  # 4-bit: a byte (upper bound)
+_LIBRARIES = ("__cudnn$", "__cublas")  # custom calls that XLA's autotuner times
 _SCRATCH = ("s8", "u8")  # a library call's workspace: the last element of its result tuple
 _LIBRARY_KEY = re.compile(r"(window=\{[^}]*\}|dim_labels=\S+|feature_group_count=\d+)")
 
@@ -59,6 +61,21 @@ def shape_bytes(shape: str, *, drop_scratch: bool = False) -> int:
             count *= int(d)
         total += count * _ITEM_BYTES.get(dtype, 0)
     return total
+
+
+def op_kind(name: str) -> str:
+    """``%loop_multiply_fusion.12`` (or ``.12.0``) -> ``loop_multiply_fusion``."""
+    return re.sub(r"(?:[._]\d+)+$", "", name.lstrip("%")) or name
+
+
+def _operand_text(call: str) -> str:
+    """The text inside the parentheses that open ``call``, nested ones included."""
+    depth = 1
+    for i, ch in enumerate(call):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth == 0:
+            return call[:i]
+    return call
 
 
 def _computations(text: str) -> dict[str, str]:
@@ -99,9 +116,9 @@ def entry_kernels(compiled_hlo: str) -> list[Kernel]:
             continue
         name, op, shape = lhs.split()[-1], opcode.group(1), rhs[:opcode.start()]
         shapes[name] = shape
-        if op in _NOT_KERNELS:
+        if op in _NOT_KERNELS or op.endswith("-done"):  # an async pair's work is its -start
             continue
-        operands = _NAME.findall(rhs[opcode.end():].split(")", 1)[0])
+        operands = _NAME.findall(_operand_text(rhs[opcode.end():]))
         called = re.search(r"calls=(%[\w.\-]+)", rhs)
         body = bodies.get(called.group(1), "") if called else ""
         bytes_in = 0
@@ -110,12 +127,13 @@ def entry_kernels(compiled_hlo: str) -> list[Kernel]:
             bytes_in += sliced if sliced is not None else shape_bytes(shapes.get(operand, ""))
         library_key = ""
         if op == "fusion":
-            kind = re.sub(r"[._]\d+$", "", name.lstrip("%"))
+            kind = op_kind(name)
         elif op == "custom-call":
             target = re.search(r'custom_call_target="([^"]+)"', rhs)
             kind = target.group(1) if target else op
-            library_key = " ".join([kind, shape, *(shapes.get(o, "") for o in operands),
-                                    *_LIBRARY_KEY.findall(rhs)])
+            if kind.startswith(_LIBRARIES):
+                library_key = " ".join([kind, shape, *(shapes.get(o, "") for o in operands),
+                                        *_LIBRARY_KEY.findall(rhs)])
         else:
             kind = op
         kernels.append(Kernel(name, kind, bytes_in, shape_bytes(shape, drop_scratch=op == "custom-call"),

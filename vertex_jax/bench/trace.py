@@ -7,20 +7,14 @@ from __future__ import annotations
 
 import gzip
 import json
-import re
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vertex_jax.bench.hlo_kernels import Kernel
+from vertex_jax.bench.hlo_kernels import Kernel, op_kind
 
 __all__ = ["summarize_trace"]
-
-
-def _op_kind(name: str) -> str:
-    """``loop_multiply_fusion.12`` -> ``loop_multiply_fusion``."""
-    return re.sub(r"[.\d]+$", "", name) or name
 
 
 def _xplane_events(path: Path) -> tuple[list[tuple[str, str, int]], str]:
@@ -64,23 +58,31 @@ def _trace_json_events(path: Path) -> tuple[list[tuple[str, str, int]], str]:
 
 def _bytes_and_time(events: list[tuple[str, str, int]], kernels: Sequence[Kernel], steps: int
                     ) -> dict[str, Any]:
-    """Per kind of the program's kernels: traced ms per step, estimated GB per step and
-    their ratio (GB/s), by the trace's op names; and the share of traced time matched."""
+    """Per kind of the program's kernels that the trace names: traced ms per step, their
+    estimated GB per step and the ratio (GB/s; None without time); the share of traced time
+    matched, and the estimated GB of kernels the trace does not name (inside CUDA graphs,
+    say), left out of the ratios."""
     by_name = {k.name.lstrip("%"): k for k in kernels}
-    ns, gb = defaultdict(int), defaultdict(float)
-    for k in kernels:
-        gb[k.kind] += (k.bytes_in + k.bytes_out) / 1e9
+    ns: dict[str, int] = defaultdict(int)
+    seen: set[str] = set()
     matched = 0
     for op, _, duration in events:
         kernel = by_name.get(op)
         if kernel is not None:
             ns[kernel.kind] += duration
             matched += duration
+            seen.add(op)
+    gb: dict[str, float] = defaultdict(float)
+    for name in seen:
+        k = by_name[name]
+        gb[k.kind] += (k.bytes_in + k.bytes_out) / 1e9
     rows = [{"kind": kind, "ms_per_step": ns[kind] / 1e6 / steps, "est_gb_per_step": gb[kind],
-             "est_gb_per_s": gb[kind] / (ns[kind] / 1e9 / steps)} for kind in sorted(ns, key=ns.get, reverse=True)]
+             "est_gb_per_s": gb[kind] / (ns[kind] / 1e9 / steps) if ns[kind] else None}
+            for kind in sorted(ns, key=ns.get, reverse=True)]
     total = sum(d for _, _, d in events)
+    unmatched = sum(k.bytes_in + k.bytes_out for name, k in by_name.items() if name not in seen) / 1e9
     return {"matched_share": matched / total if total else 0.0, "est_gb_per_step": sum(gb.values()),
-            "by_kind": rows}
+            "unmatched_est_gb_per_step": unmatched, "by_kind": rows}
 
 
 def summarize_trace(trace_dir: Path, steps: int, top: int = 15, kernels: Sequence[Kernel] = ()
@@ -111,7 +113,7 @@ def summarize_trace(trace_dir: Path, steps: int, top: int = 15, kernels: Sequenc
                          "share": ns[k] / total} for k in best]
             summary = {"status": "ok", "source": f"{source} ({path.name})", "steps": steps,
                        "events": len(events), "op_ms_per_step": total / 1e6 / steps,
-                       "top_ops": rank(lambda e: e[0]), "top_kinds": rank(lambda e: _op_kind(e[0]))}
+                       "top_ops": rank(lambda e: e[0]), "top_kinds": rank(lambda e: op_kind(e[0]))}
             if source.startswith("device"):
                 summary["top_kernels"] = rank(lambda e: e[1])
             if kernels:

@@ -14,7 +14,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
@@ -34,16 +33,17 @@ KEPT_STATS = "bn_stats"
 def _channel_sums(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Per-channel sums of ``a`` and ``b`` (same shape) over all but the last axis.
 
-    On accelerators one two-operand reduction: XLA:GPU splits a long reduction into two
-    kernels, and two ``jnp.sum`` calls share only the first (192 kernels fewer in the B4
-    step, docs/performance-notes.md §12). XLA:CPU runs a two-operand reduction as a
-    scalar loop (~6x slower), so CPUs keep two sums.
+    On accelerators one reduction of the two stacked: XLA:GPU splits a long reduction into
+    two kernels, and two ``jnp.sum`` calls share only the first (180 kernels fewer in the
+    B4 step, docs/performance-notes.md §12). A two-operand ``lax.reduce`` would save 12
+    more, but XLA's partitioner gathers a batch-sharded input for it instead of summing per
+    device. XLA:CPU materialises the stack (~9x slower), so CPUs keep two sums.
     """
     axes = tuple(range(a.ndim - 1))
     if not on_accelerator():
         return jnp.sum(a, axis=axes), jnp.sum(b, axis=axes)
-    zero = np.zeros((), a.dtype)
-    return jax.lax.reduce((a, b), (zero, zero), lambda p, q: (p[0] + q[0], p[1] + q[1]), axes)
+    sums = jnp.sum(jnp.stack([a, b], axis=-2), axis=axes)
+    return sums[0], sums[1]
 
 
 def _stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -119,7 +119,7 @@ def fused_batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: f
     swish's cotangent ``dz`` to the output cotangent's dtype (bfloat16 under mixed
     precision) before its two passes read it, as a framework that differentiates op by
     op does; ``"float32"`` keeps it in float32 (XLA writes it out in float32 between the
-    passes: on the B4 step, 25 of some 240 GB per step, docs/performance-notes.md §12).
+    passes: on the B4 step, 25 of some 267 GB per step, docs/performance-notes.md §12).
     """
     if grad not in BATCHNORM_GRADS:
         raise ConfigError(f"model.batchnorm_grad must be one of {BATCHNORM_GRADS}, got {grad!r}")
@@ -209,16 +209,18 @@ class BatchNorm(nnx.BatchNorm):
         return y
 
 
-def set_bn_impl(module: nnx.Module, impl: str, grad: str = "float32") -> None:
+def set_bn_impl(module: nnx.Module, impl: str, grad: str | None = None) -> None:
     """Use BatchNorm implementation ``impl`` (:data:`BATCHNORM_IMPLS`) everywhere in
-    ``module``, the fused one keeping its swish cotangent in ``grad`` (:data:`BATCHNORM_GRADS`)."""
+    ``module``, the fused one keeping its swish cotangent in ``grad`` (:data:`BATCHNORM_GRADS`;
+    None: as it is). ``grad`` acts on the fused form only (``auto`` is autodiff on CPUs)."""
     if impl not in BATCHNORM_IMPLS:
         raise ConfigError(f"model.batchnorm must be one of {BATCHNORM_IMPLS}, got {impl!r}")
-    if grad not in BATCHNORM_GRADS:
+    if grad is not None and grad not in BATCHNORM_GRADS:
         raise ConfigError(f"model.batchnorm_grad must be one of {BATCHNORM_GRADS}, got {grad!r}")
     for _, m in nnx.iter_modules(module):
         if isinstance(m, BatchNorm):
-            m.impl, m.grad = impl, grad
+            m.impl = impl
+            m.grad = m.grad if grad is None else grad
 
 
 def set_bn_momentum(module: nnx.Module, momentum: float) -> None:

@@ -289,7 +289,7 @@ def set_se_dense(module: nnx.Module, form: str) -> None:
         raise ConfigError(f"model.se_dense must be one of {SE_DENSE_FORMS}, got {form!r}")
     for _, m in nnx.iter_modules(module):
         if isinstance(m, MBConv):
-            m.se_dense = form
+            m.se_form = form
 
 
 class MBConv(nnx.Module):
@@ -312,7 +312,7 @@ class MBConv(nnx.Module):
                                     dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
         self.se_expand = nnx.Linear(spec.se_channels, hidden, kernel_init=_conv_init,
                                     dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
-        self.se_dense = "dot"  # :data:`SE_DENSE_FORMS`, set by set_se_dense
+        self.se_form = "dot"  # :data:`SE_DENSE_FORMS`, set by set_se_dense
         self.project_conv = _conv(hidden, spec.out_channels, 1, dtype=dtype, rngs=rngs)
         self.project_bn = BatchNorm(spec.out_channels, act=False, dtype=dtype, rngs=rngs)
         if spec.has_skip and spec.drop_rate > 0:
@@ -327,8 +327,8 @@ class MBConv(nnx.Module):
             h = self.expand_bn(checkpoint_name(self.expand_conv(h), _KEPT_CONV))
         h = self.dw_bn(checkpoint_name(self.dw_conv(h), _KEPT_CONV))
         s = checkpoint_name(jnp.mean(h, axis=(1, 2), keepdims=True, dtype=jnp.float32), _KEPT_GATE)
-        s = jax.nn.silu(se_dense(self.se_reduce, s, self.se_dense))
-        s = checkpoint_name(jax.nn.sigmoid(se_dense(self.se_expand, s, self.se_dense)), _KEPT_GATE)
+        s = jax.nn.silu(se_dense(self.se_reduce, s, self.se_form))
+        s = checkpoint_name(jax.nn.sigmoid(se_dense(self.se_expand, s, self.se_form)), _KEPT_GATE)
         h = h * s.astype(self.dtype)
         h = self.project_bn(checkpoint_name(self.project_conv(h), _KEPT_CONV))
         if self.spec.has_skip:
