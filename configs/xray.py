@@ -54,8 +54,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                    # on CPUs, the faster on each (docs/performance-notes.md §7).
                    batchnorm="auto",
                    # The fused BatchNorm's backward pass keeps its swish cotangent in "float32"
-                   # or rounds it to the "compute" dtype (bfloat16: fewer bytes per step, as
-                   # op-by-op frameworks do; not yet measured on a GPU, §12).
+                   # or rounds it to the "compute" dtype (bfloat16, as op-by-op frameworks do:
+                   # fewer bytes per step with xla_preset=fast-compile-no-excess-precision,
+                   # which keeps the rounding; not yet measured on a GPU, §12).
                    batchnorm_grad="float32",
                    # Squeeze-excite layers as a matrix product ("dot": cuBLAS on GPUs, autotuned
                    # per shape at the first compile) or multiply-and-sum in float32 ("reduce":

@@ -36,7 +36,7 @@ def naive_bn(x, scale, bias, act):
 @pytest.fixture(params=[False, True], ids=["cpu-form", "accelerator-form"])
 def accelerator_form(request):
     """Trace as on a CPU, or as on an accelerator (the per-channel sums become one
-    two-operand reduction) -- both run here on the CPU."""
+    complex reduction) -- both run here on the CPU."""
     from vertex_jax.auto_setting import assume_accelerator
     assume_accelerator(request.param)
     yield request.param
@@ -48,7 +48,7 @@ def test_fused_batchnorm_matches_autodiff_of_the_plain_formula(act, accelerator_
     """Output and every gradient against autodiff of the two-pass formula, in float64
     (x64 on); the fused form computes in float32, so they agree to float32 rounding
     of sums over n = 192 elements: relative error < n * 2^-24 * (a small constant),
-    whatever order the sums add in (two reductions or one two-operand reduction)."""
+    whatever order the sums add in (two reductions or one complex one)."""
     rng = np.random.default_rng(0)
     x = rng.normal(1.5, 2.0, (4, 8, 6, 5))  # mean comparable to std: little cancellation
     scale, bias = rng.normal(1, 0.3, 5), rng.normal(0, 0.3, 5)
@@ -160,7 +160,7 @@ def test_batchnorm_grad_compute_rounds_only_the_swish_cotangent(accelerator_form
     c = np.abs(np.asarray(scale, np.float64)) * rstd
     bound_dx = c * (r + f32) * (dz + dz.mean((0, 1, 2)) + np.abs(x_hat) * (dz * np.abs(x_hat)).mean((0, 1, 2)))
     assert np.all(np.abs(dx16 - dx32) <= bound_dx + r * (np.abs(dx16) + np.abs(dx32)))
-    assert not np.array_equal(ds16, ds32)  # the rounding happened (XLA did not fold it away)
+    assert not np.array_equal(ds16, ds32)  # the rounding happened (XLA:CPU keeps it; XLA:GPU with the no-excess-precision preset)
     with pytest.raises(ValueError, match="model.batchnorm_grad"):
         fused_batch_norm(x, scale, bias, 1e-3, True, jnp.bfloat16, "bfloat16")
 

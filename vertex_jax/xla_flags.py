@@ -39,8 +39,8 @@ PRESETS: dict[str, tuple[str, ...]] = {
     # fast-compile, and bfloat16 roundings kept where the program makes them. By default XLA
     # may skip a float32 -> bfloat16 -> float32 round trip and use the float32 value, and so
     # it kept float32 copies of B4's swish outputs for the backward pass: the described H200's
-    # memory plan falls from 30.0 to 26.0 GiB at batch 32 without it, and ~5% of the bytes
-    # (docs/performance-notes.md, section 12).
+    # memory plan falls from 30.0 to 25.8 GiB at batch 32 without it, and ~6% of the bytes
+    # (docs/performance-notes.md, section 12). model.batchnorm_grad=compute needs it.
     "fast-compile-no-excess-precision": ("--xla_gpu_enable_triton_gemm=false",
                                          "--xla_allow_excess_precision=false"),
     # fast-compile without any autotuning: cuDNN's heuristics pick each convolution's

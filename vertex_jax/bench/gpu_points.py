@@ -87,8 +87,10 @@ def plan(dry: bool, xla: str = "fast-compile") -> list[Point]:
         # Evaluation is bound by bytes (§12): the same preset there, at the larger batch.
         Point(f"jax-eval-b{4 * b}-no-excess-precision", "jax", what="eval", batch=4 * b,
               xla="fast-compile-no-excess-precision", cap_s=cap, estimate_s=10 if dry else 20),
-        # Fewer bytes per step (§12): the fused BatchNorm's swish cotangent in bfloat16.
-        Point(f"{first}-bn-grad-compute", "jax", overrides={"model.batchnorm_grad": "compute"}, **lever),
+        # Fewer bytes per step (§12): the fused BatchNorm's swish cotangent in bfloat16, under
+        # the preset that keeps the rounding (XLA's default folds it away).
+        Point(f"{first}-no-excess-precision-bn-grad-compute", "jax", xla="fast-compile-no-excess-precision",
+              overrides={"model.batchnorm_grad": "compute"}, **lever),
         # Launch overhead (§7; at most ~5 µs a kernel by §12): CUDA graphs over shorter runs.
         Point(f"{first}-graphs", "jax", xla="fast-compile-graphs", **lever),
         # The first compile with 54 fewer autotuning problems (§12): squeeze-excite as

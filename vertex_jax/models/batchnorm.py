@@ -31,19 +31,22 @@ KEPT_STATS = "bn_stats"
 
 
 def _channel_sums(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per-channel sums of ``a`` and ``b`` (same shape) over all but the last axis.
+    """Per-channel sums of ``a`` and ``b`` (same shape, float32) over all but the last axis.
 
-    On accelerators one reduction of the two stacked: XLA:GPU splits a long reduction into
-    two kernels, and two ``jnp.sum`` calls share only the first (180 kernels fewer in the
-    B4 step, docs/performance-notes.md §12). A two-operand ``lax.reduce`` would save 12
-    more, but XLA's partitioner gathers a batch-sharded input for it instead of summing per
-    device. XLA:CPU materialises the stack (~9x slower), so CPUs keep two sums.
+    On accelerators one reduction of ``a + i b`` (complex64: two float32 sums, added exactly
+    as two reductions would). XLA:GPU splits a long reduction into two kernels, and two
+    ``jnp.sum`` calls share only the first. One reduction also lets XLA fuse the backward
+    pass's ``dz`` into it (one pass computes ``dz`` and its sums): 320 kernels and ~30 GB
+    fewer in the B4 step (docs/performance-notes.md §12). A two-operand ``lax.reduce`` is
+    gathered by XLA's partitioner when the batch is sharded, and a sum of the two stacked
+    saves only the final kernels. CPUs keep two sums: XLA:CPU ran both of those forms
+    6-9x slower (this one was not timed there).
     """
     axes = tuple(range(a.ndim - 1))
     if not on_accelerator():
         return jnp.sum(a, axis=axes), jnp.sum(b, axis=axes)
-    sums = jnp.sum(jnp.stack([a, b], axis=-2), axis=axes)
-    return sums[0], sums[1]
+    sums = jnp.sum(jax.lax.complex(a, b), axis=axes)
+    return jnp.real(sums), jnp.imag(sums)
 
 
 def _stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -117,9 +120,11 @@ def fused_batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: f
 
     ``grad`` (:data:`BATCHNORM_GRADS`): with ``"compute"``, the backward pass rounds the
     swish's cotangent ``dz`` to the output cotangent's dtype (bfloat16 under mixed
-    precision) before its two passes read it, as a framework that differentiates op by
-    op does; ``"float32"`` keeps it in float32 (XLA writes it out in float32 between the
-    passes: on the B4 step, 25 of some 267 GB per step, docs/performance-notes.md §12).
+    precision), as a framework that differentiates op by op does; ``"float32"`` keeps it
+    in float32. XLA writes ``dz`` out between the backward pass's two passes; rounded, it
+    writes and reads half the bytes (on the B4 step ~20 of ~220 GB, with the XLA preset
+    that keeps bfloat16 roundings; under XLA's default the rounding is folded away,
+    docs/performance-notes.md §12).
     """
     if grad not in BATCHNORM_GRADS:
         raise ConfigError(f"model.batchnorm_grad must be one of {BATCHNORM_GRADS}, got {grad!r}")
@@ -151,8 +156,9 @@ def _normalize_act_fused_bwd(epsilon, act, dtype, grad, residuals, g_y):
         s = jax.nn.sigmoid(z)
         dz = dz * (s * (1.0 + z * (1.0 - s)))
         if grad == "compute" and g_y.dtype != jnp.float32:
-            # The barrier keeps XLA (excess precision allowed) from folding the round trip away.
-            dz = jax.lax.optimization_barrier(dz.astype(g_y.dtype)).astype(jnp.float32)
+            # XLA keeps this rounding only with xla_allow_excess_precision=false (the
+            # fast-compile-no-excess-precision preset); by default it computes dz in float32.
+            dz = dz.astype(g_y.dtype).astype(jnp.float32)
     sum_dz, sum_dz_xhat = _channel_sums(dz, dz * x_hat)
     dx = (scale * rstd) * (dz - sum_dz / n - x_hat * (sum_dz_xhat / n))
     return dx.astype(x.dtype), sum_dz_xhat, sum_dz, jnp.zeros_like(mean), jnp.zeros_like(var)
