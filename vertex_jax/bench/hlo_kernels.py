@@ -88,17 +88,19 @@ def _computations(text: str) -> dict[str, str]:
     return bodies
 
 
-def _sliced_bytes(body: str, index: int) -> int | None:
-    """Bytes the fused computation ``body`` reads of its parameter ``index`` when it only
-    slices it (the sum of the slices), else None."""
-    param = re.search(r"(%[\w.\-]+) = [^\n]*\bparameter\(" + str(index) + r"\)", body)
-    if not param:
-        return None
-    uses = [line for line in body.splitlines()
-            if re.search(re.escape(param.group(1)) + r"(?![\w.\-])", line) and " parameter(" not in line]
-    if not uses or not all(" slice(" in line for line in uses):
-        return None
-    return sum(shape_bytes(line.split(" = ", 1)[1].split(" slice(", 1)[0]) for line in uses)
+def _sliced_parameters(body: str) -> dict[int, int]:
+    """Parameter index -> bytes read, for each parameter of the fused computation ``body``
+    that it only slices (the sum of the slices)."""
+    params = dict(re.findall(r"(%[\w.\-]+) = [^\n]*\bparameter\((\d+)\)", body))
+    uses: dict[str, list[str]] = {name: [] for name in params}
+    for line in body.splitlines():
+        if " parameter(" in line:
+            continue
+        for name in set(_NAME.findall(line)) & uses.keys():
+            uses[name].append(line)
+    return {int(index): sum(shape_bytes(line.split(" = ", 1)[1].split(" slice(", 1)[0]) for line in uses[name])
+            for name, index in params.items()
+            if uses[name] and all(" slice(" in line for line in uses[name])}
 
 
 def entry_kernels(compiled_hlo: str) -> list[Kernel]:
@@ -120,11 +122,9 @@ def entry_kernels(compiled_hlo: str) -> list[Kernel]:
             continue
         operands = _NAME.findall(_operand_text(rhs[opcode.end():]))
         called = re.search(r"calls=(%[\w.\-]+)", rhs)
-        body = bodies.get(called.group(1), "") if called else ""
-        bytes_in = 0
-        for i, operand in enumerate(operands):
-            sliced = _sliced_bytes(body, i) if body else None
-            bytes_in += sliced if sliced is not None else shape_bytes(shapes.get(operand, ""))
+        sliced = _sliced_parameters(bodies.get(called.group(1), "")) if called else {}
+        bytes_in = sum(sliced[i] if i in sliced else shape_bytes(shapes.get(operand, ""))
+                       for i, operand in enumerate(operands))
         library_key = ""
         if op == "fusion":
             kind = op_kind(name)

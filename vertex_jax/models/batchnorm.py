@@ -126,8 +126,7 @@ def fused_batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: f
     that keeps bfloat16 roundings; under XLA's default the rounding is folded away,
     docs/performance-notes.md §12).
     """
-    if grad not in BATCHNORM_GRADS:
-        raise ConfigError(f"model.batchnorm_grad must be one of {BATCHNORM_GRADS}, got {grad!r}")
+    _check_grad(grad)
     mean, var = _named(_stats(jax.lax.stop_gradient(x)))
     return _normalize_act_fused(x, scale, bias, mean, var, epsilon, act, dtype, grad), mean, var
 
@@ -155,7 +154,7 @@ def _normalize_act_fused_bwd(epsilon, act, dtype, grad, residuals, g_y):
         z = x_hat * scale + bias
         s = jax.nn.sigmoid(z)
         dz = dz * (s * (1.0 + z * (1.0 - s)))
-        if grad == "compute" and g_y.dtype != jnp.float32:
+        if grad == "compute":  # a no-op for a float32 cotangent
             # XLA keeps this rounding only with xla_allow_excess_precision=false (the
             # fast-compile-no-excess-precision preset); by default it computes dz in float32.
             dz = dz.astype(g_y.dtype).astype(jnp.float32)
@@ -168,6 +167,11 @@ _normalize_act_fused.defvjp(_normalize_act_fused_fwd, _normalize_act_fused_bwd)
 
 BATCHNORM_IMPLS = ("auto", "autodiff", "fused")
 BATCHNORM_GRADS = ("float32", "compute")  # the fused backward pass's swish cotangent
+
+
+def _check_grad(grad: str) -> None:
+    if grad not in BATCHNORM_GRADS:
+        raise ConfigError(f"model.batchnorm_grad must be one of {BATCHNORM_GRADS}, got {grad!r}")
 
 
 class BatchNorm(nnx.BatchNorm):
@@ -221,8 +225,8 @@ def set_bn_impl(module: nnx.Module, impl: str, grad: str | None = None) -> None:
     None: as it is). ``grad`` acts on the fused form only (``auto`` is autodiff on CPUs)."""
     if impl not in BATCHNORM_IMPLS:
         raise ConfigError(f"model.batchnorm must be one of {BATCHNORM_IMPLS}, got {impl!r}")
-    if grad is not None and grad not in BATCHNORM_GRADS:
-        raise ConfigError(f"model.batchnorm_grad must be one of {BATCHNORM_GRADS}, got {grad!r}")
+    if grad is not None:
+        _check_grad(grad)
     for _, m in nnx.iter_modules(module):
         if isinstance(m, BatchNorm):
             m.impl = impl

@@ -269,24 +269,27 @@ def _conv(cin: int, cout: int, kernel: int, *, stride: int = 1, dtype: Any, rngs
 SE_DENSE_FORMS = ("dot", "reduce")
 
 
+def _check_se_form(form: str) -> None:
+    if form not in SE_DENSE_FORMS:
+        raise ConfigError(f"model.se_dense must be one of {SE_DENSE_FORMS}, got {form!r}")
+
+
 def se_dense(layer: nnx.Linear, s: jax.Array, form: str) -> jax.Array:
     """A squeeze-excite layer (``layer``, on pooled ``s`` of shape [..., in]) in ``form``:
     ``dot``, the layer itself (a matrix product: a cuBLAS call on GPUs, which XLA autotunes
     once per distinct shape), or ``reduce``, the same products summed in float32 by XLA's
     own reduction kernels (nothing to autotune; docs/performance-notes.md §12). The output
     has the layer's dtype either way."""
+    _check_se_form(form)
     if form == "dot":
         return layer(s)
-    if form != "reduce":
-        raise ConfigError(f"model.se_dense must be one of {SE_DENSE_FORMS}, got {form!r}")
     products = s.astype(jnp.float32)[..., :, None] * layer.kernel[...]
     return (jnp.sum(products, axis=-2) + layer.bias[...]).astype(layer.dtype)
 
 
 def set_se_dense(module: nnx.Module, form: str) -> None:
     """Compute every squeeze-excite layer of ``module`` in ``form`` (:func:`se_dense`)."""
-    if form not in SE_DENSE_FORMS:
-        raise ConfigError(f"model.se_dense must be one of {SE_DENSE_FORMS}, got {form!r}")
+    _check_se_form(form)
     for _, m in nnx.iter_modules(module):
         if isinstance(m, MBConv):
             m.se_form = form
