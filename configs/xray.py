@@ -70,6 +70,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                    # and gating recomputed: about half the activation memory, the same
                    # function; docs/performance-notes.md §8). remat=True keeps nothing.
                    recompute="none",
+                   # With "elementwise": how many of the 7 stages recompute, from the first
+                   # (the high-resolution stages hold most activations; §13).
+                   recompute_stages=7,
                    init_weights="",  # Keras .h5 / timm .safetensors ImageNet weights
                    # "gap": global average pool + fusion MLP (the paper's); "evidence": a map of
                    # per-position logits pooled into the score (README, "Localisation").

@@ -286,9 +286,24 @@ def test_residuals_command_splits_the_saved_activations_by_kind(tmp_path, capsys
     no BatchNorm output inside a block and no gated input."""
     from vertex_jax.bench.residuals import KINDS, main
 
-    doc = main(["--config", "configs/xray.py:tiny", "--json", str(tmp_path / "r.json")])
+    doc = main(["--config", "configs/xray.py:tiny", "--recompute", "none,elementwise,elementwise:2",
+                "--json", str(tmp_path / "r.json")])
     assert json.loads((tmp_path / "r.json").read_text())["bytes_per_image"] == doc["bytes_per_image"]
     kept, recomputed = doc["bytes_per_image"]["none"], doc["bytes_per_image"]["elementwise"]
+    sizes = doc["bytes_per_image_by_size"]
+    for setting, table in sizes.items():
+        assert sum(v for k, v in table.items() if k != "total") == pytest.approx(table["total"])
+        assert table["total"] == pytest.approx(doc["bytes_per_image"][setting]["total"])
+    # recomputing the first two stages only: the largest maps (the stem's size: stage 0)
+    # shrink as with every stage recomputed, the smallest (the last stages') stay as kept,
+    # and no size keeps more than with nothing recomputed
+    maps = [k for k in sizes["none"] if "x" in k]
+    early, every = sizes["elementwise:2"], sizes["elementwise"]
+    assert early[maps[1]] == pytest.approx(every[maps[1]]) and early[maps[1]] < sizes["none"][maps[1]]
+    assert early[maps[-1]] == pytest.approx(sizes["none"][maps[-1]]) and early[maps[-1]] > every[maps[-1]]
+    for size in maps:
+        assert every.get(size, 0.0) <= early.get(size, 0.0) + 1e-9 <= sizes["none"][size] + 2e-9, size
+    assert recomputed["total"] < doc["bytes_per_image"]["elementwise:2"]["total"] < kept["total"]
     for table in (kept, recomputed):
         assert sum(v for k, v in table.items() if k != "total") == pytest.approx(table["total"])
     conv, bn_out, gated, _ = (kind for kind, _ in KINDS)
@@ -296,7 +311,8 @@ def test_residuals_command_splits_the_saved_activations_by_kind(tmp_path, capsys
     assert kept[gated] > 0 and recomputed[gated] == 0
     assert recomputed[bn_out] < 0.1 * kept[bn_out]  # the stem's and head's stay (outside blocks)
     assert recomputed["total"] < 0.6 * kept["total"]
-    assert "elementwise" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "elementwise:2" in out and "by feature-map size" in out
 
 
 def test_program_sizes_count_the_entry_computations_kernels():

@@ -336,6 +336,11 @@ def test_the_combination_takes_the_levers_that_beat_the_baseline_by_more_than_th
                "b": _record(110, 0.01), "c": _record(104, 0.03), "d": _record(99, 0.01)}
     verdicts = lever_verdicts(points, results, "base")
     assert verdicts["a"]["ratio"] == pytest.approx(1.015)  # against the warm rerun
+    assert verdicts["a"]["peak_bytes"] is None  # no memory_stats (a CPU)
+    results["c"]["memory_stats"] = {"peak_bytes_in_use": 7, "bytes_in_use": 1}
+    results["base-warm"]["memory_stats"] = {"peak_bytes_in_use": 9}
+    assert {k: lever_verdicts(points, results, "base")["c"][k] for k in ("peak_bytes", "baseline_peak_bytes")} \
+        == {"peak_bytes": 7, "baseline_peak_bytes": 9}
     assert {k: v["wins"] for k, v in verdicts.items()} == {"a": False, "b": True, "c": True, "d": False}
     combo = _combine(points[-1], verdicts)
     assert combo.kind == "jax" and combo.xla == "no-autotune" and combo.overrides == {"pack_state": True}
@@ -433,7 +438,9 @@ def test_elementwise_recompute_keeps_about_half_and_trains_the_same_network(impl
     """``model.recompute=elementwise``: the same loss, gradients and running statistics as
     keeping everything (tiny EfficientNet, float32, training mode with drop-connect), with
     about half the saved activations, and no reduction recomputed in the backward pass
-    (statistics and squeeze-excitation pools are kept).
+    (statistics and squeeze-excitation pools are kept). With ``recompute_stages=2`` only
+    the first two stages recompute: the same network again, keeping less than everything
+    and more than all stages recomputed.
 
     Tolerance: 1e-3 of the largest gradient. The recomputation repeats the same float32
     operations, which XLA may fuse and so round differently; that rounding, compounded
@@ -443,13 +450,14 @@ def test_elementwise_recompute_keeps_about_half_and_trains_the_same_network(impl
     by their own size."""
     from flax.nnx import traversals
     from vertex_jax.errors import ConfigError
-    from vertex_jax.models.efficientnet import EfficientNet
+    from vertex_jax.models.efficientnet import STAGES, EfficientNet
     from vertex_jax.models.summary import activation_bytes_per_image
 
     x = jnp.asarray(np.random.default_rng(5).normal(size=(2, 64, 32, 3)), jnp.float32)
     runs = {}
-    for recompute in ("none", "elementwise"):
-        net = EfficientNet("tiny", num_classes=4, recompute=recompute, depthwise="conv", rngs=nnx.Rngs(0))
+    for recompute, stages in (("none", STAGES), ("elementwise", STAGES), ("elementwise", 2)):
+        net = EfficientNet("tiny", num_classes=4, recompute=recompute, recompute_stages=stages,
+                           depthwise="conv", rngs=nnx.Rngs(0))
         set_bn_impl(net, impl)
         net.train()
 
@@ -458,24 +466,29 @@ def test_elementwise_recompute_keeps_about_half_and_trains_the_same_network(impl
         value, grads = nnx.jit(nnx.value_and_grad(loss))(net)
         graphdef, state = nnx.split(net)
         jaxpr = jax.make_jaxpr(jax.grad(lambda s: loss(nnx.merge(graphdef, s)), allow_int=True))(state)
-        runs[recompute] = dict(value=value, grads=traversals.flatten_mapping(nnx.to_pure_dict(grads)),
-                               stats=jax.tree.leaves(nnx.state(net, nnx.BatchStat)),
-                               reductions=_reductions(jaxpr.jaxpr),
-                               saved=activation_bytes_per_image(net, 64, 32))
-    kept, recomputed = runs["none"], runs["elementwise"]
+        runs[recompute, stages] = dict(value=value, grads=traversals.flatten_mapping(nnx.to_pure_dict(grads)),
+                                       stats=jax.tree.leaves(nnx.state(net, nnx.BatchStat)),
+                                       reductions=_reductions(jaxpr.jaxpr),
+                                       saved=activation_bytes_per_image(net, 64, 32))
+    kept, recomputed, early = runs["none", STAGES], runs["elementwise", STAGES], runs["elementwise", 2]
     assert recomputed["saved"] < 0.6 * kept["saved"]  # 0.55 here; 0.44 for B4 at 1024x512
-    assert recomputed["reductions"] == kept["reductions"]
+    assert recomputed["saved"] < early["saved"] < kept["saved"]
     g_max = max(float(jnp.max(jnp.abs(g))) for g in kept["grads"].values())
     tol = 1e-3
-    assert abs(float(recomputed["value"] - kept["value"])) <= tol * float(kept["value"])
-    for name, g in kept["grads"].items():
-        np.testing.assert_allclose(recomputed["grads"][name], g, rtol=0, atol=tol * g_max, err_msg=str(name))
-    for a, b in zip(recomputed["stats"], kept["stats"]):
-        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+    for run in (recomputed, early):
+        assert run["reductions"] == kept["reductions"]
+        assert abs(float(run["value"] - kept["value"])) <= tol * float(kept["value"])
+        for name, g in kept["grads"].items():
+            np.testing.assert_allclose(run["grads"][name], g, rtol=0, atol=tol * g_max, err_msg=str(name))
+        for a, b in zip(run["stats"], kept["stats"]):
+            np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
     with pytest.raises(ConfigError, match="model.recompute"):
         EfficientNet("tiny", recompute="some", rngs=nnx.Rngs(0))
     with pytest.raises(ConfigError, match="model.remat"):
         EfficientNet("tiny", remat=True, recompute="elementwise", rngs=nnx.Rngs(0))
+    for stages in (0, STAGES + 1):
+        with pytest.raises(ConfigError, match="model.recompute_stages"):
+            EfficientNet("tiny", recompute="elementwise", recompute_stages=stages, rngs=nnx.Rngs(0))
 
 
 def _filled(leaf, rng):

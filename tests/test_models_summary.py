@@ -59,6 +59,9 @@ def test_cli_prints_the_summary(capsys):
     assert "5,288,548" in out and "stage7" in out
     assert "GMACs (XLA cost analysis" in out and "activation memory per training image" in out
     main(["--variant", "b0", "--height", "96", "--width", "64", "--no-xla", "--recompute", "elementwise"])
-    assert "remat False, recompute elementwise" in capsys.readouterr().out
+    assert "remat False, recompute elementwise (stages 0-6)" in capsys.readouterr().out
+    main(["--variant", "b0", "--height", "96", "--width", "64", "--no-xla", "--recompute", "elementwise",
+          "--recompute-stages", "3"])
+    assert "recompute elementwise (stages 0-2)" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["--variant", "b4", "--height", "16"])

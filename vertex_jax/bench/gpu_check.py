@@ -206,12 +206,17 @@ def _run_loop_point(point: Point, args: argparse.Namespace, timeout: float) -> d
         return {"status": "ok", "result": json.loads(out.read_text()), "command": cmd}
 
 
+def _peak(result: dict[str, Any]) -> int | None:
+    return (result.get("memory_stats") or {}).get("peak_bytes_in_use")
+
+
 def lever_verdicts(points: Sequence[Point], results: dict[str, dict[str, Any]], baseline: str
                    ) -> dict[str, dict[str, Any]]:
     """Each measured lever's images/s against the baseline's and whether it won: faster by
     more than the larger of the two points' run-to-run spreads (and at least 1%). The
     baseline is its warm rerun when measured (the cold run shares the host with the peer's
-    compile), else ``baseline`` itself."""
+    compile), else ``baseline`` itself. A memory lever is read by its device's peak bytes
+    beside the baseline's (None where the backend reports none, as on CPUs)."""
     candidates = [results.get(f"{baseline}-warm", {}), results.get(baseline, {})]
     base = next((c for c in candidates if c.get("status") == "ok"), None)
     if base is None:
@@ -226,7 +231,8 @@ def lever_verdicts(points: Sequence[Point], results: dict[str, dict[str, Any]], 
         ratio = rec["images_per_s"] / b["images_per_s"]
         margin = max(0.01, rec["run_spread"], b["run_spread"])
         verdicts[p.name] = {"ratio": ratio, "margin": margin, "wins": ratio > 1 + margin,
-                            "overrides": p.overrides, "xla": p.xla}
+                            "overrides": p.overrides, "xla": p.xla,
+                            "peak_bytes": _peak(r), "baseline_peak_bytes": _peak(base)}
     return verdicts
 
 

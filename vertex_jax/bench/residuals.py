@@ -1,12 +1,14 @@
 """What the training step keeps for its backward pass, per image and by kind.
 
     python -m vertex_jax.bench.residuals [--config configs/xray.py] \
-        [--recompute none,elementwise] [--batchnorm fused] [--dtype bfloat16] [--json out.json]
+        [--recompute none,elementwise,elementwise:3] [--batchnorm fused] [--dtype bfloat16] [--json out.json]
 
 JAX's ``saved_residuals`` of the model's loss with respect to its parameters, traced
 (nothing is compiled or run), so it is the same on every backend: the activation memory
 of a training step before a backend schedules it. Depthwise layers are grouped
-convolutions, as on GPUs. Each residual is put in a kind by where the model makes it.
+convolutions, as on GPUs. Each residual is put in a kind by where the model makes it, and
+in a feature-map size (what ``model.recompute_stages`` chooses among: the first stages
+have the largest maps).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any, Sequence
 
 from vertex_jax.bench.plain_config import point_config
 
-__all__ = ["KINDS", "saved_residuals_of", "saved_activation_bytes", "by_kind", "main"]
+__all__ = ["KINDS", "saved_residuals_of", "saved_activation_bytes", "by_kind", "by_size", "main"]
 
 # (kind, a pattern of its source description); the first match wins.
 KINDS = (
@@ -76,32 +78,56 @@ def by_kind(config: Any, batch: int = 1) -> dict[str, float]:
             "total": sum(out.values())}
 
 
+def by_size(config: Any, batch: int = 1) -> dict[str, float]:
+    """Bytes per image by feature-map size (``"512x256"``, largest first; residuals that are
+    not [B, H, W, C] maps with H and W above 1 under ``"other"``), and ``"total"``."""
+    out: collections.Counter[tuple[int, int]] = collections.Counter()
+    for aval, _ in saved_residuals_of(config, batch):
+        size = tuple(aval.shape[1:3]) if aval.ndim == 4 and min(aval.shape[1:3]) > 1 else (0, 0)
+        out[size] += aval.size * aval.dtype.itemsize / batch
+    table = {f"{h}x{w}": out[h, w] for h, w in sorted(out, reverse=True) if h}
+    return {**table, "other": out.get((0, 0), 0.0), "total": sum(out.values())}
+
+
+def _print_table(title: str, tables: dict[str, dict[str, float]], width: int = 56) -> None:
+    settings = list(tables)
+    print(title)
+    print(f"{'':<{width}}" + "".join(f"{s:>14}" for s in settings))
+    rows = dict.fromkeys(row for table in tables.values() for row in table)
+    for row in rows:
+        print(f"{row:<{width}}" + "".join(f"{tables[s].get(row, 0.0) / 2**30:>14.3f}" for s in settings))
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m vertex_jax.bench.residuals",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/xray.py")
-    parser.add_argument("--recompute", default="none,elementwise", help="model.recompute settings")
+    parser.add_argument("--recompute", default="none,elementwise",
+                        help="model.recompute settings, each optionally with :N, its "
+                             "model.recompute_stages (elementwise:3)")
     parser.add_argument("--batchnorm", default="fused", help="model.batchnorm (fused: the GPU form)")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     from vertex_jax.bench.measure import environment
 
-    settings = args.recompute.split(",")
-    table = {}
-    for recompute in settings:
+    table, sizes = {}, {}
+    for setting in args.recompute.split(","):
+        recompute, _, stages = setting.partition(":")
+        overrides = {"model.recompute": recompute, "model.batchnorm": args.batchnorm}
+        if stages:
+            overrides["model.recompute_stages"] = int(stages)
         config = point_config(args.config, batch=1, remat=False, dtype=args.dtype, depthwise="conv",
-                              overrides={"model.recompute": recompute, "model.batchnorm": args.batchnorm})
-        table[recompute] = by_kind(config)
+                              overrides=overrides)
+        table[setting], sizes[setting] = by_kind(config), by_size(config)
     canvas = "x".join(map(str, config.data.canvas))
-    print(f"GiB per training image kept for the backward pass: {config.model.variant} {canvas} "
-          f"{args.dtype}, batchnorm={args.batchnorm}")
-    print(f"{'kind':<56}" + "".join(f"{s:>14}" for s in settings))
-    for kind in table[settings[0]]:
-        print(f"{kind:<56}" + "".join(f"{table[s][kind] / 2**30:>14.3f}" for s in settings))
+    _print_table(f"GiB per training image kept for the backward pass: {config.model.variant} {canvas} "
+                 f"{args.dtype}, batchnorm={args.batchnorm}\nby kind", table)
+    _print_table("by feature-map size", sizes)
     doc = {"command": [sys.executable, "-m", "vertex_jax.bench.residuals", *(argv or sys.argv[1:])],
            "environment": environment(), "variant": config.model.variant, "canvas": canvas,
-           "dtype": args.dtype, "batchnorm": args.batchnorm, "bytes_per_image": table}
+           "dtype": args.dtype, "batchnorm": args.batchnorm, "bytes_per_image": table,
+           "bytes_per_image_by_size": sizes}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(doc, indent=2))

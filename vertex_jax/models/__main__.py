@@ -1,7 +1,7 @@
 """Print an EfficientNet's parameters per stage, GMACs and activation memory at a given size.
 
     python -m vertex_jax.models --variant b4 --height 1024 --width 512 [--dtype bfloat16]
-        [--remat | --recompute elementwise]
+        [--remat | --recompute elementwise [--recompute-stages 3]]
 
 Nothing is initialised (abstract model), so this is quick even for B7 at full resolution.
 """
@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vertex_jax.cli import add_verbosity, user_errors
-from vertex_jax.models.efficientnet import DEPTHWISE_IMPLS, RECOMPUTE, VARIANTS, EfficientNet
+from vertex_jax.models.efficientnet import DEPTHWISE_IMPLS, RECOMPUTE, STAGES, VARIANTS, EfficientNet
 from vertex_jax.models.summary import format_summary
 
 
@@ -32,6 +32,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--remat", action="store_true", help="rematerialise each block")
     parser.add_argument("--recompute", default="none", choices=RECOMPUTE,
                         help="what each block keeps for the backward pass (model.recompute)")
+    parser.add_argument("--recompute-stages", type=int, default=STAGES,
+                        help="how many stages recompute, from the first (model.recompute_stages)")
     parser.add_argument("--depthwise", default="conv", choices=DEPTHWISE_IMPLS,
                         help="depthwise layers as grouped convolutions (conv, as on GPUs: the "
                              "default), shifted multiply-adds (shifts) or auto (shifts on CPUs); "
@@ -44,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     model = nnx.eval_shape(lambda: EfficientNet(
         args.variant, in_channels=args.in_channels, num_classes=args.num_classes or None,
         dtype=jnp.dtype(args.dtype), remat=args.remat, recompute=args.recompute,
-        depthwise=args.depthwise, rngs=nnx.Rngs(0)))
+        recompute_stages=args.recompute_stages, depthwise=args.depthwise, rngs=nnx.Rngs(0)))
     print(format_summary(model, args.height, args.width, xla=not args.no_xla, memory=not args.no_xla))
 
 

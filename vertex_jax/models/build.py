@@ -56,6 +56,7 @@ def build_model(config: Any, seed: int) -> VertexNet:
     vertebra_channels = vertebra_spec(config).channels if m.vertebrae else 0
     model = VertexNet(variant=m.variant, tasks=tasks_of(config), use_clinical=m.use_clinical,
                       dtype=DTYPES[m.dtype], remat=m.remat, recompute=m.recompute,
+                      recompute_stages=m.recompute_stages,
                       depthwise=m.depthwise, padding=m.padding,
                       head=m.head, evidence_taps=tuple(t.strip() for t in m.evidence_taps.split(",")),
                       evidence_width=m.evidence_width, pooling=m.pooling, lse_r=m.lse_r,

@@ -30,7 +30,8 @@ from vertex_jax.models.batchnorm import KEPT_STATS, BatchNorm
 __all__ = [
     "VARIANTS", "Variant", "BlockSpec", "block_specs", "round_filters", "round_repeats",
     "MBConv", "EfficientNet", "to_unit_float", "normalize_input", "IMAGENET_MEAN",
-    "IMAGENET_STD", "HEAD", "PADDINGS", "conv_padding", "RECOMPUTE", "se_dense", "set_se_dense",
+    "IMAGENET_STD", "HEAD", "PADDINGS", "conv_padding", "RECOMPUTE", "STAGES", "se_dense",
+    "set_se_dense",
 ]
 
 
@@ -68,6 +69,7 @@ _BASE_STAGES = (
     (6, 5, 2, 112, 192, 4),
     (6, 3, 1, 192, 320, 1),
 )
+STAGES = len(_BASE_STAGES)  # every variant's stages (only their repeats and widths scale)
 _STEM_CHANNELS = 32
 _HEAD_CHANNELS = 1280
 SE_RATIO = 0.25
@@ -345,13 +347,19 @@ def _apply_block(block: MBConv, x: jax.Array) -> jax.Array:
     return block(x)
 
 
-def _block_apply(remat: bool, recompute: str) -> Callable[[MBConv, jax.Array], jax.Array]:
-    """How :meth:`EfficientNet.taps` applies a block: plainly, fully rematerialised
-    (``remat``) or keeping only what ``recompute="elementwise"`` keeps."""
+def _check_recompute(remat: bool, recompute: str, recompute_stages: int, stages: int) -> None:
     if recompute not in RECOMPUTE:
         raise ConfigError(f"model.recompute must be one of {RECOMPUTE}, got {recompute!r}")
     if remat and recompute != "none":
         raise ConfigError("model.remat recomputes the whole block; set model.recompute=none with it")
+    if not 1 <= recompute_stages <= stages:
+        raise ConfigError(f"model.recompute_stages must be 1..{stages} (the first stages, where "
+                          f"the activations are largest), got {recompute_stages!r}")
+
+
+def _block_apply(remat: bool, recompute: str) -> Callable[[MBConv, jax.Array], jax.Array]:
+    """How :meth:`EfficientNet.taps` applies a block: plainly, fully rematerialised
+    (``remat``) or keeping only what ``recompute="elementwise"`` keeps."""
     if remat:
         return nnx.remat(_apply_block)
     if recompute == "elementwise":
@@ -368,16 +376,20 @@ class EfficientNet(nnx.Module):
     memory at large inputs, about one extra forward of compute); `recompute="elementwise"`
     keeps only each block's convolution outputs, BatchNorm statistics and squeeze-excitation
     gate, and recomputes BatchNorm, swish and the gating from them in the backward pass
-    (the same function; about half the saved activations). `depthwise` picks the
+    (the same function; about half the saved activations), in the first
+    `recompute_stages` stages (all by default; the early, high-resolution stages hold most
+    of the activations and the later ones most of the blocks). `depthwise` picks the
     depthwise-convolution implementation (:class:`DepthwiseConv`), `padding` the strided
     convolutions' padding (:func:`conv_padding`; imported weights expect ``tf``).
     """
 
     def __init__(self, variant: str, *, in_channels: int = 3, num_classes: int | None = 1000,
                  dtype: Any = jnp.float32, remat: bool = False, recompute: str = "none",
-                 depthwise: str = "auto", padding: str = "tf", rngs: nnx.Rngs):
+                 recompute_stages: int = STAGES, depthwise: str = "auto", padding: str = "tf",
+                 rngs: nnx.Rngs):
         v = _variant(variant)
-        _block_apply(remat, recompute)  # a bad combination fails here, not at the first call
+        specs = block_specs(variant)
+        _check_recompute(remat, recompute, recompute_stages, len(specs))
         if in_channels < 1:
             raise ConfigError(f"in_channels must be >= 1, got {in_channels}")
         self.variant = variant
@@ -386,7 +398,7 @@ class EfficientNet(nnx.Module):
         self.dtype = dtype
         self.remat = remat
         self.recompute = recompute
-        specs = block_specs(variant)
+        self.recompute_stages = recompute_stages
         stem = round_filters(_STEM_CHANNELS, v.width)
         self.num_features = round_filters(_HEAD_CHANNELS, v.width)
         self.stem_conv = _conv(in_channels, stem, 3, stride=2, dtype=dtype, rngs=rngs, padding=padding)
@@ -396,7 +408,7 @@ class EfficientNet(nnx.Module):
                                           for spec in stage])
                                 for stage in specs])
         if recompute == "elementwise":
-            for block in self.blocks():
+            for block in (b for stage in self.stages[:recompute_stages] for b in stage):
                 for _, m in nnx.iter_modules(block):
                     if isinstance(m, BatchNorm):
                         m.in_recomputed_block = True
@@ -436,8 +448,9 @@ class EfficientNet(nnx.Module):
             return h
 
         x = self.stem_bn(self.stem_conv(x.astype(self.dtype)))
-        apply = _block_apply(self.remat, self.recompute)
+        recomputed, plain = _block_apply(self.remat, self.recompute), _block_apply(self.remat, "none")
         for i, stage in enumerate(self.stages):
+            apply = recomputed if i < self.recompute_stages else plain
             for block in stage:
                 x = apply(block, x)
             x = keep(f"stage{i}", x)

@@ -127,7 +127,8 @@ def format_summary(model: EfficientNet, height: int, width: int, *, xla: bool = 
     dtype = jnp.dtype(model.dtype).name
     lines = [f"EfficientNet-{model.variant}: input {height}x{width}x{model.in_channels}, "
              f"classes {model.num_classes}, compute {dtype}, remat {model.remat}, "
-             f"recompute {model.recompute}",
+             f"recompute {model.recompute}"
+             + (f" (stages 0-{model.recompute_stages - 1})" if model.recompute != "none" else ""),
              f"{'part':<11}{'blocks':>7}{'channels':>10}{'output':>11}{'params':>13}{'GMACs':>9}"]
     for r in rows:
         lines.append(f"{r.name:<11}{r.blocks or '':>7}{r.channels:>10}{f'{r.height}x{r.width}':>11}"

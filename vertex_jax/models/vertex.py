@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vertex_jax.models.efficientnet import HEAD, VARIANTS, EfficientNet, normalize_input
+from vertex_jax.models.efficientnet import HEAD, STAGES, VARIANTS, EfficientNet, normalize_input
 from vertex_jax.models.evidence import (EvidenceHead, check_taps, pool_evidence, tap_channels, tap_names,
                                         tap_strides, task_poolings)
 from vertex_jax.models.vertebra_head import VertebraHead, vertebra_taps
@@ -65,7 +65,7 @@ class VertexNet(nnx.Module):
                  num_clinical: int = 3, clinical_hidden: tuple[int, int] = (64, 32),
                  image_projection: int = 100, fusion_hidden: int = 100, in_channels: int = 1,
                  dtype: Any = jnp.float32, remat: bool = False, recompute: str = "none",
-                 depthwise: str = "auto", padding: str = "tf", head: str = "gap",
+                 recompute_stages: int = STAGES, depthwise: str = "auto", padding: str = "tf", head: str = "gap",
                  evidence_taps: Sequence[str] = (HEAD, "stage4"),
                  evidence_width: int = 64, pooling: str = "lse", lse_r: float = 1.0,
                  vertebra_channels: int = 0, vertebra_stride: int = 8, vertebra_width: int = 64,
@@ -81,7 +81,8 @@ class VertexNet(nnx.Module):
         self.use_clinical = use_clinical
         self.num_clinical = num_clinical
         self.backbone = EfficientNet(variant, in_channels=in_channels, num_classes=None, dtype=dtype,
-                                     remat=remat, recompute=recompute, depthwise=depthwise,
+                                     remat=remat, recompute=recompute,
+                                     recompute_stages=recompute_stages, depthwise=depthwise,
                                      padding=padding, rngs=rngs)
         if head not in HEADS:
             raise ConfigError(f"model head must be one of {HEADS}, got {head!r}")
