@@ -62,6 +62,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                    # per shape at the first compile) or multiply-and-sum in float32 ("reduce":
                    # XLA's own kernels, 54 fewer autotuning problems for B4; §12).
                    se_dense="dot",
+                   # Evaluation: the squeeze-excite pool reads the activation ("shared") or
+                   # computes it again from the depthwise output ("recompute": a fifth fewer
+                   # bytes in B4's evaluation step on GPUs, §14); "auto": recompute on
+                   # accelerators, shared on CPUs (where recomputing is slower).
+                   se_pool="auto",
                    # Strided convolutions: "tf" (TF SAME, as the Keras/timm weights were
                    # trained) or "symmetric" ((k-1)/2 each side; no explicit pad on GPUs).
                    padding="tf",

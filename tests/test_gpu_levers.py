@@ -16,7 +16,7 @@ from vertex_jax.bench.gpu_check import _combine, lever_verdicts
 from vertex_jax.bench.gpu_points import Point
 from vertex_jax.models.batchnorm import BatchNorm, fused_batch_norm, set_bn_impl
 from vertex_jax.models.efficientnet import (DepthwiseConv, MBConv, block_specs, conv_padding,
-                                            se_dense, set_se_dense, _conv)
+                                            se_dense, set_se_forms, _conv)
 from vertex_jax.train.packing import StatePacking
 from vertex_jax.config_files import load_config
 from vertex_jax.xla_flags import PRESETS, apply_preset
@@ -190,12 +190,12 @@ def test_se_dense_reduce_is_the_layer_without_a_matrix_product():
     block = MBConv(spec, rngs=nnx.Rngs(0))
     x = jnp.ones((2, 8, 8, spec.in_channels), jnp.float32)
     def dots(form):
-        set_se_dense(block, form)
+        set_se_forms(block, dense=form)
         g, st = nnx.split(block)
         return str(jax.make_jaxpr(lambda st: nnx.merge(g, st)(x))(st)).count("dot_general")
     assert dots("dot") == 2 and dots("reduce") == 0
     with pytest.raises(ValueError, match="model.se_dense"):
-        set_se_dense(block, "einsum")
+        set_se_forms(block, dense="einsum")
 
 
 @pytest.mark.parametrize("kernel", [3, 5])
@@ -431,6 +431,50 @@ def _reductions(jaxpr) -> int:
     from jax._src import core
     return sum(1 if e.primitive.name == "reduce_sum" else 0 for e in jaxpr.eqns) + sum(
         _reductions(sub) for e in jaxpr.eqns for sub in core.jaxprs_in_params(e.params))
+
+
+def test_the_evaluation_pool_recomputed_behind_a_barrier_is_the_same_function(accelerator_form):
+    """``model.se_pool``: in evaluation, ``recompute`` pools BatchNorm + swish computed again
+    from the depthwise output behind one optimization barrier per block, ``shared`` pools
+    the activation, ``auto`` is ``recompute`` in the accelerator form only, and training
+    never recomputes. The outputs and the input gradient (saliency) agree: the same
+    float32 operations on the same values, the pools summed maybe in another order, which
+    moves a pool of n <= 512 values by at most n * 2^-24 of its magnitude; 1e-4 of the
+    largest output is far above what that can do and far below a wrong activation."""
+    from vertex_jax.errors import ConfigError
+    from vertex_jax.models.efficientnet import EfficientNet
+
+    rng = np.random.default_rng(11)
+    x = jnp.asarray(rng.normal(size=(2, 64, 32, 3)), jnp.float32)
+    net = EfficientNet("tiny", num_classes=3, depthwise="conv", rngs=nnx.Rngs(0))
+    for _, m in nnx.iter_modules(net):  # running statistics away from (0, 1)
+        if isinstance(m, BatchNorm):
+            m.mean[...] = jnp.asarray(rng.normal(0, 0.2, m.mean.shape), jnp.float32)
+            m.var[...] = jnp.asarray(rng.uniform(0.5, 2.0, m.var.shape), jnp.float32)
+    blocks = sum(1 for _ in net.blocks())
+
+    def run(pool: str, train: bool = False):
+        set_se_forms(net, pool=pool)
+        net.train() if train else net.eval()
+        graphdef, state = nnx.split(net)
+
+        def forward(images, st=state):
+            return nnx.merge(graphdef, st)(images)
+        barriers = str(jax.make_jaxpr(lambda i, st: forward(i, st))(x, state)).count("optimization_barrier")
+        out = jax.jit(forward)(x) if not train else None
+        grad = None if train else jax.jit(jax.grad(lambda i: jnp.sum(forward(i)[:, 0])))(x)
+        return barriers, out, grad
+
+    shared, recomputed = run("shared"), run("recompute")
+    assert shared[0] == 0 and recomputed[0] == blocks
+    assert run("auto")[0] == (blocks if accelerator_form else 0)
+    assert run("recompute", train=True)[0] == 0
+    tol = 1e-4 * float(jnp.max(jnp.abs(shared[1])))
+    np.testing.assert_allclose(recomputed[1], shared[1], rtol=0, atol=tol)
+    np.testing.assert_allclose(recomputed[2], shared[2], rtol=0, atol=1e-4 * float(jnp.max(jnp.abs(shared[2]))))
+    assert float(jnp.max(jnp.abs(shared[1]))) > 0 and float(jnp.max(jnp.abs(shared[2]))) > 0
+    with pytest.raises(ConfigError, match="model.se_pool"):
+        set_se_forms(net, pool="sometimes")
 
 
 @pytest.mark.parametrize("impl", ["fused", "autodiff"])

@@ -30,8 +30,8 @@ from vertex_jax.models.batchnorm import KEPT_STATS, BatchNorm
 __all__ = [
     "VARIANTS", "Variant", "BlockSpec", "block_specs", "round_filters", "round_repeats",
     "MBConv", "EfficientNet", "to_unit_float", "normalize_input", "IMAGENET_MEAN",
-    "IMAGENET_STD", "HEAD", "PADDINGS", "conv_padding", "RECOMPUTE", "STAGES", "se_dense",
-    "set_se_dense",
+    "IMAGENET_STD", "HEAD", "PADDINGS", "conv_padding", "RECOMPUTE", "STAGES", "SE_POOLS", "se_dense",
+    "set_se_forms",
 ]
 
 
@@ -289,12 +289,30 @@ def se_dense(layer: nnx.Linear, s: jax.Array, form: str) -> jax.Array:
     return (jnp.sum(products, axis=-2) + layer.bias[...]).astype(layer.dtype)
 
 
-def set_se_dense(module: nnx.Module, form: str) -> None:
-    """Compute every squeeze-excite layer of ``module`` in ``form`` (:func:`se_dense`)."""
-    _check_se_form(form)
+SE_POOLS = ("auto", "shared", "recompute")
+
+
+def _check_se_pool(form: str) -> None:
+    if form not in SE_POOLS:
+        raise ConfigError(f"model.se_pool must be one of {SE_POOLS}, got {form!r}")
+
+
+def _pool_recomputes(form: str) -> bool:
+    return form == "recompute" or (form == "auto" and on_accelerator())
+
+
+def set_se_forms(module: nnx.Module, *, dense: str | None = None, pool: str | None = None) -> None:
+    """Compute every squeeze-excite layer of ``module`` in form ``dense`` (:func:`se_dense`)
+    and its pool in evaluation as ``pool`` says (:data:`SE_POOLS`, :meth:`MBConv.__call__`);
+    None leaves a form as it is."""
+    if dense is not None:
+        _check_se_form(dense)
+    if pool is not None:
+        _check_se_pool(pool)
     for _, m in nnx.iter_modules(module):
         if isinstance(m, MBConv):
-            m.se_form = form
+            m.se_form = m.se_form if dense is None else dense
+            m.se_pool = m.se_pool if pool is None else pool
 
 
 class MBConv(nnx.Module):
@@ -317,7 +335,8 @@ class MBConv(nnx.Module):
                                     dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
         self.se_expand = nnx.Linear(spec.se_channels, hidden, kernel_init=_conv_init,
                                     dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
-        self.se_form = "dot"  # :data:`SE_DENSE_FORMS`, set by set_se_dense
+        self.se_form = "dot"  # :data:`SE_DENSE_FORMS`, set by set_se_forms
+        self.se_pool = "auto"  # :data:`SE_POOLS`, set by set_se_forms
         self.project_conv = _conv(hidden, spec.out_channels, 1, dtype=dtype, rngs=rngs)
         self.project_bn = BatchNorm(spec.out_channels, act=False, dtype=dtype, rngs=rngs)
         if spec.has_skip and spec.drop_rate > 0:
@@ -327,11 +346,22 @@ class MBConv(nnx.Module):
             self.drop_path = None
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        """The block. In evaluation with ``se_pool`` ``recompute`` (``auto``: on accelerators)
+        the squeeze-excite pool computes BatchNorm + swish again from the depthwise output,
+        behind an optimization barrier, instead of reading the activation: otherwise XLA:GPU
+        writes the activation from the pool's kernel (in float32 by default) and reads it
+        back to gate it. The same function, and a fifth fewer bytes in B4's evaluation step
+        on the described H200, with the same kernels (docs/performance-notes.md §14). CPUs
+        keep the shared form (recomputing is ~10% slower there); training always does (the
+        backward pass keeps the activation anyway)."""
         h = x
         if self.expand_conv is not None:
             h = self.expand_bn(checkpoint_name(self.expand_conv(h), _KEPT_CONV))
-        h = self.dw_bn(checkpoint_name(self.dw_conv(h), _KEPT_CONV))
-        s = checkpoint_name(jnp.mean(h, axis=(1, 2), keepdims=True, dtype=jnp.float32), _KEPT_GATE)
+        depthwise = checkpoint_name(self.dw_conv(h), _KEPT_CONV)
+        pooled = h = self.dw_bn(depthwise)
+        if self.dw_bn.use_running_average and _pool_recomputes(self.se_pool):
+            pooled = self.dw_bn(jax.lax.optimization_barrier(depthwise))
+        s = checkpoint_name(jnp.mean(pooled, axis=(1, 2), keepdims=True, dtype=jnp.float32), _KEPT_GATE)
         s = jax.nn.silu(se_dense(self.se_reduce, s, self.se_form))
         s = checkpoint_name(jax.nn.sigmoid(se_dense(self.se_expand, s, self.se_form)), _KEPT_GATE)
         h = h * s.astype(self.dtype)
