@@ -53,11 +53,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                    # pass) or "autodiff", the same function; auto: fused on GPUs, autodiff
                    # on CPUs, the faster on each (docs/performance-notes.md §7).
                    batchnorm="auto",
-                   # The fused BatchNorm's backward pass keeps its swish cotangent in "float32"
-                   # or rounds it to the "compute" dtype (bfloat16, as op-by-op frameworks do:
-                   # fewer bytes per step with xla_preset=fast-compile-no-excess-precision,
-                   # which keeps the rounding; not yet measured on a GPU, §12).
-                   batchnorm_grad="float32",
+                   # How the fused BatchNorm's backward pass gets its swish cotangent to its
+                   # second pass: "recompute" (computed again there from what that pass reads
+                   # anyway: ~10% fewer bytes per GPU step, the same float32 arithmetic;
+                   # §15), "float32" (written out and read back) or "compute" (written out in
+                   # bfloat16, as op-by-op frameworks do; kept only with
+                   # xla_preset=fast-compile-no-excess-precision, §12).
+                   batchnorm_grad="recompute",
                    # Squeeze-excite layers as a matrix product ("dot": cuBLAS on GPUs, autotuned
                    # per shape at the first compile) or multiply-and-sum in float32 ("reduce":
                    # XLA's own kernels, 54 fewer autotuning problems for B4; §12).

@@ -43,12 +43,14 @@ def accelerator_form(request):
     assume_accelerator(None)
 
 
+@pytest.mark.parametrize("grad", ["recompute", "float32"])
 @pytest.mark.parametrize("act", [True, False])
-def test_fused_batchnorm_matches_autodiff_of_the_plain_formula(act, accelerator_form):
+def test_fused_batchnorm_matches_autodiff_of_the_plain_formula(act, grad, accelerator_form):
     """Output and every gradient against autodiff of the two-pass formula, in float64
     (x64 on); the fused form computes in float32, so they agree to float32 rounding
     of sums over n = 192 elements: relative error < n * 2^-24 * (a small constant),
-    whatever order the sums add in (two reductions or one complex one)."""
+    whatever order the sums add in (two reductions or one complex one), and whether the
+    ``dx`` pass reads ``dz`` or computes it again (``batchnorm_grad``)."""
     rng = np.random.default_rng(0)
     x = rng.normal(1.5, 2.0, (4, 8, 6, 5))  # mean comparable to std: little cancellation
     scale, bias = rng.normal(1, 0.3, 5), rng.normal(0, 0.3, 5)
@@ -57,7 +59,7 @@ def test_fused_batchnorm_matches_autodiff_of_the_plain_formula(act, accelerator_
 
     def fused(x, scale, bias):
         y, _, _ = fused_batch_norm(x.astype(jnp.float32), scale.astype(jnp.float32),
-                                   bias.astype(jnp.float32), 1e-3, act, jnp.float32)
+                                   bias.astype(jnp.float32), 1e-3, act, jnp.float32, grad)
         return jnp.sum(y * w.astype(np.float32))
     with jax.enable_x64(True):
         args = tuple(jnp.asarray(a, jnp.float64) for a in (x, scale, bias))
@@ -118,6 +120,39 @@ def test_batch_statistics_of_a_batch_sharded_over_devices(accelerator_form):
     tol = 8 * (x.size // 3) * EPS32
     np.testing.assert_allclose(mean, x.mean(axis=(0, 1, 2)), rtol=tol)
     np.testing.assert_allclose(var, x.var(axis=(0, 1, 2)), rtol=tol)
+
+
+def test_batchnorm_grad_recompute_is_the_float32_arithmetic_without_dz_between_the_passes():
+    """``model.batchnorm_grad=recompute`` (the default): the ``dx`` pass computes ``dz``
+    from ``x`` and the output cotangent again, behind an optimization barrier, instead of
+    reading the reduction pass's float32 ``dz``. Same float32 operations on the same
+    values, so the gradients agree with ``float32`` to a few float32 roundings (a fused
+    multiply-add may round once instead of twice): 16 * 2^-24 of each term's magnitude."""
+    rng = np.random.default_rng(8)
+    x = jnp.asarray(rng.normal(0.3, 1.0, (4, 6, 5, 8)), jnp.bfloat16)
+    scale = jnp.asarray(rng.normal(1, 0.3, 8), jnp.float32)
+    bias = jnp.asarray(rng.normal(0, 0.3, 8), jnp.float32)
+    w = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+
+    def loss(x, scale, bias, grad):
+        y, _, _ = fused_batch_norm(x, scale, bias, 1e-3, True, jnp.bfloat16, grad)
+        return jnp.sum(y.astype(jnp.float32) * w)
+    got = {grad: jax.grad(loss, argnums=(0, 1, 2))(x, scale, bias, grad) for grad in ("recompute", "float32")}
+    jaxprs = {grad: str(jax.make_jaxpr(jax.grad(loss, argnums=0), static_argnums=3)(x, scale, bias, grad))
+              for grad in ("recompute", "float32")}
+    assert "optimization_barrier" in jaxprs["recompute"] and "optimization_barrier" not in jaxprs["float32"]
+    (dx_r, ds_r, db_r), (dx_f, ds_f, db_f) = got["recompute"], got["float32"]
+    np.testing.assert_array_equal(ds_r, ds_f)  # the sums come from the first pass in both
+    np.testing.assert_array_equal(db_r, db_f)
+    n = x.size // 8
+    xf = np.asarray(x, np.float64)
+    x_hat = (xf - xf.mean((0, 1, 2))) / np.sqrt(xf.var((0, 1, 2)) + 1e-3)
+    g = np.abs(np.asarray(w.astype(jnp.bfloat16), np.float64)) * 1.1  # |dz| <= 1.1 |dL/dy|
+    c = np.abs(np.asarray(scale, np.float64)) / np.sqrt(xf.var((0, 1, 2)) + 1e-3)
+    bound = 16 * EPS32 * c * (g + np.abs(np.asarray(db_f)) / n + np.abs(x_hat) * np.abs(np.asarray(ds_f)) / n)
+    diff = np.abs(np.asarray(dx_r, np.float64) - np.asarray(dx_f, np.float64))
+    # dx is rounded to bfloat16 at the end: a float32 difference can flip that rounding
+    assert np.all(diff <= bound + 2.0 ** -8 * np.abs(np.asarray(dx_f, np.float64)))
 
 
 def test_batchnorm_grad_compute_rounds_only_the_swish_cotangent(accelerator_form):

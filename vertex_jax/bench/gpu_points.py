@@ -85,6 +85,9 @@ def plan(dry: bool, xla: str = "fast-compile") -> list[Point]:
         Point(f"peer-compile-cl-b{b}", "peer", batch=b, cap_s=cap + 60, estimate_s=10 if dry else 50,
               peer_flags="" if dry else "--compile --channels-last"),
         Point(f"loop-b{b}", "loop", batch=b, cap_s=cap + 50, estimate_s=10 if dry else 70),
+        # The fused BatchNorm's dz written out and read back, the default before §15 (now
+        # computed again in the dx pass: ~10% fewer bytes by the described H200's program).
+        Point(f"{first}-bn-grad-float32", "jax", overrides={"model.batchnorm_grad": "float32"}, **lever),
         Point(f"{first}-recompute", "jax", overrides={"model.recompute": "elementwise"}, **lever),
         # The memory target (the peer's 21.9 GiB at batch 32): the first two stages recompute,
         # planned at 21.8 GiB for 144 more kernels and ~1% more bytes (§13).

@@ -102,7 +102,7 @@ def _named(stats: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
 
 
 def fused_batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float, act: bool,
-                     dtype: Any, grad: str = "float32") -> tuple[jax.Array, jax.Array, jax.Array]:
+                     dtype: Any, grad: str = "recompute") -> tuple[jax.Array, jax.Array, jax.Array]:
     """Training-mode BatchNorm (+ optional swish) with a hand-written backward pass:
     ``(y, batch mean, biased batch variance)``, statistics in float32.
 
@@ -118,13 +118,16 @@ def fused_batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: f
     carries their share of ``x``'s gradient, so the returned statistics carry none
     (BatchNorm only averages them into its running statistics).
 
-    ``grad`` (:data:`BATCHNORM_GRADS`): with ``"compute"``, the backward pass rounds the
-    swish's cotangent ``dz`` to the output cotangent's dtype (bfloat16 under mixed
-    precision), as a framework that differentiates op by op does; ``"float32"`` keeps it
-    in float32. XLA writes ``dz`` out between the backward pass's two passes; rounded, it
-    writes and reads half the bytes (on the B4 step ~20 of ~220 GB, with the XLA preset
-    that keeps bfloat16 roundings; under XLA's default the rounding is folded away,
-    docs/performance-notes.md §12).
+    ``grad`` (:data:`BATCHNORM_GRADS`) says how the swish's cotangent ``dz`` reaches the
+    second pass. ``"float32"``: XLA computes it in the reduction's pass and writes it out
+    in float32 for the ``dx`` pass to read. ``"compute"``: the same, rounded to the output
+    cotangent's dtype (bfloat16 under mixed precision, as a framework that differentiates
+    op by op does): half the bytes, kept only by the XLA preset that keeps bfloat16
+    roundings (folded away under XLA's default). ``"recompute"`` (the default): the ``dx``
+    pass computes ``dz`` again from ``x`` and the output cotangent, which it reads anyway;
+    an optimization barrier keeps XLA from merging the two. The float32 arithmetic of
+    ``"float32"`` with nothing written between the passes: on the B4 step −25 of ~239 GB
+    on the described H200, same kernels (docs/performance-notes.md §12, §15).
     """
     _check_grad(grad)
     mean, var = _named(_stats(jax.lax.stop_gradient(x)))
@@ -148,17 +151,24 @@ def _normalize_act_fused_bwd(epsilon, act, dtype, grad, residuals, g_y):
     x, scale, bias, mean, var = residuals
     n = x.size // x.shape[-1]
     rstd = jax.lax.rsqrt(var + epsilon)
-    x_hat = (x.astype(jnp.float32) - mean) * rstd
-    dz = g_y.astype(jnp.float32)
-    if act:  # d silu(z) / dz = s (1 + z (1 - s)), s = sigmoid(z)
-        z = x_hat * scale + bias
-        s = jax.nn.sigmoid(z)
-        dz = dz * (s * (1.0 + z * (1.0 - s)))
-        if grad == "compute":  # a no-op for a float32 cotangent
-            # XLA keeps this rounding only with xla_allow_excess_precision=false (the
-            # fast-compile-no-excess-precision preset); by default it computes dz in float32.
-            dz = dz.astype(g_y.dtype).astype(jnp.float32)
+
+    def normalized_and_cotangent(x: jax.Array, g_y: jax.Array) -> tuple[jax.Array, jax.Array]:
+        x_hat = (x.astype(jnp.float32) - mean) * rstd
+        dz = g_y.astype(jnp.float32)
+        if act:  # d silu(z) / dz = s (1 + z (1 - s)), s = sigmoid(z)
+            z = x_hat * scale + bias
+            s = jax.nn.sigmoid(z)
+            dz = dz * (s * (1.0 + z * (1.0 - s)))
+            if grad == "compute":  # a no-op for a float32 cotangent
+                # XLA keeps this rounding only with xla_allow_excess_precision=false (the
+                # fast-compile-no-excess-precision preset); by default it computes dz in float32.
+                dz = dz.astype(g_y.dtype).astype(jnp.float32)
+        return x_hat, dz
+
+    x_hat, dz = normalized_and_cotangent(x, g_y)
     sum_dz, sum_dz_xhat = _channel_sums(dz, dz * x_hat)
+    if grad == "recompute":  # the dx pass computes dz again: the barrier keeps XLA from sharing it
+        x_hat, dz = normalized_and_cotangent(*jax.lax.optimization_barrier((x, g_y)))
     dx = (scale * rstd) * (dz - sum_dz / n - x_hat * (sum_dz_xhat / n))
     return dx.astype(x.dtype), sum_dz_xhat, sum_dz, jnp.zeros_like(mean), jnp.zeros_like(var)
 
@@ -166,7 +176,8 @@ def _normalize_act_fused_bwd(epsilon, act, dtype, grad, residuals, g_y):
 _normalize_act_fused.defvjp(_normalize_act_fused_fwd, _normalize_act_fused_bwd)
 
 BATCHNORM_IMPLS = ("auto", "autodiff", "fused")
-BATCHNORM_GRADS = ("float32", "compute")  # the fused backward pass's swish cotangent
+# How the fused backward pass's swish cotangent dz reaches its second pass (fused_batch_norm)
+BATCHNORM_GRADS = ("recompute", "float32", "compute")
 
 
 def _check_grad(grad: str) -> None:
@@ -195,7 +206,7 @@ class BatchNorm(nnx.BatchNorm):
         self.act = act
         self.compute_dtype = dtype
         self.impl = impl
-        self.grad = "float32"  # fused only: :data:`BATCHNORM_GRADS`, set by set_bn_impl
+        self.grad = "recompute"  # fused only: :data:`BATCHNORM_GRADS`, set by set_bn_impl
         self.in_recomputed_block = False  # set by EfficientNet for recompute="elementwise"
 
     def __call__(self, x: jax.Array) -> jax.Array:
