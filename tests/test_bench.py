@@ -196,7 +196,7 @@ def test_peer_trains_the_same_network_side_by_side(tmp_path):
 
 # The one-shot GPU check (vertex_jax.bench.gpu_check), run here in its dry mode.
 
-DRY_POINTS = ("jax-train-b2,jax-eval-b2,peer-compile-cl-b2,loop-b2,jax-train-b2-recompute,combo-b2,"
+DRY_POINTS = ("jax-train-b2,peer-compile-cl-b2,loop-b2,jax-train-b2-recompute,jax-eval-b2,combo-b2,"
               "profile-combo-b2")
 
 
@@ -229,7 +229,7 @@ def test_gpu_check_dry_mode_writes_one_complete_json(tmp_path):
     assert all(p["wall_s"] >= 0 for p in doc["points"])
     jax_records = [r for r in doc["records"] if r["framework"] == "jax"]
     assert [(r["what"], r["options"]["point"]) for r in jax_records] == [
-        ("train", "jax-train-b2"), ("eval", "jax-eval-b2"), ("train", "jax-train-b2-recompute"),
+        ("train", "jax-train-b2"), ("train", "jax-train-b2-recompute"), ("eval", "jax-eval-b2"),
         ("train", "combo-b2")]
     # The lever's verdict, and the combination made of exactly the levers that won.
     (verdict,) = doc["levers"].values()

@@ -74,9 +74,8 @@ def plan(dry: bool, xla: str = "fast-compile") -> list[Point]:
         Point(f"{first}-autotune1-cold", "jax", batch=b, xla="fast-compile-autotune1",
               cache="autotune1", isolate=True, cap_s=cap + 150, estimate_s=10 if dry else 100),
         Point(f"{first}-warm", "jax", batch=b, isolate=True, cap_s=cap, estimate_s=10 if dry else 25),
-        # Targets not yet measured on a GPU: evaluation at two batches (while the peer
-        # compiles), the peer, the loop, memory.
-        Point(f"jax-eval-b{b}", "jax", what="eval", batch=b, cap_s=cap, estimate_s=10 if dry else 30),
+        # Targets not yet measured on a GPU: evaluation (while the peer compiles), the peer,
+        # the loop; then the levers, the defaults' own first (§15), memory (§13), bytes (§12).
         Point(f"jax-eval-b{4 * b}", "jax", what="eval", batch=4 * b, cap_s=cap, estimate_s=10 if dry else 30),
         # Evaluation's pool recomputed (model.se_pool=auto on GPUs, §14) against the shared
         # form it replaced: a fifth fewer bytes by the described H200's program.
@@ -88,20 +87,12 @@ def plan(dry: bool, xla: str = "fast-compile") -> list[Point]:
         # The fused BatchNorm's dz written out and read back, the default before §15 (now
         # computed again in the dx pass: ~10% fewer bytes by the described H200's program).
         Point(f"{first}-bn-grad-float32", "jax", overrides={"model.batchnorm_grad": "float32"}, **lever),
-        Point(f"{first}-recompute", "jax", overrides={"model.recompute": "elementwise"}, **lever),
         # The memory target (the peer's 21.9 GiB at batch 32): the first two stages recompute,
         # planned at 21.8 GiB for 144 more kernels and ~1% more bytes (§13).
         Point(f"{first}-recompute-early", "jax",
               overrides={"model.recompute": "elementwise", "model.recompute_stages": 2}, **lever),
         # Memory and bytes (§12): no float32 copies where the program rounds to bfloat16.
         Point(f"{first}-no-excess-precision", "jax", xla="fast-compile-no-excess-precision", **lever),
-        # Evaluation is bound by bytes (§12): the same preset there, at the larger batch.
-        Point(f"jax-eval-b{4 * b}-no-excess-precision", "jax", what="eval", batch=4 * b,
-              xla="fast-compile-no-excess-precision", cap_s=cap, estimate_s=10 if dry else 20),
-        # Fewer bytes per step (§12): the fused BatchNorm's swish cotangent in bfloat16, under
-        # the preset that keeps the rounding (XLA's default folds it away).
-        Point(f"{first}-no-excess-precision-bn-grad-compute", "jax", xla="fast-compile-no-excess-precision",
-              overrides={"model.batchnorm_grad": "compute"}, **lever),
         # Launch overhead (§7; at most ~5 µs a kernel by §12): CUDA graphs over shorter runs.
         Point(f"{first}-graphs", "jax", xla="fast-compile-graphs", **lever),
         # The first compile with 54 fewer autotuning problems (§12): squeeze-excite as
@@ -111,6 +102,15 @@ def plan(dry: bool, xla: str = "fast-compile") -> list[Point]:
         # The first compile again: autotune level 1 and LLVM's module compiled in parallel.
         Point(f"{first}-quick-compile-cold", "jax", batch=b, xla="quick-compile",
               cache="quick-compile", isolate=True, cap_s=cap + 150, estimate_s=10 if dry else 90),
+        # Every stage recomputed (12.6 GiB planned, +893 kernels), evaluation at batch 32 (§7's
+        # point), and levers that §14-15 left with little to gain: the preset in evaluation,
+        # the swish cotangent written in bfloat16 (197 GB recomputed against 202 GB, §15).
+        Point(f"{first}-recompute", "jax", overrides={"model.recompute": "elementwise"}, **lever),
+        Point(f"jax-eval-b{b}", "jax", what="eval", batch=b, cap_s=cap, estimate_s=10 if dry else 30),
+        Point(f"jax-eval-b{4 * b}-no-excess-precision", "jax", what="eval", batch=4 * b,
+              xla="fast-compile-no-excess-precision", cap_s=cap, estimate_s=10 if dry else 20),
+        Point(f"{first}-no-excess-precision-bn-grad-compute", "jax", xla="fast-compile-no-excess-precision",
+              overrides={"model.batchnorm_grad": "compute"}, **lever),
         # Levers not yet measured, then the combination of every lever that won.
         Point(f"{first}-symmetric", "jax", overrides={"model.padding": "symmetric"}, **lever),
         Point(f"{first}-shifts", "jax", overrides={"model.depthwise": "shifts"}, **lever),
