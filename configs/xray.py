@@ -55,7 +55,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                    batchnorm="auto",
                    # How the fused BatchNorm's backward pass gets its swish cotangent to its
                    # second pass: "recompute" (computed again there from what that pass reads
-                   # anyway: ~10% fewer bytes per GPU step, the same float32 arithmetic;
+                   # anyway: ~13% fewer bytes per GPU step, the same float32 arithmetic;
                    # §15), "float32" (written out and read back) or "compute" (written out in
                    # bfloat16, as op-by-op frameworks do; kept only with
                    # xla_preset=fast-compile-no-excess-precision, §12).

@@ -85,7 +85,7 @@ def plan(dry: bool, xla: str = "fast-compile") -> list[Point]:
               peer_flags="" if dry else "--compile --channels-last"),
         Point(f"loop-b{b}", "loop", batch=b, cap_s=cap + 50, estimate_s=10 if dry else 70),
         # The fused BatchNorm's dz written out and read back, the default before §15 (now
-        # computed again in the dx pass: ~10% fewer bytes by the described H200's program).
+        # computed again in the dx pass: ~13% fewer bytes by the described H200's program).
         Point(f"{first}-bn-grad-float32", "jax", overrides={"model.batchnorm_grad": "float32"}, **lever),
         # The memory target (the peer's 21.9 GiB at batch 32): the first two stages recompute,
         # planned at 21.8 GiB for 144 more kernels and ~1% more bytes (§13).
@@ -104,7 +104,7 @@ def plan(dry: bool, xla: str = "fast-compile") -> list[Point]:
               cache="quick-compile", isolate=True, cap_s=cap + 150, estimate_s=10 if dry else 90),
         # Every stage recomputed (12.6 GiB planned, +893 kernels), evaluation at batch 32 (§7's
         # point), and levers that §14-15 left with little to gain: the preset in evaluation,
-        # the swish cotangent written in bfloat16 (197 GB recomputed against 202 GB, §15).
+        # the swish cotangent written in bfloat16 (192 GB recomputed against 202 GB, §15).
         Point(f"{first}-recompute", "jax", overrides={"model.recompute": "elementwise"}, **lever),
         Point(f"jax-eval-b{b}", "jax", what="eval", batch=b, cap_s=cap, estimate_s=10 if dry else 30),
         Point(f"jax-eval-b{4 * b}-no-excess-precision", "jax", what="eval", batch=4 * b,

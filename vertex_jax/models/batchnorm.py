@@ -125,9 +125,9 @@ def fused_batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: f
     op by op does): half the bytes, kept only by the XLA preset that keeps bfloat16
     roundings (folded away under XLA's default). ``"recompute"`` (the default): the ``dx``
     pass computes ``dz`` again from ``x`` and the output cotangent, which it reads anyway;
-    an optimization barrier keeps XLA from merging the two. The float32 arithmetic of
-    ``"float32"`` with nothing written between the passes: on the B4 step −25 of ~239 GB
-    on the described H200, same kernels (docs/performance-notes.md §12, §15).
+    an optimization barrier on ``x`` keeps XLA from merging the two. The float32
+    arithmetic of ``"float32"`` with nothing written between the passes: on the B4 step
+    −31 of ~236 GB on the described H200, same kernels (docs/performance-notes.md §12, §15).
     """
     _check_grad(grad)
     mean, var = _named(_stats(jax.lax.stop_gradient(x)))
@@ -167,8 +167,11 @@ def _normalize_act_fused_bwd(epsilon, act, dtype, grad, residuals, g_y):
 
     x_hat, dz = normalized_and_cotangent(x, g_y)
     sum_dz, sum_dz_xhat = _channel_sums(dz, dz * x_hat)
-    if grad == "recompute":  # the dx pass computes dz again: the barrier keeps XLA from sharing it
-        x_hat, dz = normalized_and_cotangent(*jax.lax.optimization_barrier((x, g_y)))
+    if grad == "recompute":
+        # The dx pass computes dz again: x behind a barrier keeps XLA from sharing it, and
+        # g_y as it comes lets XLA compute that in the dx pass too rather than write it out
+        # (a barrier on both wrote g_y: 5 GB more per B4 step, §15).
+        x_hat, dz = normalized_and_cotangent(jax.lax.optimization_barrier(x), g_y)
     dx = (scale * rstd) * (dz - sum_dz / n - x_hat * (sum_dz_xhat / n))
     return dx.astype(x.dtype), sum_dz_xhat, sum_dz, jnp.zeros_like(mean), jnp.zeros_like(var)
 
