@@ -67,7 +67,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                    # Evaluation: the squeeze-excite pool reads the activation ("shared") or
                    # computes it again from the depthwise output ("recompute": a fifth fewer
                    # bytes in B4's evaluation step on GPUs, §14); "auto": recompute on
-                   # accelerators, shared on CPUs (where recomputing is slower).
+                   # accelerators, shared on CPUs (where XLA makes it slower).
                    se_pool="auto",
                    # Strided convolutions: "tf" (TF SAME, as the Keras/timm weights were
                    # trained) or "symmetric" ((k-1)/2 each side; no explicit pad on GPUs).

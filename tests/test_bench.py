@@ -294,8 +294,9 @@ def test_residuals_command_splits_the_saved_activations_by_kind(tmp_path, capsys
     for setting, table in sizes.items():
         assert sum(v for k, v in table.items() if k != "total") == pytest.approx(table["total"])
         assert table["total"] == pytest.approx(doc["bytes_per_image"][setting]["total"])
-    # recomputing the first two stages only: the largest maps (the stem's size: stage 0)
-    # shrink as with every stage recomputed, the smallest (the last stages') stay as kept,
+    # recomputing the first two stages only: the largest maps after the input canvas
+    # (maps[0]), the stem's and stage 0's (maps[1]), shrink as with every stage recomputed,
+    # the smallest (the last stages') stay as kept,
     # and no size keeps more than with nothing recomputed
     maps = [k for k in sizes["none"] if "x" in k]
     early, every = sizes["elementwise:2"], sizes["elementwise"]

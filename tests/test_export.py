@@ -32,7 +32,7 @@ from vertex_jax.synthetic.cohort import render_exam, simulate_patients
 from vertex_jax.cli import user_errors
 from vertex_jax.export.__main__ import main as export_main
 from vertex_jax.export.errors import ExportError
-from vertex_jax.export.graph import (Signature, closed_function, export_model, reference_model,
+from vertex_jax.export.graph import (Signature, closed_function, export_model, rebuild, reference_model,
                                      signature_of)
 from vertex_jax.export.metadata import read_thresholds
 from vertex_jax.export.run import export
@@ -191,7 +191,8 @@ def test_parity_jax_onnxruntime_tensorflow(runtimes, batch, kind):
 
 def test_bfloat16_model_is_exported_and_checked_in_float32():
     """Also: a training-only setting (model.recompute) is left out of the exported graph,
-    which closes over the weights (a rematerialised block could not be traced so)."""
+    which closes over the weights (a rematerialised block could not be traced so), and so
+    is the evaluation pool's optimization barrier of the accelerator form (model.se_pool)."""
     config = get_config("tiny")
     config.model.dtype = "bfloat16"
     config.model.recompute = "elementwise"
@@ -209,7 +210,15 @@ def test_bfloat16_model_is_exported_and_checked_in_float32():
                                atol=1e-5)
     assert np.abs(as_bf16["logits"] - as_f32["logits"]).max() > 1e-5  # bfloat16 really differs
     assert exported.backbone.recompute == "none"
-    jax.make_jaxpr(closed_function(exported))(*(inputs[k] for k in ("image", "clinical", "clinical_mask")))
+    from vertex_jax.auto_setting import assume_accelerator
+    assume_accelerator(True)  # as on a GPU host, where se_pool=auto recomputes the pool
+    try:
+        args = tuple(inputs[k] for k in ("image", "clinical", "clinical_mask"))
+        plain = rebuild(config, model, recompute="none")  # the model as it evaluates, traceable
+        assert "optimization_barrier" in str(jax.make_jaxpr(closed_function(plain))(*args))
+        assert "optimization_barrier" not in str(jax.make_jaxpr(closed_function(exported))(*args))
+    finally:
+        assume_accelerator(None)
 
 
 def test_onnx_backend_scores_without_jax(runtimes, exported, tmp_path):

@@ -206,8 +206,9 @@ def _run_loop_point(point: Point, args: argparse.Namespace, timeout: float) -> d
         return {"status": "ok", "result": json.loads(out.read_text()), "command": cmd}
 
 
-def _peak(result: dict[str, Any]) -> int | None:
-    return (result.get("memory_stats") or {}).get("peak_bytes_in_use")
+def _memory(result: dict[str, Any], prefix: str = "") -> dict[str, int | None]:
+    record = result["record"]
+    return {f"{prefix}peak_bytes": record.get("peak_bytes"), f"{prefix}plan_bytes": record.get("xla_memory_bytes")}
 
 
 def lever_verdicts(points: Sequence[Point], results: dict[str, dict[str, Any]], baseline: str
@@ -215,8 +216,10 @@ def lever_verdicts(points: Sequence[Point], results: dict[str, dict[str, Any]], 
     """Each measured lever's images/s against the baseline's and whether it won: faster by
     more than the larger of the two points' run-to-run spreads (and at least 1%). The
     baseline is its warm rerun when measured (the cold run shares the host with the peer's
-    compile), else ``baseline`` itself. A memory lever is read by its device's peak bytes
-    beside the baseline's (None where the backend reports none, as on CPUs)."""
+    compile), else ``baseline`` itself. A memory lever is read by its program's XLA memory
+    plan and its process's peak bytes (None where the backend reports none, as on CPUs)
+    beside the baseline's; the peak is the point's own only if it ran alone (``isolate``),
+    since points of one group share a process."""
     candidates = [results.get(f"{baseline}-warm", {}), results.get(baseline, {})]
     base = next((c for c in candidates if c.get("status") == "ok"), None)
     if base is None:
@@ -232,7 +235,7 @@ def lever_verdicts(points: Sequence[Point], results: dict[str, dict[str, Any]], 
         margin = max(0.01, rec["run_spread"], b["run_spread"])
         verdicts[p.name] = {"ratio": ratio, "margin": margin, "wins": ratio > 1 + margin,
                             "overrides": p.overrides, "xla": p.xla,
-                            "peak_bytes": _peak(r), "baseline_peak_bytes": _peak(base)}
+                            **_memory(r), **_memory(base, "baseline_")}
     return verdicts
 
 

@@ -167,7 +167,7 @@ def _normalize_act_fused_bwd(epsilon, act, dtype, grad, residuals, g_y):
 
     x_hat, dz = normalized_and_cotangent(x, g_y)
     sum_dz, sum_dz_xhat = _channel_sums(dz, dz * x_hat)
-    if grad == "recompute":
+    if grad == "recompute" and act:  # without the swish, dz is the cotangent itself
         # The dx pass computes dz again: x behind a barrier keeps XLA from sharing it, and
         # g_y as it comes lets XLA compute that in the dx pass too rather than write it out
         # (a barrier on both wrote g_y: 5 GB more per B4 step, §15).
@@ -235,8 +235,8 @@ class BatchNorm(nnx.BatchNorm):
 
 def set_bn_impl(module: nnx.Module, impl: str, grad: str | None = None) -> None:
     """Use BatchNorm implementation ``impl`` (:data:`BATCHNORM_IMPLS`) everywhere in
-    ``module``, the fused one keeping its swish cotangent in ``grad`` (:data:`BATCHNORM_GRADS`;
-    None: as it is). ``grad`` acts on the fused form only (``auto`` is autodiff on CPUs)."""
+    ``module``, the fused one taking its swish cotangent to its second pass as ``grad`` says
+    (:data:`BATCHNORM_GRADS`; None: as it is). ``grad`` acts on the fused form only (``auto`` is autodiff on CPUs)."""
     if impl not in BATCHNORM_IMPLS:
         raise ConfigError(f"model.batchnorm must be one of {BATCHNORM_IMPLS}, got {impl!r}")
     if grad is not None:

@@ -310,9 +310,10 @@ def set_se_forms(module: nnx.Module, *, dense: str | None = None, pool: str | No
     if pool is not None:
         _check_se_pool(pool)
     for _, m in nnx.iter_modules(module):
-        if isinstance(m, MBConv):
-            m.se_form = m.se_form if dense is None else dense
-            m.se_pool = m.se_pool if pool is None else pool
+        if isinstance(m, MBConv) and dense is not None:
+            m.se_form = dense
+        if isinstance(m, MBConv) and pool is not None:
+            m.se_pool = pool
 
 
 class MBConv(nnx.Module):
@@ -352,8 +353,8 @@ class MBConv(nnx.Module):
         writes the activation from the pool's kernel (in float32 by default) and reads it
         back to gate it. The same function, and a fifth fewer bytes in B4's evaluation step
         on the described H200, with the same kernels (docs/performance-notes.md §14). CPUs
-        keep the shared form (recomputing is ~10% slower there); training always does (the
-        backward pass keeps the activation anyway)."""
+        keep the shared form (XLA:CPU ran the recomputing step 5-22% slower, with a larger
+        memory plan); training always does (the backward pass keeps the activation anyway)."""
         h = x
         if self.expand_conv is not None:
             h = self.expand_bn(checkpoint_name(self.expand_conv(h), _KEPT_CONV))
@@ -478,9 +479,8 @@ class EfficientNet(nnx.Module):
             return h
 
         x = self.stem_bn(self.stem_conv(x.astype(self.dtype)))
-        recomputed, plain = _block_apply(self.remat, self.recompute), _block_apply(self.remat, "none")
         for i, stage in enumerate(self.stages):
-            apply = recomputed if i < self.recompute_stages else plain
+            apply = _block_apply(self.remat, self.recompute if i < self.recompute_stages else "none")
             for block in stage:
                 x = apply(block, x)
             x = keep(f"stage{i}", x)

@@ -120,6 +120,10 @@ def activation_bytes_per_image(model: EfficientNet, height: int, width: int) -> 
     return residual_bytes(2) - residual_bytes(1)
 
 
+def _stage_range(stages: int) -> str:
+    return "stage 0" if stages == 1 else f"stages 0-{stages - 1}"
+
+
 def format_summary(model: EfficientNet, height: int, width: int, *, xla: bool = True,
                    memory: bool = True) -> str:
     """A printable table: parameters and GMACs per stage, totals, XLA GMACs, activation memory."""
@@ -128,7 +132,7 @@ def format_summary(model: EfficientNet, height: int, width: int, *, xla: bool = 
     lines = [f"EfficientNet-{model.variant}: input {height}x{width}x{model.in_channels}, "
              f"classes {model.num_classes}, compute {dtype}, remat {model.remat}, "
              f"recompute {model.recompute}"
-             + (f" (stages 0-{model.recompute_stages - 1})" if model.recompute != "none" else ""),
+             + (f" ({_stage_range(model.recompute_stages)})" if model.recompute != "none" else ""),
              f"{'part':<11}{'blocks':>7}{'channels':>10}{'output':>11}{'params':>13}{'GMACs':>9}"]
     for r in rows:
         lines.append(f"{r.name:<11}{r.blocks or '':>7}{r.channels:>10}{f'{r.height}x{r.width}':>11}"
