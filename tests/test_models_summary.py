@@ -38,6 +38,14 @@ def test_xla_cost_analysis_agrees_with_the_count():
     model = _abstract("b0")
     ratio = xla_macs(model, 96, 64) / analytic_macs(model, 96, 64)
     assert 0.9 < ratio < 1.2  # XLA skips padded taps but adds elementwise work
+    from vertex_jax.auto_setting import assume_accelerator
+    convs = _abstract("b0", depthwise="conv")
+    on_cpu = xla_macs(convs, 96, 64)
+    assume_accelerator(True)  # a GPU host: se_pool=auto would recompute the pool
+    try:
+        assert xla_macs(convs, 96, 64) == on_cpu
+    finally:
+        assume_accelerator(None)
 
 
 def test_activation_memory_scales_with_dtype_remat_and_recompute():
