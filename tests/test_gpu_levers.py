@@ -122,6 +122,28 @@ def test_batch_statistics_of_a_batch_sharded_over_devices(accelerator_form):
     np.testing.assert_allclose(var, x.var(axis=(0, 1, 2)), rtol=tol)
 
 
+def _bn_backward_case(seed: int):
+    """A bfloat16 BatchNorm + swish input with float32 scale, bias and output weights, and
+    from a float64 evaluation of the formula (independent of the code under test) the
+    magnitudes its backward pass adds up: per element |dz| and |dz x_hat|, and the size of
+    the terms of dx = scale rstd (dz - mean(dz) - x_hat mean(dz x_hat)); n per channel."""
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.normal(0.3, 1.0, (4, 6, 5, 8)), jnp.bfloat16)
+    scale = jnp.asarray(rng.normal(1, 0.3, 8), jnp.float32)
+    bias = jnp.asarray(rng.normal(0, 0.3, 8), jnp.float32)
+    w = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+    xf, g = np.asarray(x, np.float64), np.asarray(w.astype(jnp.bfloat16), np.float64)  # dL/dy in bf16
+    rstd = 1 / np.sqrt(xf.var((0, 1, 2)) + 1e-3)
+    x_hat = (xf - xf.mean((0, 1, 2))) * rstd
+    z = x_hat * np.asarray(scale, np.float64) + np.asarray(bias, np.float64)
+    sig = 1 / (1 + np.exp(-z))
+    dz = np.abs(g * sig * (1 + z * (1 - sig)))
+    dz_xhat = dz * np.abs(x_hat)
+    dx_terms = np.abs(np.asarray(scale, np.float64)) * rstd * (
+        dz + dz.mean((0, 1, 2)) + np.abs(x_hat) * dz_xhat.mean((0, 1, 2)))
+    return (x, scale, bias, w), SimpleNamespace(n=xf.size // 8, dz=dz, dz_xhat=dz_xhat, dx_terms=dx_terms)
+
+
 def test_batchnorm_grad_recompute_is_the_float32_arithmetic_without_dz_between_the_passes():
     """``model.batchnorm_grad=recompute`` (the default): the ``dx`` pass computes ``dz``
     from ``x`` (behind an optimization barrier) and the output cotangent again, instead of
@@ -130,11 +152,7 @@ def test_batchnorm_grad_recompute_is_the_float32_arithmetic_without_dz_between_t
     agree to float32 rounding. Bounds from a float64 evaluation of the formula: the sums
     by 64 n 2^-24 of the sum of the magnitudes they add (any order), ``dx`` by 64 n 2^-24
     of its terms' magnitudes, plus one bfloat16 rounding of ``dx`` either side."""
-    rng = np.random.default_rng(8)
-    x = jnp.asarray(rng.normal(0.3, 1.0, (4, 6, 5, 8)), jnp.bfloat16)
-    scale = jnp.asarray(rng.normal(1, 0.3, 8), jnp.float32)
-    bias = jnp.asarray(rng.normal(0, 0.3, 8), jnp.float32)
-    w = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+    (x, scale, bias, w), ref = _bn_backward_case(8)
 
     def loss(x, scale, bias, grad):
         y, _, _ = fused_batch_norm(x, scale, bias, 1e-3, True, jnp.bfloat16, grad)
@@ -145,19 +163,10 @@ def test_batchnorm_grad_recompute_is_the_float32_arithmetic_without_dz_between_t
               for grad in ("recompute", "float32")}
     assert "optimization_barrier" in jaxprs["recompute"] and "optimization_barrier" not in jaxprs["float32"]
     (dx_r, ds_r, db_r), (dx_f, ds_f, db_f) = got["recompute"], got["float32"]
-    xf, g = np.asarray(x, np.float64), np.asarray(w.astype(jnp.bfloat16), np.float64)
-    n = xf.size // 8
-    rstd = 1 / np.sqrt(xf.var((0, 1, 2)) + 1e-3)
-    x_hat = (xf - xf.mean((0, 1, 2))) * rstd
-    z = x_hat * np.asarray(scale, np.float64) + np.asarray(bias, np.float64)
-    sig = 1 / (1 + np.exp(-z))
-    dz = np.abs(g * sig * (1 + z * (1 - sig)))
-    f32 = 64 * n * EPS32
-    assert np.all(np.abs(db_r - db_f) <= f32 * dz.sum((0, 1, 2)))
-    assert np.all(np.abs(ds_r - ds_f) <= f32 * (dz * np.abs(x_hat)).sum((0, 1, 2)))
-    c = np.abs(np.asarray(scale, np.float64)) * rstd
-    terms = c * (dz + dz.mean((0, 1, 2)) + np.abs(x_hat) * (dz * np.abs(x_hat)).mean((0, 1, 2)))
-    assert np.all(np.abs(dx_r - dx_f) <= f32 * terms + 2.0 ** -8 * (np.abs(dx_r) + np.abs(dx_f)))
+    f32 = 64 * ref.n * EPS32
+    assert np.all(np.abs(db_r - db_f) <= f32 * ref.dz.sum((0, 1, 2)))
+    assert np.all(np.abs(ds_r - ds_f) <= f32 * ref.dz_xhat.sum((0, 1, 2)))
+    assert np.all(np.abs(dx_r - dx_f) <= f32 * ref.dx_terms + 2.0 ** -8 * (np.abs(dx_r) + np.abs(dx_f)))
     assert np.abs(dx_f).max() > 0 and np.abs(ds_f).max() > 0
 
 
@@ -169,11 +178,7 @@ def test_batchnorm_grad_compute_rounds_only_the_swish_cotangent(accelerator_form
     sum(dz) by 2^-8 sum|dz|, the scale gradient sum(dz x_hat) by 2^-8 sum|dz x_hat|, and dx
     by its own arithmetic plus one bfloat16 rounding of each side. ``dz`` and ``x_hat`` come
     from a float64 evaluation of the formula, independent of the code under test."""
-    rng = np.random.default_rng(7)
-    x = jnp.asarray(rng.normal(0.3, 1.0, (4, 6, 5, 8)), jnp.bfloat16)
-    scale = jnp.asarray(rng.normal(1, 0.3, 8), jnp.float32)
-    bias = jnp.asarray(rng.normal(0, 0.3, 8), jnp.float32)
-    w = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+    (x, scale, bias, w), ref = _bn_backward_case(7)
 
     def grads(grad):
         def loss(x, scale, bias):
@@ -186,21 +191,11 @@ def test_batchnorm_grad_compute_rounds_only_the_swish_cotangent(accelerator_form
     np.testing.assert_array_equal(*outputs)  # the forward pass is untouched
 
     (dx32, ds32, db32), (dx16, ds16, db16) = grads("float32"), grads("compute")
-    xf, g = np.asarray(x, np.float64), np.asarray(w.astype(jnp.bfloat16), np.float64)  # dL/dy in bf16
-    n = xf.size // 8
-    mean, var = xf.mean(axis=(0, 1, 2)), xf.var(axis=(0, 1, 2))
-    rstd = 1 / np.sqrt(var + 1e-3)
-    x_hat = (xf - mean) * rstd
-    z = x_hat * np.asarray(scale, np.float64) + np.asarray(bias, np.float64)
-    sig = 1 / (1 + np.exp(-z))
-    dz = np.abs(g * sig * (1 + z * (1 - sig)))
-    f32 = 64 * n * EPS32  # float32 sums in either form
+    f32 = 64 * ref.n * EPS32  # float32 sums in either form
     r = 2.0 ** -8
-    assert np.all(np.abs(db16 - db32) <= r * dz.sum((0, 1, 2)) + f32 * dz.sum((0, 1, 2)))
-    assert np.all(np.abs(ds16 - ds32) <= (r + f32) * (dz * np.abs(x_hat)).sum((0, 1, 2)))
-    c = np.abs(np.asarray(scale, np.float64)) * rstd
-    bound_dx = c * (r + f32) * (dz + dz.mean((0, 1, 2)) + np.abs(x_hat) * (dz * np.abs(x_hat)).mean((0, 1, 2)))
-    assert np.all(np.abs(dx16 - dx32) <= bound_dx + r * (np.abs(dx16) + np.abs(dx32)))
+    assert np.all(np.abs(db16 - db32) <= r * ref.dz.sum((0, 1, 2)) + f32 * ref.dz.sum((0, 1, 2)))
+    assert np.all(np.abs(ds16 - ds32) <= (r + f32) * ref.dz_xhat.sum((0, 1, 2)))
+    assert np.all(np.abs(dx16 - dx32) <= (r + f32) * ref.dx_terms + r * (np.abs(dx16) + np.abs(dx32)))
     assert not np.array_equal(ds16, ds32)  # the rounding happened (XLA:CPU keeps it; XLA:GPU with the no-excess-precision preset)
     with pytest.raises(ValueError, match="model.batchnorm_grad"):
         fused_batch_norm(x, scale, bias, 1e-3, True, jnp.bfloat16, "bfloat16")

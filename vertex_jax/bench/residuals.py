@@ -69,20 +69,25 @@ def _kind(source: str) -> str:
     return next((kind for kind, pattern in KINDS if re.search(pattern, source)), _OTHER)
 
 
-def by_kind(config: Any, batch: int = 1) -> dict[str, float]:
-    """Bytes per image of each kind (:data:`KINDS` and the rest), and ``"total"``."""
+Residuals = list[tuple[Any, str]]  # what saved_residuals_of returns
+
+
+def by_kind(residuals: Residuals, batch: int = 1) -> dict[str, float]:
+    """Bytes per image of each kind (:data:`KINDS` and the rest), and ``"total"``, of
+    :func:`saved_residuals_of` at ``batch``."""
     out: collections.Counter[str] = collections.Counter()
-    for aval, source in saved_residuals_of(config, batch):
+    for aval, source in residuals:
         out[_kind(source)] += aval.size * aval.dtype.itemsize / batch
     return {**{k: out.get(k, 0.0) for k, _ in KINDS}, _OTHER: out.get(_OTHER, 0.0),
             "total": sum(out.values())}
 
 
-def by_size(config: Any, batch: int = 1) -> dict[str, float]:
+def by_size(residuals: Residuals, batch: int = 1) -> dict[str, float]:
     """Bytes per image by feature-map size (``"512x256"``, largest first; residuals that are
-    not [B, H, W, C] maps with H and W above 1 under ``"other"``), and ``"total"``."""
+    not [B, H, W, C] maps with H and W above 1 under ``"other"``), and ``"total"``, of
+    :func:`saved_residuals_of` at ``batch``."""
     out: collections.Counter[tuple[int, int]] = collections.Counter()
-    for aval, _ in saved_residuals_of(config, batch):
+    for aval, _ in residuals:
         size = tuple(aval.shape[1:3]) if aval.ndim == 4 and min(aval.shape[1:3]) > 1 else (0, 0)
         out[size] += aval.size * aval.dtype.itemsize / batch
     table = {f"{h}x{w}": out[h, w] for h, w in sorted(out, reverse=True) if h}
@@ -119,7 +124,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             overrides["model.recompute_stages"] = int(stages)
         config = point_config(args.config, batch=1, remat=False, dtype=args.dtype, depthwise="conv",
                               overrides=overrides)
-        table[setting], sizes[setting] = by_kind(config), by_size(config)
+        residuals = saved_residuals_of(config, 1)  # traced once, read two ways
+        table[setting], sizes[setting] = by_kind(residuals), by_size(residuals)
     canvas = "x".join(map(str, config.data.canvas))
     _print_table(f"GiB per training image kept for the backward pass: {config.model.variant} {canvas} "
                  f"{args.dtype}, batchnorm={args.batchnorm}\nby kind", table)

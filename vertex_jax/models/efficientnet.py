@@ -309,11 +309,9 @@ def set_se_forms(module: nnx.Module, *, dense: str | None = None, pool: str | No
         _check_se_form(dense)
     if pool is not None:
         _check_se_pool(pool)
-    for _, m in nnx.iter_modules(module):
-        if isinstance(m, MBConv) and dense is not None:
-            m.se_form = dense
-        if isinstance(m, MBConv) and pool is not None:
-            m.se_pool = pool
+    for block in (m for _, m in nnx.iter_modules(module) if isinstance(m, MBConv)):
+        block.se_form = block.se_form if dense is None else dense
+        block.se_pool = block.se_pool if pool is None else pool
 
 
 class MBConv(nnx.Module):
@@ -378,13 +376,13 @@ def _apply_block(block: MBConv, x: jax.Array) -> jax.Array:
     return block(x)
 
 
-def _check_recompute(remat: bool, recompute: str, recompute_stages: int, stages: int) -> None:
+def _check_recompute(remat: bool, recompute: str, recompute_stages: int) -> None:
     if recompute not in RECOMPUTE:
         raise ConfigError(f"model.recompute must be one of {RECOMPUTE}, got {recompute!r}")
     if remat and recompute != "none":
         raise ConfigError("model.remat recomputes the whole block; set model.recompute=none with it")
-    if not 1 <= recompute_stages <= stages:
-        raise ConfigError(f"model.recompute_stages must be 1..{stages} (the first stages, where "
+    if not 1 <= recompute_stages <= STAGES:
+        raise ConfigError(f"model.recompute_stages must be 1..{STAGES} (the first stages, where "
                           f"the activations are largest), got {recompute_stages!r}")
 
 
@@ -419,8 +417,7 @@ class EfficientNet(nnx.Module):
                  recompute_stages: int = STAGES, depthwise: str = "auto", padding: str = "tf",
                  rngs: nnx.Rngs):
         v = _variant(variant)
-        specs = block_specs(variant)
-        _check_recompute(remat, recompute, recompute_stages, len(specs))
+        _check_recompute(remat, recompute, recompute_stages)
         if in_channels < 1:
             raise ConfigError(f"in_channels must be >= 1, got {in_channels}")
         self.variant = variant
@@ -430,6 +427,7 @@ class EfficientNet(nnx.Module):
         self.remat = remat
         self.recompute = recompute
         self.recompute_stages = recompute_stages
+        specs = block_specs(variant)
         stem = round_filters(_STEM_CHANNELS, v.width)
         self.num_features = round_filters(_HEAD_CHANNELS, v.width)
         self.stem_conv = _conv(in_channels, stem, 3, stride=2, dtype=dtype, rngs=rngs, padding=padding)
