@@ -64,6 +64,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                    # per shape at the first compile) or multiply-and-sum in float32 ("reduce":
                    # XLA's own kernels, 54 fewer autotuning problems for B4; §12).
                    se_dense="dot",
+                   # 1x1 convolutions (expand, project, head) as XLA convolutions ("conv":
+                   # cuDNN on GPUs) or matrix products ("dot": cuBLAS, whose autotuning at the
+                   # first compile the quick-compile preset bounds; 77 fewer GPU kernels for
+                   # B4); the same function (§16).
+                   pointwise="conv",
                    # Evaluation: the squeeze-excite pool reads the activation ("shared") or
                    # computes it again from the depthwise output ("recompute": a fifth fewer
                    # bytes in B4's evaluation step on GPUs, §14); "auto": recompute on

@@ -15,8 +15,8 @@ from scipy.signal import correlate2d
 from vertex_jax.bench.gpu_check import _combine, lever_verdicts
 from vertex_jax.bench.gpu_points import Point
 from vertex_jax.models.batchnorm import BatchNorm, fused_batch_norm, set_bn_impl
-from vertex_jax.models.efficientnet import (DepthwiseConv, MBConv, block_specs, conv_padding,
-                                            se_dense, set_se_forms, _conv)
+from vertex_jax.models.efficientnet import (DepthwiseConv, MBConv, PointwiseConv, block_specs, conv_padding,
+                                            se_dense, set_pointwise_impl, set_se_forms, _conv)
 from vertex_jax.train.packing import StatePacking
 from vertex_jax.config_files import load_config
 from vertex_jax.xla_flags import PRESETS, apply_preset
@@ -232,6 +232,44 @@ def test_se_dense_reduce_is_the_layer_without_a_matrix_product():
     assert dots("dot") == 2 and dots("reduce") == 0
     with pytest.raises(ValueError, match="model.se_dense"):
         set_se_forms(block, dense="einsum")
+
+
+def test_pointwise_dot_is_the_1x1_convolution_as_a_matrix_product():
+    """``model.pointwise=dot``: the output and the input's and kernel's gradients of a 1x1
+    convolution as a matrix product, against float64, within float32 rounding of their
+    sums (n 2^-24 sum|terms| for a sum of n products, slack 4x: n = c_in for the output,
+    c_out for the input's gradient, every pixel for the kernel's), as the convolution is;
+    the output keeps the layer's dtype; a block's traced program in that form has only
+    its depthwise convolution left; the setting is checked."""
+    rng = np.random.default_rng(4)
+    conv = PointwiseConv(12, 40, dtype=jnp.float32, rngs=nnx.Rngs(0))
+    x, g = rng.normal(size=(3, 5, 4, 12)), rng.normal(size=(3, 5, 4, 40))
+    w = np.asarray(conv.kernel[...], np.float64)[0, 0]
+    refs = (x @ w, g @ w.T, np.einsum("nhwc,nhwd->cd", x, g))
+    bounds = (4 * 12 * EPS32 * (np.abs(x) @ np.abs(w)), 4 * 40 * EPS32 * (np.abs(g) @ np.abs(w.T)),
+              4 * x[..., 0].size * EPS32 * np.einsum("nhwc,nhwd->cd", np.abs(x), np.abs(g)))
+    for impl in ("conv", "dot"):
+        set_pointwise_impl(conv, impl)
+        graph, state = nnx.split(conv)
+        x32 = jnp.asarray(x, jnp.float32)
+        d_state, d_x = jax.grad(lambda st, x: jnp.sum(nnx.merge(graph, st)(x) * g.astype(np.float32)),
+                                argnums=(0, 1))(state, x32)
+        for got, ref, bound in zip((conv(x32), d_x, d_state["kernel"][...][0, 0]), refs, bounds):
+            assert np.all(np.abs(np.asarray(got, np.float64) - ref) <= bound), impl
+    conv16 = PointwiseConv(12, 40, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    set_pointwise_impl(conv16, "dot")
+    assert conv16(jnp.ones((1, 2, 2, 12), jnp.float32)).dtype == jnp.bfloat16
+
+    spec = block_specs("tiny")[1][0]
+    block = MBConv(spec, depthwise="conv", rngs=nnx.Rngs(0))
+    xb = jnp.ones((2, 8, 8, spec.in_channels), jnp.float32)
+    def convolutions(impl):
+        set_pointwise_impl(block, impl)
+        graph, state = nnx.split(block)
+        return str(jax.make_jaxpr(lambda st: nnx.merge(graph, st)(xb))(state)).count("conv_general_dilated")
+    assert spec.expand != 1 and convolutions("conv") == 3 and convolutions("dot") == 1
+    with pytest.raises(ValueError, match="model.pointwise"):
+        set_pointwise_impl(block, "einsum")
 
 
 @pytest.mark.parametrize("kernel", [3, 5])

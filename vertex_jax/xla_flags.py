@@ -27,10 +27,14 @@ PRESETS: dict[str, tuple[str, ...]] = {
     # buffer initialisation and the correctness check of each (levels 2-4); a cheaper cold
     # compile, the same choices unless a candidate is wrong (measured by gpu_check).
     "fast-compile-autotune1": ("--xla_gpu_enable_triton_gemm=false", "--xla_gpu_autotune_level=1"),
-    # fast-compile-autotune1, and LLVM's module split into parts compiled to PTX in parallel
-    # (the lent machine has 16 cores; XLA compiles one module on one thread by default).
+    # fast-compile-autotune1, LLVM's module split into parts compiled to PTX in parallel
+    # (the lent machine has 16 cores; XLA compiles one module on one thread by default), and
+    # each cuBLAS product timed with the library's first 4 candidate algorithms only (XLA
+    # times all it returns by default; it has no such bound for cuDNN's convolutions, so
+    # model.pointwise=dot moves B4's 1x1 convolutions under this one, §16).
     "quick-compile": ("--xla_gpu_enable_triton_gemm=false", "--xla_gpu_autotune_level=1",
-                      "--xla_gpu_enable_llvm_module_compilation_parallelism=true"),
+                      "--xla_gpu_enable_llvm_module_compilation_parallelism=true",
+                      "--xla_gpu_autotune_max_solutions=4"),
     # fast-compile with CUDA graphs from two kernels up (XLA's default: five). On the H200 the
     # host launched ~3,700 kernels per step and ran about a step ahead of the device (§7);
     # between B4's convolutions, which cannot join a graph (cuDNN status 5003, §7), runs of

@@ -31,7 +31,7 @@ __all__ = [
     "VARIANTS", "Variant", "BlockSpec", "block_specs", "round_filters", "round_repeats",
     "MBConv", "EfficientNet", "to_unit_float", "normalize_input", "IMAGENET_MEAN",
     "IMAGENET_STD", "HEAD", "PADDINGS", "conv_padding", "RECOMPUTE", "STAGES", "SE_POOLS", "se_dense",
-    "set_se_forms",
+    "set_se_forms", "POINTWISE_IMPLS", "PointwiseConv", "set_pointwise_impl",
 ]
 
 
@@ -268,6 +268,37 @@ def _conv(cin: int, cout: int, kernel: int, *, stride: int = 1, dtype: Any, rngs
                     kernel_init=_conv_init, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
 
 
+POINTWISE_IMPLS = ("conv", "dot")
+
+
+class PointwiseConv(nnx.Conv):
+    """1x1 ``nnx.Conv`` (same kernel variable, so weights and checkpoints are shared)
+    computed as ``impl`` says (:data:`POINTWISE_IMPLS`, set for a whole network by
+    :func:`set_pointwise_impl`): ``conv``, an XLA convolution (cuDNN on GPUs), or ``dot``, a
+    matrix product over the channels (cuBLAS on GPUs, whose autotuning
+    ``--xla_gpu_autotune_max_solutions`` bounds; XLA cannot bound cuDNN's). The same
+    function: each output is a sum of the same ``cin`` products."""
+
+    def __init__(self, cin: int, cout: int, *, dtype: Any, rngs: nnx.Rngs):
+        super().__init__(cin, cout, (1, 1), use_bias=False, kernel_init=_conv_init, dtype=dtype,
+                         param_dtype=jnp.float32, rngs=rngs)
+        self.impl = "conv"
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.impl == "conv":
+            return super().__call__(x)
+        return jnp.einsum("...c,cd->...d", x.astype(self.dtype), self.kernel[...][0, 0].astype(self.dtype))
+
+
+def set_pointwise_impl(module: nnx.Module, impl: str) -> None:
+    """Compute every 1x1 convolution of the backbones in ``module`` as ``impl``
+    (:data:`POINTWISE_IMPLS`, :class:`PointwiseConv`)."""
+    if impl not in POINTWISE_IMPLS:
+        raise ConfigError(f"model.pointwise must be one of {POINTWISE_IMPLS}, got {impl!r}")
+    for conv in (m for _, m in nnx.iter_modules(module) if isinstance(m, PointwiseConv)):
+        conv.impl = impl
+
+
 SE_DENSE_FORMS = ("dot", "reduce")
 
 
@@ -323,7 +354,7 @@ class MBConv(nnx.Module):
         self.dtype = dtype
         hidden = spec.hidden
         if spec.expand != 1:
-            self.expand_conv = _conv(spec.in_channels, hidden, 1, dtype=dtype, rngs=rngs)
+            self.expand_conv = PointwiseConv(spec.in_channels, hidden, dtype=dtype, rngs=rngs)
             self.expand_bn = BatchNorm(hidden, act=True, dtype=dtype, rngs=rngs)
         else:
             self.expand_conv = self.expand_bn = None
@@ -336,7 +367,7 @@ class MBConv(nnx.Module):
                                     dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
         self.se_form = "dot"  # :data:`SE_DENSE_FORMS`, set by set_se_forms
         self.se_pool = "auto"  # :data:`SE_POOLS`, set by set_se_forms
-        self.project_conv = _conv(hidden, spec.out_channels, 1, dtype=dtype, rngs=rngs)
+        self.project_conv = PointwiseConv(hidden, spec.out_channels, dtype=dtype, rngs=rngs)
         self.project_bn = BatchNorm(spec.out_channels, act=False, dtype=dtype, rngs=rngs)
         if spec.has_skip and spec.drop_rate > 0:
             # Drop-connect: drop the whole residual branch per example, scale survivors.
@@ -441,7 +472,7 @@ class EfficientNet(nnx.Module):
                 for _, m in nnx.iter_modules(block):
                     if isinstance(m, BatchNorm):
                         m.in_recomputed_block = True
-        self.head_conv = _conv(specs[-1][-1].out_channels, self.num_features, 1, dtype=dtype, rngs=rngs)
+        self.head_conv = PointwiseConv(specs[-1][-1].out_channels, self.num_features, dtype=dtype, rngs=rngs)
         self.head_bn = BatchNorm(self.num_features, act=True, dtype=dtype, rngs=rngs)
         if num_classes is None:
             self.dropout = self.classifier = None
