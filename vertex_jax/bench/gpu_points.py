@@ -100,7 +100,8 @@ def plan(dry: bool, xla: str = "fast-compile") -> list[Point]:
         # XLA's reductions; a cold cache of its own, so its compile seconds are the figure.
         Point(f"{first}-se-reduce-cold", "jax", batch=b, overrides={"model.se_dense": "reduce"},
               cache="se-reduce", isolate=True, lever=True, cap_s=cap + 150, estimate_s=10 if dry else 110),
-        # The first compile again: autotune level 1 and LLVM's module compiled in parallel.
+        # The first compile again: autotune level 1, LLVM's module compiled in parallel and
+        # each cuBLAS product timed over 4 candidates (the quick-compile preset, §16).
         Point(f"{first}-quick-compile-cold", "jax", batch=b, xla="quick-compile",
               cache="quick-compile", isolate=True, cap_s=cap + 150, estimate_s=10 if dry else 90),
         # The same with the 1x1 convolutions as cuBLAS products (§16): 56 of the 93 cuDNN
