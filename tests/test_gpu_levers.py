@@ -248,11 +248,11 @@ def test_pointwise_dot_is_the_1x1_convolution_as_a_matrix_product():
     refs = (x @ w, g @ w.T, np.einsum("nhwc,nhwd->cd", x, g))
     bounds = (4 * 12 * EPS32 * (np.abs(x) @ np.abs(w)), 4 * 40 * EPS32 * (np.abs(g) @ np.abs(w.T)),
               4 * x[..., 0].size * EPS32 * np.einsum("nhwc,nhwd->cd", np.abs(x), np.abs(g)))
+    x32, g32 = jnp.asarray(x, jnp.float32), jnp.asarray(g, jnp.float32)
     for impl in ("conv", "dot"):
         set_pointwise_impl(conv, impl)
         graph, state = nnx.split(conv)
-        x32 = jnp.asarray(x, jnp.float32)
-        d_state, d_x = jax.grad(lambda st, x: jnp.sum(nnx.merge(graph, st)(x) * g.astype(np.float32)),
+        d_state, d_x = jax.grad(lambda st, x: jnp.sum(nnx.merge(graph, st)(x) * g32),
                                 argnums=(0, 1))(state, x32)
         for got, ref, bound in zip((conv(x32), d_x, d_state["kernel"][...][0, 0]), refs, bounds):
             assert np.all(np.abs(np.asarray(got, np.float64) - ref) <= bound), impl

@@ -104,7 +104,7 @@ def plan(dry: bool, xla: str = "fast-compile") -> list[Point]:
         # each cuBLAS product timed over 4 candidates (the quick-compile preset, §16).
         Point(f"{first}-quick-compile-cold", "jax", batch=b, xla="quick-compile",
               cache="quick-compile", isolate=True, cap_s=cap + 150, estimate_s=10 if dry else 90),
-        # The same with the 1x1 convolutions as cuBLAS products (§16): 56 of the 93 cuDNN
+        # The same with the 1x1 convolutions as cuBLAS products (§16): 59 of the 93 cuDNN
         # problems become products, whose autotuning the preset bounds; 77 fewer kernels.
         Point(f"{first}-pointwise-dot-quick-compile-cold", "jax", batch=b, xla="quick-compile",
               overrides={"model.pointwise": "dot"}, cache="pointwise-dot", isolate=True,
