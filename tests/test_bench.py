@@ -448,6 +448,7 @@ def test_cli_compile_point_is_cold_and_split_into_python_and_xla(tmp_path):
     assert r["options"] == {"augment.enabled": "false"}
     assert r["what"] == "compile" and r["variant"] == "tiny" and r["batch"] == 8
     assert r["compile_s"] == pytest.approx(r["lower_s"] + r["xla_s"]) and r["xla_s"] > 0
+    assert r["build_s"] > 0  # the model and optimizer built abstractly, before the step is traced
     assert r["stablehlo_ops"] > r["kernels"] > 100  # tiny B0-like: ~5,000 and ~1,500
     assert r["xla_memory_bytes_per_device"] > r["params"] * 4  # at least the float32 parameters
     assert not any(p.is_file() for p in cache.rglob("*"))

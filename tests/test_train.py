@@ -8,6 +8,7 @@ process: tests/test_faults.py.
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -130,7 +131,10 @@ def _wait_for(predicate, proc, timeout=300):
         time.sleep(0.2)
 
 
-def test_sigterm_saves_and_resumes(shared, tmp_path):
+def test_sigterm_saves_and_resumes_then_kill9_and_a_corrupt_checkpoint_fall_back(shared, tmp_path):
+    """SIGTERM: the run saves and says how to resume. The resumed run starts there and is
+    killed with -9 once it has saved twice more; with its newest checkpoint corrupted, the
+    next run sets that one aside and resumes from the one before."""
     proc = run_main(shared, tmp_path, "--config.num_epochs=50", "--config.log_every_steps=1",
                     wait=False)
     metrics = tmp_path / "metrics.jsonl"
@@ -141,15 +145,12 @@ def test_sigterm_saves_and_resumes(shared, tmp_path):
     assert "resume with the same command" in out
     saved = steps(tmp_path)[-1]
     assert saved >= 1
-    out = run_main(shared, tmp_path, f"--config.max_steps={saved + 1}", "--config.num_epochs=50")
-    assert f"at step {saved}" in out and steps(tmp_path)[-1] == saved + 1
-
-
-def test_kill9_and_corrupt_checkpoint_fall_back(shared, tmp_path):
-    proc = run_main(shared, tmp_path, "--config.num_epochs=50", wait=False)
-    _wait_for(lambda: len(steps(tmp_path)) >= 2, proc)
+    # unbuffered: the killed process's output is all there
+    proc = run_main(shared, tmp_path, "--config.num_epochs=50", wait=False, env={"PYTHONUNBUFFERED": "1"})
+    _wait_for(lambda: len([s for s in steps(tmp_path) if s > saved]) >= 2, proc)
     proc.kill()
-    proc.communicate()
+    out, _ = proc.communicate()
+    assert f"at step {saved}" in out, out[-3000:]
     done = steps(tmp_path)
     # Orbax only renames a checkpoint into place when complete; every listed one restores.
     latest = done[-1]
@@ -158,20 +159,22 @@ def test_kill9_and_corrupt_checkpoint_fall_back(shared, tmp_path):
             f.write_bytes(b"garbage")
     out = run_main(shared, tmp_path, f"--config.max_steps={latest + 1}", "--config.num_epochs=50")
     assert "cannot be restored" in out
-    assert f"at step {done[-2]}" in out
+    assert f"at step {done[-2]}" in out and steps(tmp_path)[-1] == latest + 1
     assert [p.name.split("-")[0] for p in (tmp_path / "corrupt_checkpoints").iterdir()] == [str(latest)]
 
 
 def test_nan_loss_stops_with_batch_rows_and_keeps_checkpoint(shared, baseline, tmp_path):
-    run_main(shared, tmp_path, "--config.max_steps=3")
-    before = model_arrays(tmp_path, 3)
-    cmd_overrides = ["--config.num_epochs=4", "--config.optim.lr=1e30"]
-    proc = run_main(shared, tmp_path, *cmd_overrides, wait=False)
+    """A copy of the finished baseline run, continued at a learning rate that overflows."""
+    reference, _ = baseline
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir)
+    kept = steps(workdir)
+    proc = run_main(shared, workdir, "--config.num_epochs=4", "--config.optim.lr=1e30", wait=False)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode != 0
-    assert "non-finite loss" in out and "batch rows" in out
-    assert steps(tmp_path) == [3]
-    assert_same(before, model_arrays(tmp_path, 3))
+    assert f"at step {kept[-1]}" in out and "non-finite loss" in out and "batch rows" in out
+    assert steps(workdir) == kept
+    assert_same(model_arrays(reference), model_arrays(workdir))
 
 
 def test_init_from_with_a_different_head(shared, baseline, tmp_path):

@@ -25,6 +25,7 @@ from flax import nnx
 from jax.extend import backend as jax_backend
 
 from vertex_jax import mesh as meshlib
+from vertex_jax import tracer_probes
 from vertex_jax.bench.flops import count_flops
 from vertex_jax.bench.record import CpuClock, host, make_record, versions
 from vertex_jax.compile_cache import enable_compilation_cache
@@ -64,7 +65,7 @@ def environment() -> dict[str, Any]:
     backend_version = jax_backend.get_backend().platform_version  # CUDA version on GPUs
     return {"device": device.device_kind, "platform": device.platform, "devices": jax.device_count(),
             "processes": jax.process_count(), "backend_version": backend_version,
-            "xla_flags": os.environ.get("XLA_FLAGS"),
+            "xla_flags": os.environ.get("XLA_FLAGS"), "tracer_probe": tracer_probes.active(),
             "versions": versions(["jax", "jaxlib", "flax", "optax", "jax-cuda12-plugin",
                                   "jax-cuda13-plugin"]), **host()}
 
@@ -215,6 +216,7 @@ class PreparedStep:
     state: Any
     batch: dict[str, jax.Array]
     step: Any
+    build_s: float = 0.0  # building the model and optimizer abstractly (one trace of their construction)
 
     def compile(self) -> tuple[Any, Any, float, float]:
         """(lowered, compiled, seconds lowering, seconds in all) of the step."""
@@ -233,13 +235,16 @@ def prepare_step(config: Any, what: str, target_mesh: Any = None) -> PreparedSte
     mesh = target_mesh if target_mesh is not None else meshlib.make_mesh()
     batch_size = config.batch_size if what == "train" else config.eval_batch_size
     meshlib.check_batch(batch_size, mesh)
+    t0 = time.perf_counter()
     graphdef, abstract, params = abstract_state(config)
+    build_s = time.perf_counter() - t0
     if target_mesh is not None:
         state, batch, packing = _abstract_inputs(config, what, batch_size, mesh, abstract)
     else:
         state, packing = stepped_state(config, what, mesh)
         batch = meshlib.to_global(random_batch(config, batch_size), mesh)
-    return PreparedStep(mesh, batch_size, params, state, batch, make_step(config, what, graphdef, mesh, packing))
+    return PreparedStep(mesh, batch_size, params, state, batch, make_step(config, what, graphdef, mesh, packing),
+                        build_s)
 
 
 def measure(config: Any, what: str, *, steps: int, repeats: int,

@@ -73,10 +73,17 @@ def _labels(params: Any, frozen: tuple[str, ...]) -> Any:
 def initialise(create: Callable[[], Any], out_shardings: Any = None) -> tuple[nnx.GraphDef, nnx.State]:
     """Graph definition and state of the modules ``create()`` returns, the arrays made by one
     compiled program without backend optimisation (it runs once): op by op, every
-    initialiser compiles on its own, which takes tens of seconds for B4 on a GPU."""
-    graphdef, _ = nnx.split(nnx.eval_shape(create))
-    init = jax.jit(lambda: nnx.split(create())[1], out_shardings=out_shardings)
-    return graphdef, init.lower().compile({"xla_backend_optimization_level": 0})()
+    initialiser compiles on its own, which takes tens of seconds for B4 on a GPU. The
+    modules are built once, in that program's trace, which also gives the graph definition."""
+    graphdefs = []
+
+    def init() -> nnx.State:
+        graphdef, state = nnx.split(create())
+        graphdefs.append(graphdef)  # static structure, no arrays: traced once, kept
+        return state
+
+    compiled = jax.jit(init, out_shardings=out_shardings).lower().compile({"xla_backend_optimization_level": 0})
+    return graphdefs[0], compiled()
 
 
 @dataclasses.dataclass

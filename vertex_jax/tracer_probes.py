@@ -1,0 +1,49 @@
+"""Tracing in linear time: a cheap ``sharding`` probe on JAX tracers.
+
+Flax NNX asks every value it assigns to a Variable for its sharding
+(``getattr(value, 'sharding', None)`` in ``Variable.set_value``): each random-number draw
+while a model is built, each optimizer update and each BatchNorm statistic in a step. On a
+tracer JAX answers with an ``AttributeError`` whose message first walks every equation
+traced so far to say where the tracer came from; the message is thrown away by
+``getattr``, but the walk makes tracing quadratic in the program's size. EfficientNet-B4
+(batch 32, this project's 2-core CPU): building the model and optimizer abstractly 4.9 ->
+1.9 s, tracing the training step 14.4 -> 6.7 s, tracing the initialisation 4.5 -> 1.0 s
+(docs/performance-notes.md §17).
+
+:func:`install` replaces the property with one that raises the same ``AttributeError``
+without the walk, so ``hasattr`` and ``getattr`` answer as before. It is applied when
+:mod:`vertex_jax.models` is imported (every program of this project traces a model);
+``VERTEX_TRACER_PROBE=jax`` keeps JAX's own (to compare, or should the two ever differ). JAX
+0.10 and 0.11 and JAX's main branch (August 2026) still walk the trace here; an upstream
+pull request to drop the walk (jax-ml/jax#40041) was closed unmerged. Remove this module
+when JAX's ``Tracer.sharding`` stops calling ``_origin_msg``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from jax._src import core
+
+__all__ = ["install", "active", "JAX_SHARDING"]
+
+JAX_SHARDING = core.Tracer.__dict__["sharding"]  # JAX's own property, before install()
+
+
+def _sharding(self: core.Tracer):
+    raise AttributeError(f"The 'sharding' attribute is not available on {self._error_repr()}.")
+
+
+def install() -> None:
+    """Make ``Tracer.sharding`` raise without walking the trace (idempotent), unless the
+    environment says ``VERTEX_TRACER_PROBE=jax``."""
+    choice = os.environ.get("VERTEX_TRACER_PROBE", "cheap")
+    if choice not in ("cheap", "jax"):
+        raise ValueError(f"VERTEX_TRACER_PROBE must be 'cheap' or 'jax', got {choice!r}")
+    if choice == "cheap":
+        core.Tracer.sharding = property(_sharding)
+
+
+def active() -> str:
+    """``"jax"`` while JAX's own probe is in place, ``"cheap"`` once :func:`install` ran."""
+    return "jax" if core.Tracer.__dict__["sharding"] is JAX_SHARDING else "cheap"
