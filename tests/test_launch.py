@@ -16,11 +16,12 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from test_train import assert_equivalent, model_arrays, run_main
+from test_train import assert_equivalent, model_arrays, run_main, steps
 
 yaml = pytest.importorskip("yaml")  # PyYAML: already in the environment (a dependency of the stack)
 
@@ -107,43 +108,118 @@ def test_k8s_manifest_decodes_with_kubectl():
         contained(doc, json.loads(out.stdout), kind)
 
 
-def test_k8s_pod_command_runs_as_two_processes_and_matches_one(tmp_path):
-    """Both pods' command, in two local processes with the pod spec's environment, trains
-    the model one process with all four devices trains (the step on four devices against
-    one: tests/test_step.py).
+# --- the Job's two pods as local processes: trained, one lost, restarted ----------------
+
+PEER_TIMEOUTS = {"VERTEX_HEARTBEAT_TIMEOUT_S": "5", "VERTEX_SHUTDOWN_TIMEOUT_S": "5"}
+RUN = ("--config.num_epochs=50", "--config.checkpoint.keep_latest=3")
+
+
+def start_pods(workdir: Path, data: Path, *overrides: str) -> list[subprocess.Popen]:
+    """Both pods' command, in two local processes with the pod spec's environment (not waited for).
 
     Only what differs off-cluster is changed: the coordinator host (pod 0's DNS name)
     becomes 127.0.0.1 on a free port, the data and workdir are local, the config is the
-    tiny one, and each process drives 2 CPU devices instead of 4 GPUs. JOB_COMPLETION_INDEX
-    is what the Job controller sets.
+    tiny one, each process drives 2 CPU devices instead of 4 GPUs, and the heartbeat is
+    short (PEER_TIMEOUTS). JOB_COMPLETION_INDEX is what the Job controller sets.
     """
-    job = _docs()["Job"]
-    container = _container(job)
+    container = _container(_docs()["Job"])
     spec_env = _env(container)
-    n = int(spec_env["NUM_PROCESSES"])
     local = {"COORDINATOR": f"127.0.0.1:{_free_port()}", "CONFIG": "configs/xray.py:tiny",
-             "WORKDIR": str(tmp_path / "run"), "MANIFEST": "", "BATCH_SIZE": "8",
-             "EXTRA_ARGS": f"--config.data.data_dir={tmp_path / 'data'} --config.max_steps=2 --verbosity=0"}
+             "WORKDIR": str(workdir), "MANIFEST": "", "BATCH_SIZE": "8",
+             "EXTRA_ARGS": " ".join([f"--config.data.data_dir={data}", *overrides, "--verbosity=0"])}
     assert local.keys() <= spec_env.keys()
     base = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HOME": os.environ.get("HOME", "/root"),
-            "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "2"}
-    procs = [subprocess.Popen([*container["command"], *container["args"]], cwd=REPO,
-                              env={**base, **spec_env, **local, "JOB_COMPLETION_INDEX": str(i)},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(n)]
+            "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "2", "PYTHONUNBUFFERED": "1",
+            **{k: os.environ[k] for k in ("JAX_COMPILATION_CACHE_DIR", "XLA_FLAGS") if k in os.environ}}
+    return [subprocess.Popen([*container["command"], *container["args"]], cwd=REPO,
+                             env={**base, **spec_env, **local, **PEER_TIMEOUTS, "JOB_COMPLETION_INDEX": str(i)},
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for i in range(int(spec_env["NUM_PROCESSES"]))]
+
+
+def _said(out: str) -> str:
+    # a crash ends with the interpreter's list of extension modules: show what came before it
+    return "\n".join(line[:300] for line in out.splitlines() if "Extension modules:" not in line)[-4000:]
+
+
+@pytest.fixture(scope="module")
+def lost_pod(tmp_path_factory):
+    """The pods trained until three checkpoints were saved, then pod 1 killed (-9):
+    (workdir, data, the oldest checkpoint's step and model arrays, pod 0's exit code,
+    seconds it took to stop, both outputs)."""
+    root = tmp_path_factory.mktemp("pods")
+    workdir, data = root / "run", root / "data"
+    procs = start_pods(workdir, data, *RUN)
+    deadline = time.time() + 600
     try:
-        outs = [p.communicate(timeout=900)[0] for p in procs]
+        while len(steps(workdir)) < 3:
+            if any(p.poll() is not None for p in procs):
+                pytest.fail("a pod stopped: " + " | ".join(_said(p.communicate()[0]) for p in procs))
+            assert time.time() < deadline, "no checkpoints"
+            time.sleep(0.2)
+        procs[1].kill()
+        killed = time.time()
+        out0, _ = procs[0].communicate(timeout=150)
+        waited = time.time() - killed
     finally:
         for p in procs:
             p.kill()
-    for i, (p, out) in enumerate(zip(procs, outs)):
-        # a crash ends with the interpreter's list of extension modules: show what came before it
-        said = [line for line in out.splitlines() if "Extension modules:" not in line][-40:]
-        assert p.returncode == 0, (f"process {i} exited {p.returncode}; other: {[q.returncode for q in procs]}\n"
-                                   + "\n".join(line[:300] for line in said))
-        assert f"process {i} of {n}, 2 local / {2 * n} global devices" in out, out[-3000:]
-    run_main({"data": tmp_path / "data"}, tmp_path / "single", "--config.max_steps=2", devices=2 * n)
-    assert_equivalent(model_arrays(tmp_path / "single", 2), model_arrays(tmp_path / "run", 2))
+    out1, _ = procs[1].communicate()
+    first = steps(workdir)[0]
+    return workdir, data, first, model_arrays(workdir, first), procs[0].returncode, waited, (out0, out1)
+
+
+def test_k8s_pods_train_as_one_process_with_all_devices_does(lost_pod, tmp_path):
+    """Both pods' command trains the model one process with all four devices trains (the
+    step on four devices against one: tests/test_step.py)."""
+    _, data, first, pods, _, _, outs = lost_pod
+    for i, out in enumerate(outs):
+        assert f"process {i} of 2, 2 local / 4 global devices" in out, _said(out)
+    run_main({"data": data}, tmp_path / "single", *RUN, f"--config.max_steps={first}", devices=4)
+    assert_equivalent(model_arrays(tmp_path / "single", first), pods)
+
+
+@pytest.mark.slow
+def test_a_lost_pod_stops_the_other_within_the_heartbeat_timeout(lost_pod):
+    returncode, waited, (out0, _) = lost_pod[4:]
+    assert returncode != 0, _said(out0)
+    assert waited < 30, f"pod 0 took {waited:.0f} s to stop after pod 1 died"
+
+
+def shift_one_array(state: Path) -> None:
+    """Rewrite one parameter array of an Orbax state directory with other numbers (+1), in
+    place through TensorStore: the checkpoint stays well formed and decodes, to wrong values.
+    (Flipped bytes in its compressed data files may instead fail to decode.)"""
+    import tensorstore as ts
+
+    base = f"file://{state.absolute()}/"
+    keys = ts.KvStore.open({"driver": "ocdbt", "base": base}).result().list().result()
+    name = min(k.decode()[:-len("/.zarray")] for k in keys
+               if k.decode().startswith("0.") and k.decode().endswith("kernel.value/.zarray"))
+    array = ts.open({"driver": "zarr", "kvstore": {"driver": "ocdbt", "base": base, "path": f"{name}/"}}).result()
+    array.write(array.read().result() + 1).result()
+
+
+@pytest.mark.slow
+def test_restarted_pods_set_aside_damaged_checkpoints_and_resume(lost_pod):
+    """The Job's restart after the lost pod, with the newest step's arrays damaged (one
+    decodes to wrong numbers) and the next one's metadata truncated: both set aside, the
+    third used."""
+    workdir, data = lost_pod[:2]
+    resume_at, truncated, damaged = steps(workdir)[-3:]
+    ckpt = workdir / "checkpoints"
+    shift_one_array(ckpt / str(damaged) / "state")
+    metadata = ckpt / str(truncated) / "state" / "_METADATA"
+    metadata.write_bytes(metadata.read_bytes()[:40])
+    procs = start_pods(workdir, data, *RUN, f"--config.max_steps={resume_at + 1}")
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), _said(outs[0]) + _said(outs[1])
+    said = [line[:400] for line in outs[0].splitlines() if "cannot be restored" in line]
+    assert any(f"checkpoints/{damaged} cannot be restored (array checksum mismatch" in s for s in said), said
+    assert any(f"checkpoints/{truncated} cannot be restored" in s for s in said), said
+    assert f"at step {resume_at}" in outs[0] and steps(workdir)[-1] == resume_at + 1
+    aside = sorted(int(p.name.split("-")[0]) for p in (workdir / "corrupt_checkpoints").iterdir())
+    assert aside == [truncated, damaged]
 
 
 def test_sbatch_guards_and_srun_launch(tmp_path):
