@@ -426,7 +426,8 @@ def test_the_combination_takes_the_levers_that_beat_the_baseline_by_more_than_th
 def test_the_packed_step_makes_the_same_step_as_the_unpacked_one():
     """``pack_state`` with flat Adam moments: the packed step updates the parameter vector
     as one array (``updates_flat``), the unpacked one through optax.flatten per parameter.
-    Tiny model, one step on the fake devices: every array of the new state equal to float32
+    Tiny model, one step on one device (the GPU check's machine; the step on four devices
+    against one: tests/test_step.py): every array of the new state equal to float32
     rounding (the same elementwise Adam on the same vector; only the clipping norm sums in
     another order)."""
     from vertex_jax import mesh as meshlib
@@ -437,8 +438,8 @@ def test_the_packed_step_makes_the_same_step_as_the_unpacked_one():
     config = load_config("configs/xray.py:tiny")
     config.augment.enabled = False  # packing is about the state: a smaller program to compile
     config.optim.flatten = "true"
-    mesh = meshlib.make_mesh()
-    config.batch_size = mesh.devices.size
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), (meshlib.DATA,))
+    config.batch_size = 2
     graphdef, _, _ = abstract_state(config)
     batch = meshlib.to_global(random_batch(config, config.batch_size), mesh)
     initial = _initial_state(config, mesh)
