@@ -58,10 +58,11 @@ def test_jax_s_own_probe_still_walks_the_trace(origin_walks, monkeypatch):
     assert origin_walks, "JAX's Tracer.sharding no longer walks the trace: vertex_jax.tracer_probes can go"
 
 
-@pytest.mark.parametrize("choice,jax_s", [("jax", True), ("cheap", False)])
+@pytest.mark.parametrize("choice,jax_s", [("jax", True), ("cheap", False), ("JAX!", False)])
 def test_the_environment_can_keep_jax_s_probe(choice, jax_s):
     code = ("import vertex_jax.models, vertex_jax.tracer_probes as t; from jax._src import core; "
             "print(core.Tracer.__dict__['sharding'] is t.JAX_SHARDING)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env=os.environ | {"VERTEX_TRACER_PROBE": choice})
     assert out.returncode == 0 and out.stdout.strip() == str(jax_s), out.stderr[-2000:]
+    assert ("is neither 'cheap' nor 'jax': using 'cheap'" in out.stderr) == (choice == "JAX!")
