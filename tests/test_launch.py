@@ -9,6 +9,7 @@ compilation cache already holds the tiny config's programs). CI does not install
 and skips it: the suite's 20-minute budget has no room for the install and the jobs.
 """
 
+import dataclasses
 import json
 import os
 import shlex
@@ -142,11 +143,23 @@ def _said(out: str) -> str:
     return "\n".join(line[:300] for line in out.splitlines() if "Extension modules:" not in line)[-4000:]
 
 
+@dataclasses.dataclass
+class LostPod:
+    """The pods' run after pod 1 was killed: its folders, the oldest checkpoint left (step
+    and model arrays, read before any test changes the run), and how pod 0 ended."""
+
+    workdir: Path
+    data: Path
+    first: int
+    first_arrays: dict
+    returncode: int
+    waited_s: float  # from pod 1's kill until pod 0 stopped
+    outputs: tuple[str, str]
+
+
 @pytest.fixture(scope="module")
-def lost_pod(tmp_path_factory):
-    """The pods trained until three checkpoints were saved, then pod 1 killed (-9):
-    (workdir, data, the oldest checkpoint's step and model arrays, pod 0's exit code,
-    seconds it took to stop, both outputs)."""
+def lost_pod(tmp_path_factory) -> LostPod:
+    """The pods trained until three checkpoints were saved, then pod 1 killed (-9)."""
     root = tmp_path_factory.mktemp("pods")
     workdir, data = root / "run", root / "data"
     procs = start_pods(workdir, data, *RUN)
@@ -166,24 +179,22 @@ def lost_pod(tmp_path_factory):
             p.kill()
     out1, _ = procs[1].communicate()
     first = steps(workdir)[0]
-    return workdir, data, first, model_arrays(workdir, first), procs[0].returncode, waited, (out0, out1)
+    return LostPod(workdir, data, first, model_arrays(workdir, first), procs[0].returncode, waited, (out0, out1))
 
 
 def test_k8s_pods_train_as_one_process_with_all_devices_does(lost_pod, tmp_path):
     """Both pods' command trains the model one process with all four devices trains (the
     step on four devices against one: tests/test_step.py)."""
-    _, data, first, pods, _, _, outs = lost_pod
-    for i, out in enumerate(outs):
+    for i, out in enumerate(lost_pod.outputs):
         assert f"process {i} of 2, 2 local / 4 global devices" in out, _said(out)
-    run_main({"data": data}, tmp_path / "single", *RUN, f"--config.max_steps={first}", devices=4)
-    assert_equivalent(model_arrays(tmp_path / "single", first), pods)
+    run_main({"data": lost_pod.data}, tmp_path / "single", *RUN, f"--config.max_steps={lost_pod.first}", devices=4)
+    assert_equivalent(model_arrays(tmp_path / "single", lost_pod.first), lost_pod.first_arrays)
 
 
 @pytest.mark.slow
 def test_a_lost_pod_stops_the_other_within_the_heartbeat_timeout(lost_pod):
-    returncode, waited, (out0, _) = lost_pod[4:]
-    assert returncode != 0, _said(out0)
-    assert waited < 30, f"pod 0 took {waited:.0f} s to stop after pod 1 died"
+    assert lost_pod.returncode != 0, _said(lost_pod.outputs[0])
+    assert lost_pod.waited_s < 30, f"pod 0 took {lost_pod.waited_s:.0f} s to stop after pod 1 died"
 
 
 def shift_one_array(state: Path) -> None:
@@ -205,7 +216,7 @@ def test_restarted_pods_set_aside_damaged_checkpoints_and_resume(lost_pod):
     """The Job's restart after the lost pod, with the newest step's arrays damaged (one
     decodes to wrong numbers) and the next one's metadata truncated: both set aside, the
     third used."""
-    workdir, data = lost_pod[:2]
+    workdir, data = lost_pod.workdir, lost_pod.data
     resume_at, truncated, damaged = steps(workdir)[-3:]
     ckpt = workdir / "checkpoints"
     shift_one_array(ckpt / str(damaged) / "state")

@@ -7,9 +7,9 @@ in a fresh process), and the record splits the time into tracing + lowering in P
 (``lower_s``) and XLA (``xla_s``: HLO passes, code generation and, on GPUs, autotuning);
 ``build_s``, before it, builds the model and optimizer abstractly (the trace of their
 construction every run's initialisation makes once). Beside them: the program's size
-(StableHLO operations in, kernels of the compiled entry computation out, with the bytes they move and the library calls autotuning times,
-:mod:`vertex_jax.bench.hlo_kernels`) and XLA's memory plan (arguments + outputs +
-temporaries - aliased).
+(StableHLO operations in, kernels of the compiled entry computation out, with the bytes
+they move and the library calls autotuning times, :mod:`vertex_jax.bench.hlo_kernels`)
+and XLA's memory plan (arguments + outputs + temporaries - aliased).
 Sizes are counted from the program text, so they compare settings on one backend; XLA:CPU and XLA:GPU fuse differently.
 """
 
@@ -65,7 +65,8 @@ def measure_compile(config: Any, *, options: dict[str, Any] | None = None, targe
         "target": target or None, "variant": config.model.variant,
         "height": config.data.canvas[0], "width": config.data.canvas[1], "batch": point.batch_size,
         "dtype": config.model.dtype, "options": dict(options or {}), "devices": point.mesh.devices.size,
-        "params": point.params, "build_s": point.build_s, "compile_s": compile_s, "lower_s": lower_s, "xla_s": xla_s,
+        "params": point.params, "build_s": point.build_s,
+        "compile_s": compile_s, "lower_s": lower_s, "xla_s": xla_s,
         **program_sizes(lowered.as_text(), compiled.as_text()),
         "xla_memory_bytes_per_device": xla_memory_bytes(compiled),
     }
@@ -74,7 +75,8 @@ def measure_compile(config: Any, *, options: dict[str, Any] | None = None, targe
 
 _COLUMNS = (
     ("what", "what", "", 1), ("batch", "batch", "d", 1), ("dtype", "dtype", "", 1),
-    ("build s", "build_s", ".1f", 1), ("compile s", "compile_s", ".1f", 1), ("lower s", "lower_s", ".1f", 1), ("XLA s", "xla_s", ".1f", 1),
+    ("build s", "build_s", ".1f", 1), ("compile s", "compile_s", ".1f", 1), ("lower s", "lower_s", ".1f", 1),
+    ("XLA s", "xla_s", ".1f", 1),
     ("StableHLO ops", "stablehlo_ops", "d", 1), ("kernels", "kernels", "d", 1),
     ("kernel GB", "kernel_bytes", ".1f", 1e9), ("library problems", "library_problems", "d", 1),
     ("XLA MiB/dev", "xla_memory_bytes_per_device", ".0f", 2**20),

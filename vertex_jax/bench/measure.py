@@ -216,7 +216,7 @@ class PreparedStep:
     state: Any
     batch: dict[str, jax.Array]
     step: Any
-    build_s: float = 0.0  # building the model and optimizer abstractly (one trace of their construction)
+    build_s: float  # building the model and optimizer abstractly (one trace of their construction)
 
     def compile(self) -> tuple[Any, Any, float, float]:
         """(lowered, compiled, seconds lowering, seconds in all) of the step."""
