@@ -28,7 +28,9 @@ from jax._src import core
 
 __all__ = ["install", "active", "JAX_SHARDING"]
 
-JAX_SHARDING = core.Tracer.__dict__["sharding"]  # JAX's own property, before install()
+# JAX's own property, before install(); None should a JAX release stop defining it on Tracer
+# (then nothing is replaced: a JAX this module does not know is left as it is).
+JAX_SHARDING = core.Tracer.__dict__.get("sharding")
 
 
 def _sharding(self: core.Tracer):
@@ -41,10 +43,10 @@ def install() -> None:
     choice = os.environ.get("VERTEX_TRACER_PROBE", "cheap")
     if choice not in ("cheap", "jax"):
         warnings.warn(f"VERTEX_TRACER_PROBE={choice!r} is neither 'cheap' nor 'jax': using 'cheap'", stacklevel=2)
-    if choice != "jax":
+    if choice != "jax" and JAX_SHARDING is not None:
         core.Tracer.sharding = property(_sharding)
 
 
 def active() -> str:
     """``"jax"`` while JAX's own probe is in place, ``"cheap"`` once :func:`install` ran."""
-    return "jax" if core.Tracer.__dict__["sharding"] is JAX_SHARDING else "cheap"
+    return "jax" if core.Tracer.__dict__.get("sharding") is JAX_SHARDING else "cheap"
