@@ -66,6 +66,10 @@ def test_cli_times_the_loop_beside_the_step(tmp_path):
     # one epoch of 3 steps: the first only starts the loop's clock
     assert [r["steps_timed"] for r in runs["runs"]] == [2] and runs["runs"][0]["status"] == "completed"
     assert loop["images_per_s"] == pytest.approx(runs["runs"][0]["images_per_s"])
+    # every timed step of the loop's clock, and the host's dispatch and batch wait per step
+    assert len(loop["step_s_each"]) == 2 and sum(loop["step_s_each"]) == pytest.approx(2 * loop["step_s"])
+    assert loop["dispatch_s"] > 0 and runs["runs"][0]["dispatch_s"] == loop["dispatch_s"]
+    assert runs["runs"][0]["wait_s"] >= 0 and "ms for its batch and dispatched in" in stdout
     # no data given: random canvases of the config's size, one step program's epoch of them
     # (STEPS_PER_EPOCH training batches) plus one evaluation batch
     assert runs["data"]["source"] == "random canvases"
@@ -79,12 +83,28 @@ def test_loop_clock_leaves_out_the_first_step_after_a_pause(monkeypatch):
     now = [0.0]
     monkeypatch.setattr(metrics.time, "perf_counter", lambda: now[0])
     clock = metrics.Throughput()
+    clock.dispatched(9.0), clock.waited(9.0)  # before the clock starts: not kept
     for t, action in [(0, "tick"), (2, "tick"), (3, "tick"),  # the first only starts the clock
                       (3, "pause"), (50, "tick"), (54, "tick")]:  # validation, saves left out
         now[0] = float(t)
         clock.pause() if action == "pause" else clock.tick(8)
+        clock.dispatched(t / 100), clock.waited(t / 1000)
     assert (clock.steps, clock.images, clock.seconds) == (3, 24, 2 + 1 + 4)
-    assert clock.to_dict()["images_per_s"] == pytest.approx(24 / 7)
+    d = clock.to_dict()
+    assert d["images_per_s"] == pytest.approx(24 / 7)
+    assert d["step_s_each"] == [2, 1, 4]  # each timed step's interval
+    # the host's dispatch and batch wait, kept while the clock runs (not after the pause)
+    assert d["dispatch_s_each"] == [0.0, 0.02, 0.03, 0.5, 0.54]
+    assert d["wait_s_each"] == [0.0, 0.002, 0.003, 0.05, 0.054]
+
+
+def test_loop_clock_keeps_the_first_steps_of_a_long_run(monkeypatch):
+    monkeypatch.setattr(metrics.Throughput, "KEPT_STEPS", 3)
+    clock = metrics.Throughput()
+    for _ in range(6):
+        clock.tick(1), clock.dispatched(0.1), clock.waited(0.2)
+    d = clock.to_dict()
+    assert d["steps_timed"] == 5 and len(d["step_s_each"]) == len(d["dispatch_s_each"]) == len(d["wait_s_each"]) == 3
 
 
 @pytest.mark.slow

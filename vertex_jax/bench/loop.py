@@ -6,7 +6,9 @@ prefetch, logging every ``log_every_steps``, validation and a checkpoint at ever
 end and one at the end, as training does. Its figures are the loop's own clock
 (``summary["throughput"]``, :class:`vertex_jax.train.metrics.Throughput`): every step but
 the first of each epoch, validation and saves left out, with the process's user and
-system CPU time over those steps. ``steps`` under one epoch (the demo: 57) leaves one
+system CPU time over those steps, each timed step's interval (the record's
+``step_s_each``), the host's time to dispatch a step (``dispatch_s``) and its wait for the
+next device batch (each run's ``wait_s``: the input pipeline holding the steps up). ``steps`` under one epoch (the demo: 57) leaves one
 validation and one checkpoint, at the end, both off the clock.
 
 The data: with ``config.data.data_dir`` or ``config.data.manifest`` set (e.g. an existing
@@ -116,20 +118,32 @@ def measure_loop(config: Any, *, steps: int, repeats: int, options: dict[str, An
         remat=bool(config.model.remat), options=dict(options or {}), devices=runs[0]["devices"],
         params=None, compile_s=None, step_s_runs=[c["seconds"] / c["steps_timed"] for c in clocks],
         model_flops=None,
-        cpu_s_runs=[(c["user_s"] / c["steps_timed"], c["system_s"] / c["steps_timed"]) for c in clocks])
+        cpu_s_runs=[(c["user_s"] / c["steps_timed"], c["system_s"] / c["steps_timed"]) for c in clocks],
+        step_s_each=[t for c in clocks for t in c["step_s_each"]],
+        dispatch_s_each=[t for c in clocks for t in c["dispatch_s_each"]])
     detail = [{"steps_timed": c["steps_timed"], "images_per_s": c["images_per_s"],
+               "dispatch_s": _median(c["dispatch_s_each"]), "wait_s": _median(c["wait_s_each"]),
                "run_wall_s": r["wall_s"], "status": r["summary"]["status"]} for c, r in zip(clocks, runs)]
     return runs[0]["environment"], record, {"runs": detail, "input": runs[0]["input"], "data": data}
 
 
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
 def format_input_rates(loop_runs: list[dict[str, Any]]) -> str:
     """One line per sweep point (``extra["loop_runs"]`` of the bench): the input pipeline's
-    images/s alone, beside the loop's."""
+    images/s alone, beside the loop's, and the loop's median host time per step waiting for
+    its batch and dispatching the step."""
     lines = []
     for entry in loop_runs:
         label = ", ".join(f"{k}={v}" for k, v in entry["point"].items()) or "config as given"
         rate = entry["input"]["images_per_s"]
         loop = statistics.median(r["images_per_s"] for r in entry["runs"])
+        waits = [r["wait_s"] for r in entry["runs"] if r["wait_s"] is not None]
+        dispatches = [r["dispatch_s"] for r in entry["runs"] if r["dispatch_s"] is not None]
+        host = (f"; per step the loop waited {1e3 * statistics.median(waits):.2f} ms for its batch and "
+                f"dispatched in {1e3 * statistics.median(dispatches):.2f} ms" if waits and dispatches else "")
         lines.append(f"input alone ({label}): cache -> device batch {rate:.3g} images/s, "
-                     f"{rate / loop:.1f}x the loop's {loop:.3g}")
+                     f"{rate / loop:.1f}x the loop's {loop:.3g}{host}")
     return "\n".join(lines)

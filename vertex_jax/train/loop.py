@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -235,8 +236,12 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
             clock.pause()
             stepped = pack(state)
             while progress.step < epoch_end:
+                t0 = time.perf_counter()
                 host_batch, batch = feed.next(epoch_end - progress.step)
+                t1 = time.perf_counter()
                 stepped, metrics = train_step(stepped, batch)
+                clock.waited(t1 - t0)
+                clock.dispatched(time.perf_counter() - t1)
                 # The previous step's flag: reading it waits for that step only, while this one
                 # is already queued behind it, so the devices never idle on the host. (The
                 # epoch's first step has none: the clock's first tick only starts it.)

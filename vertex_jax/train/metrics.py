@@ -70,11 +70,22 @@ class Throughput:
     first tick after a pause only starts the clock: the first step of every epoch (the
     first of a process compiles) is left out. User and system CPU seconds of the process
     (all threads) are summed over the same intervals.
+
+    Beside the totals, each timed step's interval (``step_s_each``), and the host's time
+    to dispatch a step (:meth:`dispatched`: the call returning, not the step) and to wait
+    for its batch (:meth:`waited`: the input pipeline behind the steps), for the steps
+    while the clock runs; the first :data:`KEPT_STEPS` of each, so a long run's summary
+    stays small.
     """
+
+    KEPT_STEPS = 1000
 
     def __init__(self) -> None:
         self.seconds, self.images, self.steps = 0.0, 0, 0
         self.user_s, self.system_s = 0.0, 0.0
+        self.step_s: list[float] = []
+        self.dispatch_s: list[float] = []
+        self.wait_s: list[float] = []
         self._last: float | None = None
         self._cpu = CpuClock()
 
@@ -89,7 +100,22 @@ class Throughput:
             self.system_s += system
             self.images += images
             self.steps += 1
+            self._keep(self.step_s, now - self._last)
         self._last = now
+
+    def dispatched(self, seconds: float) -> None:
+        """A step's dispatch took ``seconds`` of the host (kept while the clock runs)."""
+        if self._last is not None:
+            self._keep(self.dispatch_s, seconds)
+
+    def waited(self, seconds: float) -> None:
+        """The host waited ``seconds`` for a step's batch (kept while the clock runs)."""
+        if self._last is not None:
+            self._keep(self.wait_s, seconds)
+
+    def _keep(self, values: list[float], seconds: float) -> None:
+        if len(values) < self.KEPT_STEPS:
+            values.append(seconds)
 
     @property
     def images_per_s(self) -> float | None:
@@ -97,4 +123,5 @@ class Throughput:
 
     def to_dict(self) -> dict[str, Any]:
         return {"steps_timed": self.steps, "seconds": self.seconds, "images_per_s": self.images_per_s,
-                "user_s": self.user_s, "system_s": self.system_s}
+                "user_s": self.user_s, "system_s": self.system_s, "step_s_each": self.step_s,
+                "dispatch_s_each": self.dispatch_s, "wait_s_each": self.wait_s}
