@@ -12,6 +12,7 @@ from conftest import write_png_cohort
 from vertex_jax.bench.canvas_cohort import noise_canvases, write_random_cohort
 from vertex_jax.bench.feed import measure_input
 from vertex_jax.bench.loop import loop_data
+from vertex_jax.bench.measure import STEPS_PER_EPOCH
 from vertex_jax.config_files import load_config
 from vertex_jax.data.cache import COMPLETE
 from vertex_jax.data.pipeline import read_options
@@ -63,6 +64,16 @@ def test_noise_canvases_are_distinct_canvases_of_the_dtype(dtype):
     assert all(c.shape == (16, 8) and c.dtype == dtype for c in canvases)
     assert len({c.tobytes() for c in canvases}) == 6
     assert max(c.max() for c in canvases) > np.iinfo(dtype).max // 2
+
+
+def test_random_canvases_give_the_loop_the_isolated_steps_schedule(tiny, tmp_path):
+    """The learning-rate schedule is a constant of the step's program: with the isolated
+    step's epochs and epoch length the loop's step is that program, compiled once for both."""
+    config, data = loop_data(tiny, 3, str(tmp_path / "scratch"))
+    assert data["source"] == "random canvases" and config.max_steps == 3
+    assert config.num_epochs == tiny.num_epochs == 2  # not raised to the 3 steps
+    prepared = prepare(config.data, tmp_path / "work", tasks=("pvf",))
+    assert len(prepared.split("train")) // config.batch_size == STEPS_PER_EPOCH
 
 
 def test_a_given_data_dir_is_used_not_random_canvases(tiny, tmp_path):

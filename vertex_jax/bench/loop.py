@@ -60,8 +60,9 @@ def _run_loop(config: Any, workdir: str, input_workdir: str | None = None, input
 def random_data(config: Any, data_dir: str, steps: int) -> dict[str, Any]:
     """Random canvases for ``steps`` capped steps (module docstring) in ``data_dir``, and
     ``config.data.manifest`` pointed at them; returns what was written and how fast. At
-    least :data:`~vertex_jax.bench.measure.STEPS_PER_EPOCH` batches: then the loop's
-    training step is the isolated step's program, compiled once for both."""
+    least :data:`~vertex_jax.bench.measure.STEPS_PER_EPOCH` batches, one epoch: up to
+    ``STEPS_PER_EPOCH - 2`` steps the loop's training step is then the isolated step's
+    program (the same schedule), compiled once for both."""
     t0 = time.perf_counter()
     batches = max(steps + 2, STEPS_PER_EPOCH)
     cohort = write_random_cohort(config, data_dir, train=batches * config.batch_size,
@@ -72,13 +73,16 @@ def random_data(config: Any, data_dir: str, steps: int) -> dict[str, Any]:
             "canvases_per_s": cohort.written / seconds}
 
 
-def loop_config(config: Any, steps: int, data_dir: str) -> Any:
-    """``config`` capped at ``steps`` steps, never stopped early, not calibrated."""
+def loop_config(config: Any, steps: int, data_dir: str, *, min_epochs: int) -> Any:
+    """``config`` capped at ``steps`` steps, never stopped early, not calibrated, and run
+    for at least ``min_epochs`` epochs (enough for ``steps`` whatever the epoch's length).
+    Only that many: the epochs set the learning-rate schedule, a constant of the step's
+    program, which is then the isolated step's (compiled once for both)."""
     if steps < 2:
         raise ConfigError(f"the loop needs at least 2 steps (its clock leaves the first out), got {steps}")
     config = config.copy_and_resolve_references()
     config.max_steps = steps
-    config.num_epochs = max(config.num_epochs, steps)  # at least one step per epoch
+    config.num_epochs = max(config.num_epochs, min_epochs)
     config.early_stop_patience = steps + 1
     config.calibration = "none"
     config.data.data_dir = config.data.data_dir or data_dir
@@ -90,7 +94,9 @@ def loop_data(config: Any, steps: int, data_dir: str) -> tuple[Any, dict[str, An
     ``config.data.manifest`` when either is set, else random canvases written in
     ``data_dir`` (:func:`random_data`)."""
     given = bool(config.data.data_dir or config.data.manifest)
-    config = loop_config(config, steps, data_dir)
+    # Given data: epochs of unknown length, at least one step each. Random canvases: one
+    # epoch holds every step (random_data).
+    config = loop_config(config, steps, data_dir, min_epochs=steps if given else 1)
     if given:
         return config, {"source": config.data.manifest or config.data.data_dir}
     return config, random_data(config, config.data.data_dir, steps)
