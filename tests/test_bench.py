@@ -96,6 +96,8 @@ def test_loop_clock_leaves_out_the_first_step_after_a_pause(monkeypatch):
     # the host's dispatch and batch wait, kept while the clock runs (not after the pause)
     assert d["dispatch_s_each"] == [0.0, 0.02, 0.03, 0.5, 0.54]
     assert d["wait_s_each"] == [0.0, 0.002, 0.003, 0.05, 0.054]
+    assert (d["step_s_median"], d["dispatch_s_median"], d["wait_s_median"]) == (2, 0.03, 0.003)
+    assert clock.to_dict(each=False) == {k: v for k, v in d.items() if not k.endswith("_each")}
 
 
 def test_loop_clock_keeps_the_first_steps_of_a_long_run(monkeypatch):

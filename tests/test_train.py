@@ -112,10 +112,12 @@ def test_run_trains_logs_and_summarises(baseline):
     assert clock["steps_timed"] == 4 and clock["seconds"] > 0
     assert clock["images_per_s"] * clock["seconds"] == pytest.approx(4 * 8)
     assert clock["user_s"] >= 0 and clock["system_s"] >= 0
-    assert len(clock["step_s_each"]) == 4 and sum(clock["step_s_each"]) == pytest.approx(clock["seconds"])
-    # the host's dispatch and batch wait of the steps dispatched while the clock ran (the third of each epoch)
-    assert len(clock["dispatch_s_each"]) == len(clock["wait_s_each"]) == 2
-    assert min(clock["dispatch_s_each"]) > 0 and min(clock["wait_s_each"]) >= 0
+    # the medians of the steps' intervals, and of the host's dispatch and batch wait of the
+    # steps dispatched while the clock ran (the third of each epoch); the file leaves out
+    # the per-step lists (tests/test_bench.py reads them in the loop bench's record)
+    assert 0 < clock["step_s_median"] <= clock["seconds"]
+    assert clock["dispatch_s_median"] > 0 and clock["wait_s_median"] >= 0
+    assert not any(key.endswith("_each") for key in clock)
 
 
 def test_interrupted_and_resumed_run_is_bit_identical(shared, baseline, tmp_path):

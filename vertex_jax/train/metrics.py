@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -121,7 +122,13 @@ class Throughput:
     def images_per_s(self) -> float | None:
         return self.images / self.seconds if self.seconds > 0 else None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"steps_timed": self.steps, "seconds": self.seconds, "images_per_s": self.images_per_s,
-                "user_s": self.user_s, "system_s": self.system_s, "step_s_each": self.step_s,
-                "dispatch_s_each": self.dispatch_s, "wait_s_each": self.wait_s}
+    def to_dict(self, each: bool = True) -> dict[str, Any]:
+        """The totals, the medians of the kept per-step times (None where none was kept)
+        and, with ``each``, the kept per-step times themselves."""
+        out = {"steps_timed": self.steps, "seconds": self.seconds, "images_per_s": self.images_per_s,
+               "user_s": self.user_s, "system_s": self.system_s}
+        kept = {"step_s": self.step_s, "dispatch_s": self.dispatch_s, "wait_s": self.wait_s}
+        out.update({f"{name}_median": statistics.median(v) if v else None for name, v in kept.items()})
+        if each:
+            out.update({f"{name}_each": v for name, v in kept.items()})
+        return out
