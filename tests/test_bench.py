@@ -226,12 +226,17 @@ def test_gpu_check_dry_mode_writes_one_complete_json(tmp_path):
     """Tiny config, batch 2, one step, each point a time-boxed child process with the lent
     machine's missing packages (grain, ml_collections, pydicom, ...) blocked, and the GPU's
     forms of the auto settings (packed state, flat moments, fused BatchNorm)."""
-    out = tmp_path / "gpu_check.json"
+    out, caches, user_cache = tmp_path / "gpu_check.json", tmp_path / "caches", tmp_path / "user-cache"
     proc = subprocess.run([sys.executable, "-m", "vertex_jax.bench.gpu_check", "--dry",
-                           f"--points={DRY_POINTS}", f"--json={out}"], cwd=ROOT,
+                           f"--points={DRY_POINTS}", f"--json={out}", f"--cache-root={caches}"], cwd=ROOT,
                           capture_output=True, text=True, timeout=600,
-                          env=os.environ | {"JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "1"})
+                          env=os.environ | {"JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "1",
+                                            "VERTEX_COMPILE_CACHE": str(user_cache)})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # The points compile into the check's own cache (a cold start is cold, the loop bench
+    # finds the steps compiled before it), never into the user's.
+    assert any(f.name.startswith("jit_step") for f in (caches / "main").iterdir())
+    assert not user_cache.exists() or not any(user_cache.rglob("jit_step*"))
     doc = json.loads(out.read_text())
     errors = {p["name"]: p.get("error") for p in doc["points"] if p["status"] not in ("ok", "unavailable")}
     assert not errors, errors
