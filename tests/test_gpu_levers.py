@@ -684,3 +684,20 @@ def test_every_gpu_check_point_sets_existing_fields_to_values_the_model_accepts(
         config = point_config("configs/xray.py:tiny", batch=2, remat=False, dtype="bfloat16",
                               overrides=dict(overrides))
         nnx.eval_shape(lambda: build_model(config, seed=0))
+
+
+@pytest.mark.parametrize("dry", [False, True])
+def test_the_loop_point_follows_the_steps_it_loads_from_the_cache(dry):
+    """The loop point's training step is the baseline's and its validation runs at the
+    evaluation point's batch (gpu_check._run_loop_point): both must be measured before it,
+    under its XLA preset and in its cache, or the loop compiles them cold."""
+    from vertex_jax.bench.gpu_points import BASELINE, plan
+
+    points = plan(dry=dry)
+    names = [p.name for p in points]
+    (loop,) = [p for p in points if p.kind == "loop"]
+    for name in (BASELINE.format(batch=loop.batch), f"jax-eval-b{4 * loop.batch}"):
+        before = points[names.index(name)]
+        assert names.index(name) < names.index(loop.name), name
+        assert (before.xla, before.cache, before.batch in (loop.batch, 4 * loop.batch)) == (loop.xla, loop.cache, True)
+        assert not before.overrides and not before.remat

@@ -182,7 +182,10 @@ def _config_flags(overrides: dict[str, Any]) -> list[str]:
 def _run_loop_point(point: Point, args: argparse.Namespace, timeout: float) -> dict[str, Any]:
     """``python -m vertex_jax.bench --what loop`` (random canvases, no cohort to generate)
     with the levers that won before it in the plan (none: it runs before them, against the
-    baseline step), sharing the check's compilation cache."""
+    baseline step), sharing the check's compilation cache. Its validation runs at the
+    evaluation point's batch (``jax-eval-b{4 * batch}``, before it in the plan), so the loop
+    loads both of its programs from the cache instead of compiling its evaluation step cold
+    (validation is off the loop's clock; its batch changes no figure)."""
     if args.dry:
         return {"status": "unavailable", "reason": "the loop needs grain and ml_collections, "
                                                    "blocked in --dry"}
@@ -195,7 +198,9 @@ def _run_loop_point(point: Point, args: argparse.Namespace, timeout: float) -> d
         out = Path(tmp) / "loop.json"
         cmd = [sys.executable, "-m", "vertex_jax.bench", f"--config={args.config}", "--what=loop",
                f"--batch={point.batch}", f"--dtype={args.dtype}", f"--steps={max(args.steps, 20)}",
-               "--repeats=1", f"--json={out}", *_config_flags(point.overrides)]
+               "--repeats=1", f"--json={out}", f"--config.eval_batch_size={4 * point.batch}",
+               *([f"--config.model.depthwise={args.depthwise}"] if args.depthwise else []),
+               *_config_flags(point.overrides)]
         env = _env(args, point.xla)
         env["VERTEX_COMPILE_CACHE"] = str(Path(args.cache_root) / point.cache)
         rc, tail = _run(cmd, timeout, env)
