@@ -8,8 +8,9 @@ end and one at the end, as training does. Its figures are the loop's own clock
 the first of each epoch, validation and saves left out, with the process's user and
 system CPU time over those steps, each timed step's interval (the record's
 ``step_s_each``), the host's time to dispatch a step (``dispatch_s``) and its wait for the
-next device batch (each run's ``wait_s``: the input pipeline holding the steps up). ``steps`` under one epoch (the demo: 57) leaves one
-validation and one checkpoint, at the end, both off the clock.
+next device batch (each run's ``wait_s``: the input pipeline holding the steps up).
+``steps`` under one epoch (the demo: 57) leaves one validation and one checkpoint, at the
+end, both off the clock.
 
 The data: with ``config.data.data_dir`` or ``config.data.manifest`` set (e.g. an existing
 run's ``runs/demo/data``), that data (synthetic cohort or manifest) and its cache, prepared
@@ -107,7 +108,8 @@ def measure_loop(config: Any, *, steps: int, repeats: int, options: dict[str, An
     """(environment, record, detail): ``repeats`` capped training runs, each in a fresh
     process (in this one without ``isolate``: a dry run, e.g. in tests); the record is in
     :mod:`vertex_jax.bench.record`'s format (``what="loop"``, the median run's seconds per
-    step); ``detail``: "runs" (each run's throughput and wall time), "input" (the input
+    step); ``detail``: "runs" (each run's throughput, wall time and median host dispatch
+    and batch wait per step), "input" (the input
     pipeline alone, :func:`measure_input`) and "data" (where the data came from; for
     random canvases how many were written and how fast)."""
     run = run_isolated if isolate else (lambda fn, *args: fn(*args))
