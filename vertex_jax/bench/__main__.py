@@ -169,7 +169,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     apply_preset(_CONFIG.value.get("xla_preset", DEFAULT_PRESET))  # spawned points inherit it
-    enable_compilation_cache()  # here and in every spawned point (measure_isolated)
+    enable_compilation_cache()  # here and in every spawned point (run_isolated)
     config = _CONFIG.value
     whats = {"all": ["train", "eval"], "loop": ["train", "loop"], "input": [], "export": []
              }.get(_WHAT.value, [_WHAT.value])

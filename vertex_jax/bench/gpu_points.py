@@ -16,7 +16,6 @@ import argparse
 import dataclasses
 import gzip
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -220,14 +219,11 @@ def child_main(args: argparse.Namespace) -> None:
     """Run the points of ``--child`` (a JSON list) in this process, each result to
     ``<results_dir>/<name>.json`` as soon as it is measured."""
     from vertex_jax.auto_setting import assume_accelerator
-    from vertex_jax.compile_cache import ENV, enable_compilation_cache
+    from vertex_jax.compile_cache import enable_compilation_cache
 
     if args.dry:  # rehearse the GPU's programs: auto settings (packing, flat moments, BatchNorm) in their GPU form
         assume_accelerator(True)
-    # Through the environment: measure() enables the cache again from it (with the user's
-    # default cache there, the points would compile into that one, not the point's).
-    os.environ[ENV] = str(args.cache_dir)
-    enable_compilation_cache()
+    enable_compilation_cache(args.cache_dir)
     out = Path(args.results_dir)
     for spec in json.loads(args.child):
         point = Point(**spec)

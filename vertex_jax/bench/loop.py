@@ -130,13 +130,9 @@ def measure_loop(config: Any, *, steps: int, repeats: int, options: dict[str, An
         step_s_each=[t for c in clocks for t in c["step_s_each"]],
         dispatch_s_each=[t for c in clocks for t in c["dispatch_s_each"]])
     detail = [{"steps_timed": c["steps_timed"], "images_per_s": c["images_per_s"],
-               "dispatch_s": _median(c["dispatch_s_each"]), "wait_s": _median(c["wait_s_each"]),
+               "dispatch_s": c["dispatch_s_median"], "wait_s": c["wait_s_median"],
                "run_wall_s": r["wall_s"], "status": r["summary"]["status"]} for c, r in zip(clocks, runs)]
     return runs[0]["environment"], record, {"runs": detail, "input": runs[0]["input"], "data": data}
-
-
-def _median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
 
 
 def format_input_rates(loop_runs: list[dict[str, Any]]) -> str:

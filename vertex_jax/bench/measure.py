@@ -258,7 +258,6 @@ def measure(config: Any, what: str, *, steps: int, repeats: int,
     if what not in ("train", "eval"):
         raise ConfigError(f"what must be 'train' or 'eval', got {what!r}")
     config = config.copy_and_resolve_references()
-    enable_compilation_cache()
     point = prepare_step(config, what)
     mesh, batch_size, params, state, batch = point.mesh, point.batch_size, point.params, point.state, point.batch
     model_flops = _model_flops(config, what, batch, mesh)
@@ -283,11 +282,17 @@ def measure(config: Any, what: str, *, steps: int, repeats: int,
     return environment(), record
 
 
+def _with_compilation_cache(fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    enable_compilation_cache()  # a spawned process starts with JAX's defaults: no cache
+    return fn(*args, **kwargs)
+
+
 def run_isolated(fn: Callable, *args: Any, **kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)`` in a fresh (spawned) process, its result returned here."""
+    """``fn(*args, **kwargs)`` in a fresh (spawned) process, its result returned here; the
+    process uses the compilation cache as the entry points do (``VERTEX_COMPILE_CACHE``)."""
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-        return pool.submit(fn, *args, **kwargs).result()
+        return pool.submit(_with_compilation_cache, fn, *args, **kwargs).result()
 
 
 def measure_isolated(config: Any, what: str, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
