@@ -13,6 +13,9 @@
 # and the profiled program's text, profile.hlo.txt.gz); copy
 # it to benchmarks/results/gpu_check_<gpu>.json here. A rerun of the points that did not
 # fit: the JSON's "rerun" field, e.g. bash benchmarks/gpu_check.sh --points=jax-eval-b16,...
+# XLA's autotuning results of the run come back as $OUT/autotune_results.tar.gz: to ship
+# them (a fresh machine with that GPU and jaxlib then skips their autotuning,
+# vertex_jax/compile_cache.py), tar xzf it -C vertex_jax/autotune_results and commit.
 #
 # The machine reaches no package registry and lacks grain, array-record, ml-collections,
 # pydicom and tensorboardX; the check itself needs none of them (the project is put on
@@ -54,10 +57,11 @@ case " $* " in *" --dry "*) SLUG="dry_$SLUG" ;; esac
 JSON=${OUT_DIR:+$OUT_DIR/gpu_check.json}  # on the lent machine: straight to $OUT (a kill keeps it)
 JSON=${JSON:-benchmarks/results/gpu_check_${SLUG}.json}
 TRACE=${KEEP_TRACE:+${OUT_DIR:+--keep-trace=$OUT_DIR/profile.xplane.pb}}  # KEEP_TRACE=1: the raw trace too
+AUTOTUNE=${OUT_DIR:+--keep-autotune=$OUT_DIR/autotune_results.tar.gz}
 
 $PY -c "import jax; print('jax', jax.__version__, jax.devices())" 2>&1 | tee "$LOG"
 # The driver keeps its own budget (--budget-s, default 500 s); this is the backstop.
-timeout -k 10 575 $PY -m vertex_jax.bench.gpu_check --json="$JSON" ${TRACE:-} "$@" 2>&1 | tee -a "$LOG"
+timeout -k 10 575 $PY -m vertex_jax.bench.gpu_check --json="$JSON" ${TRACE:-} ${AUTOTUNE:-} "$@" 2>&1 | tee -a "$LOG"
 rc=${PIPESTATUS[0]}
 echo "gpu_check.sh: exit $rc, result $JSON"
 exit "$rc"

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from vertex_jax.bench.measure import STEPS_PER_EPOCH
+from vertex_jax.compile_cache import AUTOTUNE_DIR, seed_autotune_results, shipped_autotune_results
 from vertex_jax.bench.flops import Flops, count_flops
 from vertex_jax.bench.peer import peer_command
 from vertex_jax.bench.record import FIELDS
@@ -227,8 +228,13 @@ def test_gpu_check_dry_mode_writes_one_complete_json(tmp_path):
     machine's missing packages (grain, ml_collections, pydicom, ...) blocked, and the GPU's
     forms of the auto settings (packed state, flat moments, fused BatchNorm)."""
     out, caches, user_cache = tmp_path / "gpu_check.json", tmp_path / "caches", tmp_path / "user-cache"
+    # XLA:CPU autotunes nothing: a result as XLA:GPU would have left it, to be brought back
+    (caches / "main" / AUTOTUNE_DIR).mkdir(parents=True)
+    (caches / "main" / AUTOTUNE_DIR / "r.textproto").write_text("algorithm { algo_id: 1 }\n")
+    archive = tmp_path / "out" / "autotune_results.tar.gz"
     proc = subprocess.run([sys.executable, "-m", "vertex_jax.bench.gpu_check", "--dry",
-                           f"--points={DRY_POINTS}", f"--json={out}", f"--cache-root={caches}"], cwd=ROOT,
+                           f"--points={DRY_POINTS}", f"--json={out}", f"--cache-root={caches}",
+                           f"--keep-autotune={archive}"], cwd=ROOT,
                           capture_output=True, text=True, timeout=600,
                           env=os.environ | {"JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "1",
                                             "VERTEX_COMPILE_CACHE": str(user_cache)})
@@ -241,6 +247,7 @@ def test_gpu_check_dry_mode_writes_one_complete_json(tmp_path):
     errors = {p["name"]: p.get("error") for p in doc["points"] if p["status"] not in ("ok", "unavailable")}
     assert not errors, errors
     assert doc["mode"] == "dry" and "--dry" in doc["command"]
+    assert doc["autotune_results"] == {"files": 1, "archive": str(archive)} and archive.is_file()
     env = doc["environment"]
     assert env["platform"] == "cpu" and env["versions"]["jax"] and env["config_loader"] == "plain"
     assert "ml_collections" in env["blocked_imports"] and "grain" in env["blocked_imports"]
@@ -284,6 +291,40 @@ def test_gpu_check_dry_mode_writes_one_complete_json(tmp_path):
     timed = profile["bytes_and_time"]
     assert timed["matched_share"] > 0.5 and timed["est_gb_per_step"] > 0
     assert all(r["ms_per_step"] > 0 and r["est_gb_per_s"] >= 0 for r in timed["by_kind"])
+
+
+def test_the_seeded_point_starts_from_the_first_points_autotuning_and_the_check_brings_it_back(tmp_path):
+    """The seeded point's cache holds the first point's autotuning results and nothing
+    else; the archive the check brings back, unpacked into a shipped folder, seeds a fresh
+    cache with the same results (the path from a lent GPU to a user's first compile)."""
+    import tarfile
+
+    from vertex_jax.bench.gpu_check import _seed, keep_autotune_results
+    from vertex_jax.bench.gpu_points import plan
+
+    root = tmp_path / "caches"
+    results = {"a.textproto": "algorithm { algo_id: 3 }\n", "x/b.textproto": "gemm { algorithm: 7 }\n"}
+    for name, text in results.items():
+        (root / "main" / AUTOTUNE_DIR / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "main" / AUTOTUNE_DIR / name).write_text(text)
+    (root / "main" / "jit_step-cache").write_text("an executable")  # not an autotuning result
+    for xla in ("fast-compile", "quick-compile"):  # the check's preset: the first point's keys
+        points = {p.name: p for p in plan(dry=False, xla=xla)}
+        seeded = points["jax-train-b32-autotune-seeded-cold"]
+        assert seeded.xla == points["jax-train-b32"].xla == xla and seeded.cache != "main"
+    assert _seed(seeded, root) == 2 and _seed(points["jax-train-b32-warm"], root) is None
+    assert sorted(p.relative_to(root / seeded.cache).as_posix() for p in (root / seeded.cache).rglob("*")
+                  if p.is_file()) == sorted(f"{AUTOTUNE_DIR}/{n}" for n in results)
+    archive = tmp_path / "out" / "autotune_results.tar.gz"
+    assert keep_autotune_results(root / "main", archive) == 2
+    shipped = tmp_path / "autotune_results"
+    with tarfile.open(archive) as tar:
+        tar.extractall(shipped, filter="data")
+    fresh = tmp_path / "fresh-cache"
+    assert seed_autotune_results(shipped_autotune_results(shipped), fresh) == 2
+    assert {n: (fresh / AUTOTUNE_DIR / n).read_text() for n in results} == results
+    assert keep_autotune_results(root / "empty", tmp_path / "none.tar.gz") == 0
+    assert not (tmp_path / "none.tar.gz").exists()
 
 
 def test_gpu_check_config_matches_ml_collections():

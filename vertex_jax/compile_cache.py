@@ -9,6 +9,15 @@ instead of compiling and autotuning again. ``VERTEX_COMPILE_CACHE=off`` (or ``0`
 ``false``, ``none``) turns it off. On a cluster, point it at a shared filesystem so
 that every node reuses one cache (only process 0 of a run writes; a process that reads an
 entry still being written gets a warning and compiles instead).
+
+XLA's autotuning results are small files, each named by a hash of the GPU (compute
+capability, cores, clocks, memory bandwidth, L2, cuDNN version), XLA's autotuning version
+and the instruction's canonical text: a result for another GPU is never read. Results
+measured on a lent GPU ship per jaxlib release in
+``vertex_jax/autotune_results/jaxlib-<version>/`` and are copied into the cache when it is
+enabled (:func:`seed_autotune_results`), so a fresh machine with that GPU autotunes only
+the instructions they do not cover. None ship yet: the GPU check brings them back
+(``benchmarks/gpu_check.sh``).
 """
 
 from __future__ import annotations
@@ -16,10 +25,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["ENV", "cache_dir", "enable_compilation_cache"]
+from vertex_jax.files import write_bytes
+
+__all__ = ["ENV", "AUTOTUNE_DIR", "cache_dir", "shipped_autotune_results", "autotune_result_files",
+           "seed_autotune_results", "enable_compilation_cache"]
 
 ENV = "VERTEX_COMPILE_CACHE"
 _OFF = ("off", "0", "false", "none", "no")
+# The folder inside the cache where JAX points XLA:GPU's per-fusion autotuning results.
+AUTOTUNE_DIR = "xla_gpu_per_fusion_autotune_cache_dir"
+SHIPPED = Path(__file__).resolve().parent / "autotune_results"
 
 
 def cache_dir() -> Path | None:
@@ -33,13 +48,49 @@ def cache_dir() -> Path | None:
     return Path(base) / "vertex_jax" / "jax"
 
 
-def enable_compilation_cache(directory: str | Path | None = None, min_compile_s: float = 1.0
-                             ) -> Path | None:
+def shipped_autotune_results(shipped: str | Path | None = None) -> Path:
+    """The folder of autotuning results shipped (in ``shipped``, default the package's
+    ``autotune_results``) for the installed jaxlib; it may not exist."""
+    import jaxlib
+
+    return Path(shipped or SHIPPED) / f"jaxlib-{jaxlib.__version__}"
+
+
+def autotune_result_files(folder: str | Path) -> list[Path]:
+    """XLA's autotuning result files in ``folder`` (``*.textproto``; not the ones XLA is
+    still writing in its ``tmp`` subfolder)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(f for f in folder.rglob("*.textproto")
+                  if f.is_file() and "tmp" not in f.relative_to(folder).parts[:-1])
+
+
+def seed_autotune_results(source: str | Path, cache: str | Path) -> int:
+    """Copy the autotuning result files of ``source`` into ``cache``'s autotuning folder,
+    keeping every result already there; the number of files copied. Each file appears
+    whole (:mod:`vertex_jax.files`), so XLA in another process never reads half of one."""
+    source, target = Path(source), Path(cache) / AUTOTUNE_DIR
+    copied = 0
+    for file in autotune_result_files(source):
+        dest = target / file.relative_to(source)
+        if dest.exists():
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes(dest, file.read_bytes())
+        copied += 1
+    return copied
+
+
+def enable_compilation_cache(directory: str | Path | None = None, min_compile_s: float = 1.0,
+                             shipped_autotuning: bool = True) -> Path | None:
     """Point JAX's persistent compilation cache (and XLA's autotuning cache) at
     ``directory`` (default :func:`cache_dir`); the directory used, None when off.
 
     Every executable that took over ``min_compile_s`` to compile is kept (the training
-    and evaluation steps; not the many small ones). Call it before the first compilation.
+    and evaluation steps; not the many small ones). With ``shipped_autotuning``, the
+    autotuning results shipped for this jaxlib are copied in first. Call it before the
+    first compilation.
     """
     import jax
 
@@ -47,9 +98,10 @@ def enable_compilation_cache(directory: str | Path | None = None, min_compile_s:
     if path is None:
         return None
     path.mkdir(parents=True, exist_ok=True)
+    if shipped_autotuning:
+        seed_autotune_results(shipped_autotune_results(), path)
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_s)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    jax.config.update("jax_persistent_cache_enable_xla_caches",
-                      "xla_gpu_per_fusion_autotune_cache_dir")
+    jax.config.update("jax_persistent_cache_enable_xla_caches", AUTOTUNE_DIR)
     return path

@@ -37,6 +37,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -45,9 +46,10 @@ from typing import Any, Sequence
 
 from vertex_jax.bench.gpu_points import BASELINE, Point, child_main, plan
 from vertex_jax.bench.plain_config import MISSING_ON_DEVICE, block_imports, load_run_config
+from vertex_jax.compile_cache import AUTOTUNE_DIR, autotune_result_files, seed_autotune_results
 from vertex_jax.xla_flags import PRESETS, apply_preset, preset_flags
 
-__all__ = ["lever_verdicts", "run_check", "main"]
+__all__ = ["lever_verdicts", "keep_autotune_results", "run_check", "main"]
 
 
 def _run(cmd: Sequence[str], timeout: float, env: dict[str, str] | None = None
@@ -89,6 +91,7 @@ def _run_jax_group(points: Sequence[Point], args: argparse.Namespace, timeout: f
                    ) -> dict[str, dict[str, Any]]:
     """Results of JAX/profile points run together in one child process."""
     cache = Path(args.cache_root) / points[0].cache
+    seeded = _seed(points[0], Path(args.cache_root))
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "vertex_jax.bench.gpu_check", "--child",
                json.dumps([dataclasses.asdict(p) for p in points]), "--results-dir", tmp,
@@ -109,7 +112,34 @@ def _run_jax_group(points: Sequence[Point], args: argparse.Namespace, timeout: f
                 results[p.name] = {"status": "error", "error": f"child exited {rc}: {tail}"}
             if results[p.name]["status"] != "ok" and compiled.is_file():
                 results[p.name]["compile_s"] = json.loads(compiled.read_text())["compile_s"]
+            if seeded is not None:
+                results[p.name]["seeded_autotune_results"] = seeded
     return results
+
+
+def _seed(point: Point, cache_root: Path) -> int | None:
+    """Copy the autotuning results of the cache ``point.seed_from`` into the point's own
+    cache; how many (None for a point that names no seed)."""
+    if not point.seed_from:
+        return None
+    return seed_autotune_results(cache_root / point.seed_from / AUTOTUNE_DIR, cache_root / point.cache)
+
+
+def keep_autotune_results(cache: Path, archive: Path) -> int:
+    """Archive the autotuning results of ``cache`` as ``archive`` (.tar.gz), under
+    ``jaxlib-<version>/`` as :func:`vertex_jax.compile_cache.shipped_autotune_results`
+    finds them once unpacked into ``vertex_jax/autotune_results``; how many (no archive
+    when none)."""
+    import jaxlib
+
+    folder = cache / AUTOTUNE_DIR
+    files = autotune_result_files(folder)
+    if files:
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(archive, "w:gz") as tar:
+            for f in files:
+                tar.add(f, arcname=f"jaxlib-{jaxlib.__version__}/{f.relative_to(folder)}")
+    return len(files)
 
 
 class PeerRun:
@@ -464,6 +494,9 @@ def _parser() -> argparse.ArgumentParser:
                         "(default: a fresh temporary folder, so the first compile is cold)")
     parser.add_argument("--keep-trace", type=Path, default=None, help="copy the profile's "
                         ".xplane.pb here (and its program's text beside it, NAME.hlo.txt.gz)")
+    parser.add_argument("--keep-autotune", type=Path, default=None, help="archive XLA's autotuning "
+                        "results of the main cache here (.tar.gz; unpacked into "
+                        "vertex_jax/autotune_results, they ship)")
     parser.add_argument("--json", type=Path, default=None, help="write the result here")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--results-dir", default=None, help=argparse.SUPPRESS)
@@ -497,6 +530,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.cache_root = tempfile.mkdtemp(prefix="gpu_check_cache_")
         try:
             doc = run_check(args)
+            if args.keep_autotune:
+                kept = keep_autotune_results(Path(args.cache_root) / "main", args.keep_autotune)
+                doc["autotune_results"] = {"files": kept, "archive": str(args.keep_autotune) if kept else None}
+                print(f"autotuning results kept: {kept} -> {args.keep_autotune if kept else '(none)'}")
         finally:
             if own_cache:
                 shutil.rmtree(args.cache_root, ignore_errors=True)

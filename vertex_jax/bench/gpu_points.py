@@ -46,6 +46,7 @@ class Point:
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
     xla: str = "fast-compile"
     cache: str = "main"
+    seed_from: str = ""      # a cache whose autotuning results are copied into this one first
     lever: bool = False      # compared with the baseline; a winner joins the combination
     isolate: bool = False    # a process of its own (cold or warm compile is the figure)
     peer_flags: str = ""
@@ -74,6 +75,11 @@ def plan(dry: bool, xla: str = "fast-compile") -> list[Point]:
         Point(f"{first}-autotune1-cold", "jax", batch=b, xla="fast-compile-autotune1",
               cache="autotune1", isolate=True, cap_s=cap + 150, estimate_s=10 if dry else 100),
         Point(f"{first}-warm", "jax", batch=b, isolate=True, cap_s=cap, estimate_s=10 if dry else 25),
+        # A fresh machine given the autotuning results of the first point (what ships in
+        # vertex_jax/autotune_results): a cold cache holding nothing else, so its compile is
+        # the cold one without autotuning (§7: about half of the 113 s).
+        Point(f"{first}-autotune-seeded-cold", "jax", batch=b, cache="autotune-seeded", seed_from="main",
+              isolate=True, cap_s=cap + 150, estimate_s=10 if dry else 70),
         # Targets not yet measured on a GPU: evaluation (while the peer compiles), the peer,
         # the loop; then the levers, the defaults' own first (§15), memory (§13), bytes (§12).
         Point(f"jax-eval-b{4 * b}", "jax", what="eval", batch=4 * b, cap_s=cap, estimate_s=10 if dry else 30),
@@ -140,8 +146,8 @@ def plan(dry: bool, xla: str = "fast-compile") -> list[Point]:
         Point(f"{first}-autotune0-cold", "jax", batch=b, xla="no-autotune", cache="no-autotune",
               isolate=True, cap_s=cap + 60, estimate_s=10 if dry else 90),
     ]
-    return [p if p.xla != "fast-compile" or p.cache != "main" else dataclasses.replace(p, xla=xla)
-            for p in points]
+    return [dataclasses.replace(p, xla=xla) if p.xla == "fast-compile" and "main" in (p.cache, p.seed_from)
+            else p for p in points]
 
 
 # --------------------------------------------------------------------------- child side
@@ -223,7 +229,7 @@ def child_main(args: argparse.Namespace) -> None:
 
     if args.dry:  # rehearse the GPU's programs: auto settings (packing, flat moments, BatchNorm) in their GPU form
         assume_accelerator(True)
-    enable_compilation_cache(args.cache_dir)
+    enable_compilation_cache(args.cache_dir, shipped_autotuning=False)  # a cold point starts cold
     out = Path(args.results_dir)
     for spec in json.loads(args.child):
         point = Point(**spec)
