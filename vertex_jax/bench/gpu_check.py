@@ -6,7 +6,8 @@
 
 ``benchmarks/gpu_check.sh`` runs it on a lent GPU. It measures EfficientNet-B4 +
 clinical fusion at 1024×512 in bfloat16 (``configs/xray.py``): the training step's cold
-compile in a fresh compilation cache and its warm compile in a second process, the
+compile in a fresh compilation cache, again in a fresh cache given only that compile's
+autotuning results, and its warm compile in a second process, the
 PyTorch peer (``torch.compile`` + channels-last, compiled in the background once the
 isolated compile points are done, timed alone), evaluation, the training loop,
 each lever against the baseline (recomputed activations, symmetric padding, depthwise as
@@ -17,7 +18,8 @@ Every point runs in a time-boxed child process, in priority order, while the bud
 lasts; a point killed while timing still reports its compile time; points that do not
 fit are recorded as skipped (rerun them with ``--points``). The JSON holds the device,
 versions, command, every record (each timed step's wall time and dispatch time among
-them), every point's status and the levers' verdicts.
+them), every point's status and the levers' verdicts. ``--keep-autotune`` archives the
+run's autotuning results, which ship once unpacked into ``vertex_jax/autotune_results``.
 
 The lent machine lacks ml-collections, grain and pydicom; nothing here needs them
 (:mod:`vertex_jax.bench.plain_config`). ``--dry`` blocks those packages and uses the

@@ -68,18 +68,18 @@ def plan(dry: bool, xla: str = "fast-compile") -> list[Point]:
     lever = dict(lever=True, batch=b, cap_s=cap, estimate_s=10.0 if dry else 45.0)
     points = [
         # The isolated points come first and alone: the peer starts compiling only after them
-        # (gpu_check.run_check), so both cold compiles are JAX's alone. Cold compile at the
-        # chosen flags (fresh cache), then autotuning at level 1 from a cold cache, then the
-        # first in a second process (warm).
+        # (gpu_check.run_check), so the cold compiles are JAX's alone. Cold compile at the
+        # chosen flags (fresh cache), the same given its autotuning results, autotuning at
+        # level 1 from a cold cache, then the first in a second process (warm).
         Point(first, "jax", batch=b, isolate=True, cap_s=cap + 150, estimate_s=10 if dry else 120),
-        Point(f"{first}-autotune1-cold", "jax", batch=b, xla="fast-compile-autotune1",
-              cache="autotune1", isolate=True, cap_s=cap + 150, estimate_s=10 if dry else 100),
-        Point(f"{first}-warm", "jax", batch=b, isolate=True, cap_s=cap, estimate_s=10 if dry else 25),
         # A fresh machine given the autotuning results of the first point (what ships in
         # vertex_jax/autotune_results): a cold cache holding nothing else, so its compile is
         # the cold one without autotuning (§7: about half of the 113 s).
         Point(f"{first}-autotune-seeded-cold", "jax", batch=b, cache="autotune-seeded", seed_from="main",
               isolate=True, cap_s=cap + 150, estimate_s=10 if dry else 70),
+        Point(f"{first}-autotune1-cold", "jax", batch=b, xla="fast-compile-autotune1",
+              cache="autotune1", isolate=True, cap_s=cap + 150, estimate_s=10 if dry else 100),
+        Point(f"{first}-warm", "jax", batch=b, isolate=True, cap_s=cap, estimate_s=10 if dry else 25),
         # Targets not yet measured on a GPU: evaluation (while the peer compiles), the peer,
         # the loop; then the levers, the defaults' own first (§15), memory (§13), bytes (§12).
         Point(f"jax-eval-b{4 * b}", "jax", what="eval", batch=4 * b, cap_s=cap, estimate_s=10 if dry else 30),
