@@ -248,6 +248,8 @@ def test_gpu_check_dry_mode_writes_one_complete_json(tmp_path):
     assert not errors, errors
     assert doc["mode"] == "dry" and "--dry" in doc["command"]
     assert doc["autotune_results"] == {"files": 1, "archive": str(archive)} and archive.is_file()
+    cold = next(r for r in doc["targets"] if r["target"] == "first compile, cold cache")
+    assert cold["source"] == "jax-train-b2" and cold["value"] > 0 and "first compile, cold cache" in proc.stdout
     env = doc["environment"]
     assert env["platform"] == "cpu" and env["versions"]["jax"] and env["config_loader"] == "plain"
     assert "ml_collections" in env["blocked_imports"] and "grain" in env["blocked_imports"]
@@ -325,6 +327,45 @@ def test_the_seeded_point_starts_from_the_first_points_autotuning_and_the_check_
     assert {n: (fresh / AUTOTUNE_DIR / n).read_text() for n in results} == results
     assert keep_autotune_results(root / "empty", tmp_path / "none.tar.gz") == 0
     assert not (tmp_path / "none.tar.gz").exists()
+
+
+def test_the_targets_are_read_off_a_gpu_check_document():
+    """The H200 run's own JSON: each figure recomputed here from its records; a figure
+    whose point did not run is not measured, never missed; then the points it lacked."""
+    from vertex_jax.bench.gpu_verdicts import format_verdicts, verdicts
+
+    doc = json.loads((ROOT / "benchmarks/results/gpu_check_h200_run1.json").read_text())
+    point = {r["options"]["point"]: r for r in doc["records"]}
+    peer = point["peer-compile-cl-b32"]
+    rows = {r["target"]: r for r in verdicts(doc)}
+    assert rows["training / torch.compile (baseline)"]["value"] == (
+        point["jax-train-b32"]["images_per_s"] / peer["images_per_s"])
+    fastest = rows["training / torch.compile (fastest point)"]
+    assert fastest["source"].startswith("jax-train-b32-pack") and fastest["met"]
+    assert rows["first compile, cold cache"]["value"] == point["jax-train-b32"]["compile_s"] > 60
+    assert rows["first compile, cold cache"]["met"] is False
+    assert rows["compile in a second process"]["met"] is True
+    memory = rows["training memory, GiB (baseline)"]
+    assert memory["value"] * 2**30 == point["jax-train-b32"]["peak_bytes_per_device"] and memory["met"] is False
+    for target in ("loop / isolated step", "input alone, images/s", "first compile, shipped autotuning results"):
+        assert rows[target]["value"] is None and rows[target]["met"] is None, target
+    assert "not measured" in format_verdicts(list(rows.values()))
+
+    # The points it lacked: the loop, a seeded cold compile killed while timing, evaluation at 128.
+    step = {**point["jax-train-b32"], "what": "train", "images_per_s": 300.0}
+    doc["loop"] = {"records": [step, {**step, "what": "loop", "images_per_s": 290.0}],
+                   "loop_runs": [{"input": {"images_per_s": 1500.0}}]}
+    doc["points"].append({"name": "jax-train-b32-autotune-seeded-cold", "kind": "jax", "what": "train",
+                          "batch": 32, "xla": "fast-compile", "status": "timeout", "compile_s": 41.0,
+                          "seeded_autotune_results": 158})
+    doc["records"].append({**point["jax-eval-b32"], "batch": 128, "images_per_s": 1600.0,
+                           "options": {"point": "jax-eval-b128"}})
+    rows = {r["target"]: r for r in verdicts(doc)}
+    assert rows["loop / isolated step"]["value"] == 290 / 300 and rows["loop / isolated step"]["met"]
+    assert rows["input alone, images/s"]["met"] is True
+    seeded = rows["first compile, shipped autotuning results"]
+    assert seeded["value"] == 41.0 and seeded["met"] and "158 autotuning results given" in seeded["note"]
+    assert rows["evaluation, images/s"]["source"] == "jax-eval-b128" and rows["evaluation, images/s"]["met"]
 
 
 def test_gpu_check_config_matches_ml_collections():

@@ -18,7 +18,8 @@ Every point runs in a time-boxed child process, in priority order, while the bud
 lasts; a point killed while timing still reports its compile time; points that do not
 fit are recorded as skipped (rerun them with ``--points``). The JSON holds the device,
 versions, command, every record (each timed step's wall time and dispatch time among
-them), every point's status and the levers' verdicts. ``--keep-autotune`` archives the
+them), every point's status, the levers' verdicts and the targets' (met, missed or not
+measured: :mod:`vertex_jax.bench.gpu_verdicts`). ``--keep-autotune`` archives the
 run's autotuning results, which ship once unpacked into ``vertex_jax/autotune_results``.
 
 The lent machine lacks ml-collections, grain and pydicom; nothing here needs them
@@ -47,6 +48,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from vertex_jax.bench.gpu_points import BASELINE, Point, child_main, plan
+from vertex_jax.bench.gpu_verdicts import format_verdicts, verdicts
 from vertex_jax.bench.plain_config import MISSING_ON_DEVICE, block_imports, load_run_config
 from vertex_jax.compile_cache import AUTOTUNE_DIR, autotune_result_files, seed_autotune_results
 from vertex_jax.xla_flags import PRESETS, apply_preset, preset_flags
@@ -351,7 +353,7 @@ def _document(args: argparse.Namespace, config: Any, loader: str, points: Sequen
                   for p in points]
     skipped = [p["name"] for p in points_out if p["status"] in ("skipped", "timeout", "pending")]
     baseline = BASELINE.format(batch=points[0].batch) if points else ""
-    return document(environment, records, mode="dry" if args.dry else "gpu",
+    doc = document(environment, records, mode="dry" if args.dry else "gpu",
                     config={"spec": args.config, "variant": config.model.variant,
                             "depthwise": args.depthwise or config.model.depthwise,
                             "canvas": list(config.data.canvas), "dtype": args.dtype,
@@ -360,6 +362,8 @@ def _document(args: argparse.Namespace, config: Any, loader: str, points: Sequen
                     points=points_out, levers=lever_verdicts(points, results, baseline),
                     peer_environment=peer_env, profile=profile, loop=loop,
                     rerun=(f"--points={','.join(skipped)}" if skipped else None))
+    doc["targets"] = verdicts(doc)
+    return doc
 
 
 def _select(points: list[Point], wanted: str) -> list[Point]:
@@ -454,6 +458,7 @@ def run_check(args: argparse.Namespace) -> dict[str, Any]:
             for row in bt["by_kind"][:10]:
                 rate = "-" if row["est_gb_per_s"] is None else f"{row['est_gb_per_s']:.1f}"
                 print(f"  {row['ms_per_step']:9.3f}  {row['est_gb_per_step']:7.2f}  {rate:>9}  {row['kind']}")
+    print("\n" + format_verdicts(doc["targets"]))
     if doc["rerun"]:
         print(f"\nnot measured; rerun: python -m vertex_jax.bench.gpu_check {doc['rerun']}")
     return doc

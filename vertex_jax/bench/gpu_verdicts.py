@@ -1,0 +1,122 @@
+"""The GPU targets read off one GPU check's document: each figure, its goal, met or not.
+
+    python -m vertex_jax.bench.gpu_verdicts benchmarks/results/gpu_check_h200_run1.json
+
+The targets (one GPU, one run of the check, the peer in the same run, the check's batch):
+JAX training at least 1.1x ``torch.compile`` (stretch 1.3x) with its runs within 3%; the
+first compile of the training step at most 60 s (cold, and in a fresh cache given only
+autotuning results, as they ship), a second process at most 10 s; the real loop at least
+95% of the isolated step and its input alone at least 1,000 images/s; evaluation at least
+1,500 images/s; training memory no more than the peer's. A figure the document lacks (its
+point did not run) is reported as not measured, never as missed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+__all__ = ["verdicts", "format_verdicts", "main"]
+
+GiB = 2**30
+
+
+def _row(target: str, value: float | None, goal: float | None, unit: str, source: str,
+         at_most: bool = False, note: str = "") -> dict[str, Any]:
+    met = None if value is None or goal is None else (value <= goal if at_most else value >= goal)
+    bound = "the peer's" if goal is None else f"{goal:.4g}{unit}"
+    return {"target": target, "value": value, "goal": f"{'<=' if at_most else '>='} {bound}",
+            "met": met, "source": source, "note": note}
+
+
+def _best(records: Sequence[dict[str, Any]], key: Callable[[dict[str, Any]], float]) -> dict[str, Any] | None:
+    return max(records, key=key) if records else None
+
+
+def verdicts(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per target of the module docstring: ``target``, ``value``, ``goal``, ``met``
+    (None: not measured), ``source`` (the point or points read) and ``note``."""
+    records = doc.get("records", [])
+    points = {p["name"]: p for p in doc.get("points", [])}
+    trains = [p["batch"] for p in points.values() if p["kind"] in ("jax", "peer") and p.get("what") == "train"]
+    batch = min(trains) if trains else None
+    base = f"jax-train-b{batch}"
+    by_point = {r["options"].get("point"): r for r in records}
+    jax_train = [r for r in records if r["framework"] == "jax" and r["what"] == "train" and r["batch"] == batch]
+    peer = next((r for r in records if r["framework"] == "torch" and r["batch"] == batch), None)
+    baseline = by_point.get(base)
+
+    def ratio(r: dict[str, Any] | None) -> float | None:
+        return r["images_per_s"] / peer["images_per_s"] if r and peer else None
+
+    best = _best(jax_train, lambda r: r["images_per_s"])
+    rows = [_row("training / torch.compile (baseline)", ratio(baseline), 1.1, "x", f"{base} / peer",
+                 note="stretch 1.3x"),
+            _row("training / torch.compile (fastest point)", ratio(best), 1.1, "x",
+                 f"{best['options'].get('point') if best else '-'} / peer", note="stretch 1.3x"),
+            _row("training runs' spread (baseline)", baseline and baseline["run_spread"], 0.03, "",
+                 base, at_most=True)]
+
+    def compile_row(target: str, name: str, goal: float) -> dict[str, Any]:
+        r, point = by_point.get(name), points.get(name, {})
+        value = r["compile_s"] if r else point.get("compile_s")  # a point killed while timing keeps it
+        notes = [f"XLA preset {point['xla']}"] if "xla" in point else []
+        if point.get("seeded_autotune_results") is not None:
+            notes.append(f"{point['seeded_autotune_results']} autotuning results given")
+        return _row(target, value, goal, " s", name, at_most=True, note="; ".join(notes))
+    rows += [compile_row("first compile, cold cache", base, 60),
+             compile_row("first compile, shipped autotuning results", f"{base}-autotune-seeded-cold", 60),
+             compile_row("compile in a second process", f"{base}-warm", 10)]
+
+    loop_doc = doc.get("loop") or {}
+    loop = next((r for r in loop_doc.get("records", []) if r["what"] == "loop"), None)
+    step = next((r for r in loop_doc.get("records", []) if r["what"] == "train"), None)
+    runs = loop_doc.get("loop_runs") or [{}]
+    rows += [_row("loop / isolated step", loop["images_per_s"] / step["images_per_s"] if loop and step else None,
+                  0.95, "", f"loop-b{batch}"),
+             _row("input alone, images/s", (runs[0].get("input") or {}).get("images_per_s"), 1000, "",
+                  f"loop-b{batch}")]
+
+    evals = [r for r in records if r["framework"] == "jax" and r["what"] == "eval"]
+    fastest_eval = _best(evals, lambda r: r["images_per_s"])
+    rows.append(_row("evaluation, images/s", fastest_eval and fastest_eval["images_per_s"], 1500, "",
+                     fastest_eval["options"].get("point") if fastest_eval else "-"))
+
+    def peak(r: dict[str, Any] | None) -> float | None:
+        return r["peak_bytes_per_device"] / GiB if r and r.get("peak_bytes_per_device") else None
+    limit = peak(peer)
+    leanest = _best([r for r in jax_train if peak(r)], lambda r: -peak(r))
+    for label, r in (("baseline", baseline), ("leanest point", leanest)):
+        rows.append(_row(f"training memory, GiB ({label})", peak(r), limit, "",
+                         f"{r['options'].get('point') if r else '-'} / peer", at_most=True))
+    return rows
+
+
+def _value(row: dict[str, Any]) -> str:
+    v = row["value"]
+    return "-" if v is None else (f"{v:.1%}" if "spread" in row["target"] else f"{v:.4g}")
+
+
+def format_verdicts(rows: Sequence[dict[str, Any]]) -> str:
+    """A fixed-width table of :func:`verdicts`."""
+    status = {True: "met", False: "MISSED", None: "not measured"}
+    lines = [f"{'target':<44} {'value':>9} {'goal':>13}  {'':<12} source"]
+    for row in rows:
+        note = f" ({row['note']})" if row["note"] else ""
+        lines.append(f"{row['target']:<44} {_value(row):>9} {row['goal']:>13}  {status[row['met']]:<12} "
+                     f"{row['source']}{note}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    paths = list(sys.argv[1:] if argv is None else argv)
+    if not paths:
+        raise SystemExit("usage: python -m vertex_jax.bench.gpu_verdicts GPU_CHECK.json [...]")
+    for path in paths:
+        print(f"{path}:\n{format_verdicts(verdicts(json.loads(Path(path).read_text())))}\n")
+
+
+if __name__ == "__main__":
+    main()
