@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vertex_jax.bench.gpu_target import cuda_plugin_installed
 from vertex_jax.bench.measure import STEPS_PER_EPOCH
 from vertex_jax.compile_cache import AUTOTUNE_DIR, seed_autotune_results, shipped_autotune_results
 from vertex_jax.bench.flops import Flops, count_flops
@@ -522,13 +523,7 @@ def test_kernels_of_a_gpu_program_text():
     assert summary["library_problems"] == 2 and summary["kernels"] == 5
 
 
-def _cuda_plugin_installed() -> bool:
-    if importlib.util.find_spec("jax_plugins") is None:
-        return False
-    return any(importlib.util.find_spec(f"jax_plugins.xla_cuda{v}") for v in (12, 13))
-
-
-@pytest.mark.skipif(not _cuda_plugin_installed(),
+@pytest.mark.skipif(not cuda_plugin_installed(),
                     reason="compiling for a described GPU needs JAX's CUDA plugin (pip install 'vertex_jax[gpu]')")
 def test_cli_compiles_for_a_described_gpu_without_one(tmp_path):
     """``--target=h200``: XLA:GPU compiles the step for the described card on this CPU-only

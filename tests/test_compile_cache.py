@@ -2,10 +2,14 @@
 second process loads what the first compiled."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from vertex_jax.bench.gpu_target import cuda_plugin_installed
 from vertex_jax.compile_cache import AUTOTUNE_DIR, ENV, cache_dir, seed_autotune_results, shipped_autotune_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,3 +101,53 @@ def test_the_shipped_results_of_the_installed_jaxlib_are_seeded_when_the_cache_i
     seeded = tmp_path / "home" / "vertex_jax" / "jax" / AUTOTUNE_DIR
     assert [p.name for p in seeded.iterdir()] == ["mine.textproto"]  # this jaxlib's only
     assert not (tmp_path / "home-off").exists()
+
+
+CONVOLUTION = """
+import sys
+from pathlib import Path
+import jax, jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec
+import vertex_jax.compile_cache as cc
+from vertex_jax.bench.gpu_target import target_mesh
+cc.SHIPPED = Path(sys.argv[2])
+cc.enable_compilation_cache(sys.argv[1], min_compile_s=1e9)  # no executable kept: XLA compiles each time
+on = NamedSharding(target_mesh("h200"), PartitionSpec())
+x = jax.ShapeDtypeStruct((8, 64, 64, 32), jnp.bfloat16, sharding=on)
+w = jax.ShapeDtypeStruct((3, 3, 32, 64), jnp.bfloat16, sharding=on)
+conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                         dimension_numbers=("NHWC", "HWIO", "NHWC")))
+print(conv.lower(x, w).compile().as_text())
+"""
+
+
+@pytest.mark.skipif(not cuda_plugin_installed(),
+                    reason="compiling for a described GPU needs JAX's CUDA plugin (pip install 'vertex_jax[gpu]')")
+def test_a_described_h200_compiles_its_convolution_with_the_shipped_algorithm(tmp_path):
+    """End to end without a GPU: XLA:GPU, compiling for a described H200, looks the
+    convolution's algorithm up in the cache's autotuning folder (its log names the file);
+    a result shipped under that name for this jaxlib is copied there when the cache is
+    enabled, and the compiled program calls cuDNN with that algorithm."""
+    import jaxlib
+
+    env = {k: v for k, v in os.environ.items() if k not in (ENV, "JAX_PLATFORMS")} | {
+        "TF_CPP_MIN_LOG_LEVEL": "0", "TF_CPP_VMODULE": "config_assigner=1,autotuner_cache=1"}
+    shipped = tmp_path / "shipped"
+
+    def compile_in(cache: Path) -> subprocess.CompletedProcess:
+        proc = subprocess.run([sys.executable, "-c", CONVOLUTION, str(cache), str(shipped)], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+    cold = compile_in(tmp_path / "cold")
+    assert '"algorithm":{"algo_id":"-1"' in cold.stdout  # nothing autotuned or cached: cuDNN's heuristic
+    looked_up = re.search(r"Getting config for HLO: %cudnn-conv[^\n]*\n[^\n]*"
+                          r"Autotune result file not found: (\S+\.textproto)", cold.stderr)
+    assert looked_up, cold.stderr[-3000:]
+    file = Path(looked_up.group(1))
+    assert file.parent == tmp_path / "cold" / AUTOTUNE_DIR
+    result = shipped / f"jaxlib-{jaxlib.__version__}" / file.name
+    result.parent.mkdir(parents=True)
+    result.write_text("algorithm {\n  algo_id: 7\n  math_type: TENSOR_OP_MATH\n}\n")  # an AutotuneResult
+    seeded = compile_in(tmp_path / "fresh")
+    assert '"algorithm":{"algo_id":"7","math_type":"TENSOR_OP_MATH"' in seeded.stdout, seeded.stderr[-3000:]

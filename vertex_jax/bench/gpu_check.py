@@ -362,7 +362,10 @@ def _document(args: argparse.Namespace, config: Any, loader: str, points: Sequen
                     points=points_out, levers=lever_verdicts(points, results, baseline),
                     peer_environment=peer_env, profile=profile, loop=loop,
                     rerun=(f"--points={','.join(skipped)}" if skipped else None))
-    doc["targets"] = verdicts(doc)
+    try:
+        doc["targets"] = verdicts(doc)
+    except Exception as e:  # noqa: BLE001 - reading the targets must never cost the run its JSON
+        doc["targets"], doc["targets_error"] = [], f"{type(e).__name__}: {e}"
     return doc
 
 
@@ -459,6 +462,8 @@ def run_check(args: argparse.Namespace) -> dict[str, Any]:
                 rate = "-" if row["est_gb_per_s"] is None else f"{row['est_gb_per_s']:.1f}"
                 print(f"  {row['ms_per_step']:9.3f}  {row['est_gb_per_step']:7.2f}  {rate:>9}  {row['kind']}")
     print("\n" + format_verdicts(doc["targets"]))
+    if "targets_error" in doc:
+        print(f"the targets could not be read: {doc['targets_error']}")
     if doc["rerun"]:
         print(f"\nnot measured; rerun: python -m vertex_jax.bench.gpu_check {doc['rerun']}")
     return doc

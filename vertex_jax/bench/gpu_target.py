@@ -11,13 +11,14 @@ shared memory per block.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 from jax.sharding import Mesh
 
 from vertex_jax.mesh import DATA
 
-__all__ = ["TARGETS", "target_mesh"]
+__all__ = ["TARGETS", "cuda_plugin_installed", "target_mesh"]
 
 _HOPPER = """
 gpu_device_info {{
@@ -51,6 +52,13 @@ TARGETS: dict[str, str] = {
     "h100": _HOPPER.format(name="NVIDIA H100 80GB HBM3", bandwidth=3_352_320_000_000, memory=85_520_809_984),
     "h200": _HOPPER.format(name="NVIDIA H200", bandwidth=4_800_000_000_000, memory=150_754_820_096),
 }
+
+
+def cuda_plugin_installed() -> bool:
+    """Whether JAX's CUDA plugin (12 or 13) is installed: compiling for a described GPU needs it."""
+    if importlib.util.find_spec("jax_plugins") is None:
+        return False
+    return any(importlib.util.find_spec(f"jax_plugins.xla_cuda{v}") for v in (12, 13))
 
 
 def target_mesh(name: str) -> Mesh:
