@@ -251,6 +251,7 @@ def test_gpu_check_dry_mode_writes_one_complete_json(tmp_path):
     assert doc["autotune_results"] == {"files": 1, "archive": str(archive)} and archive.is_file()
     cold = next(r for r in doc["targets"] if r["target"] == "first compile, cold cache")
     assert cold["source"] == "jax-train-b2" and cold["value"] > 0 and "first compile, cold cache" in proc.stdout
+    assert all(row["met"] is None for row in doc["targets"])  # a CPU's figures meet no GPU goal
     env = doc["environment"]
     assert env["platform"] == "cpu" and env["versions"]["jax"] and env["config_loader"] == "plain"
     assert "ml_collections" in env["blocked_imports"] and "grain" in env["blocked_imports"]

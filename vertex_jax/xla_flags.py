@@ -27,12 +27,19 @@ PRESETS: dict[str, tuple[str, ...]] = {
     # buffer initialisation and the correctness check of each (levels 2-4); a cheaper cold
     # compile, the same choices unless a candidate is wrong (measured by gpu_check).
     "fast-compile-autotune1": ("--xla_gpu_enable_triton_gemm=false", "--xla_gpu_autotune_level=1"),
-    # fast-compile-autotune1, LLVM's module split into parts compiled to PTX in parallel
-    # (the lent machine has 16 cores; XLA compiles one module on one thread by default), and
-    # each cuBLAS product timed with the library's first 4 candidate algorithms only (XLA
-    # times all it returns by default; it has no such bound for cuDNN's convolutions, so
-    # model.pointwise=dot moves B4's 1x1 convolutions under this one, §16).
+    # fast-compile with every fusion on XLA's own emitters: by default XLA:GPU also compiles
+    # each fusion with its block-level (Triton) emitter and times both -- 599 of the 757
+    # instructions it autotunes in B4's training step (described H200, §19).
+    "fast-compile-no-fusion-autotune": ("--xla_gpu_enable_triton_gemm=false",
+                                        "--xla_gpu_experimental_enable_fusion_autotuner=false"),
+    # fast-compile-autotune1 without fusion autotuning, LLVM's module split into parts
+    # compiled to PTX in parallel (the lent machine has 16 cores; XLA compiles one module on
+    # one thread by default), and each cuBLAS product timed with the library's first 4
+    # candidate algorithms only (XLA times all it returns by default; it has no such bound
+    # for cuDNN's convolutions, so model.pointwise=dot moves B4's 1x1 convolutions under
+    # this one, §16).
     "quick-compile": ("--xla_gpu_enable_triton_gemm=false", "--xla_gpu_autotune_level=1",
+                      "--xla_gpu_experimental_enable_fusion_autotuner=false",
                       "--xla_gpu_enable_llvm_module_compilation_parallelism=true",
                       "--xla_gpu_autotune_max_solutions=4"),
     # fast-compile with CUDA graphs from two kernels up (XLA's default: five). On the H200 the

@@ -69,16 +69,18 @@ def plan(dry: bool, xla: str = "fast-compile") -> list[Point]:
     points = [
         # The isolated points come first and alone: the peer starts compiling only after them
         # (gpu_check.run_check), so the cold compiles are JAX's alone. Cold compile at the
-        # chosen flags (fresh cache), the same given its autotuning results, autotuning at
-        # level 1 from a cold cache, then the first in a second process (warm).
+        # chosen flags (fresh cache), the same given its autotuning results, the same with
+        # every autotuning lever, then the first in a second process (warm).
         Point(first, "jax", batch=b, isolate=True, cap_s=cap + 150, estimate_s=10 if dry else 120),
         # A fresh machine given the autotuning results of the first point (what ships in
         # vertex_jax/autotune_results): a cold cache holding nothing else, so its compile is
         # the cold one without autotuning (§7: about half of the 113 s).
         Point(f"{first}-autotune-seeded-cold", "jax", batch=b, cache="autotune-seeded", seed_from="main",
               isolate=True, cap_s=cap + 150, estimate_s=10 if dry else 70),
-        Point(f"{first}-autotune1-cold", "jax", batch=b, xla="fast-compile-autotune1",
-              cache="autotune1", isolate=True, cap_s=cap + 150, estimate_s=10 if dry else 100),
+        # The first compile with every autotuning lever (§16, §19): level 1, no fusion
+        # autotuning, LLVM's module compiled in parallel, cuBLAS timed over 4 candidates.
+        Point(f"{first}-quick-compile-cold", "jax", batch=b, xla="quick-compile",
+              cache="quick-compile", isolate=True, cap_s=cap + 150, estimate_s=10 if dry else 90),
         Point(f"{first}-warm", "jax", batch=b, isolate=True, cap_s=cap, estimate_s=10 if dry else 25),
         # Targets not yet measured on a GPU: evaluation (while the peer compiles), the peer,
         # the loop; then the levers, the defaults' own first (§15), memory (§13), bytes (§12).
@@ -106,10 +108,12 @@ def plan(dry: bool, xla: str = "fast-compile") -> list[Point]:
         # XLA's reductions; a cold cache of its own, so its compile seconds are the figure.
         Point(f"{first}-se-reduce-cold", "jax", batch=b, overrides={"model.se_dense": "reduce"},
               cache="se-reduce", isolate=True, lever=True, cap_s=cap + 150, estimate_s=10 if dry else 110),
-        # The first compile again: autotune level 1, LLVM's module compiled in parallel and
-        # each cuBLAS product timed over 4 candidates (the quick-compile preset, §16).
-        Point(f"{first}-quick-compile-cold", "jax", batch=b, xla="quick-compile",
-              cache="quick-compile", isolate=True, cap_s=cap + 150, estimate_s=10 if dry else 90),
+        # The first compile's levers one by one: autotuning at level 1, and without fusion
+        # autotuning (599 of B4's 757 autotuned instructions, §19).
+        Point(f"{first}-autotune1-cold", "jax", batch=b, xla="fast-compile-autotune1",
+              cache="autotune1", isolate=True, cap_s=cap + 150, estimate_s=10 if dry else 100),
+        Point(f"{first}-no-fusion-autotune-cold", "jax", batch=b, xla="fast-compile-no-fusion-autotune",
+              cache="no-fusion-autotune", isolate=True, cap_s=cap + 150, estimate_s=10 if dry else 90),
         # The same with the 1x1 convolutions as cuBLAS products (§16): 59 of the 93 cuDNN
         # problems become products, whose autotuning the preset bounds; 77 fewer kernels.
         Point(f"{first}-pointwise-dot-quick-compile-cold", "jax", batch=b, xla="quick-compile",

@@ -37,7 +37,8 @@ def _best(records: Sequence[dict[str, Any]], key: Callable[[dict[str, Any]], flo
 
 def verdicts(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per target of the module docstring: ``target``, ``value``, ``goal``, ``met``
-    (None: not measured), ``source`` (the point or points read) and ``note``."""
+    (None: not measured, or a dry run's figure), ``source`` (the point or points read) and
+    ``note``."""
     records = doc.get("records", [])
     points = {p["name"]: p for p in doc.get("points", [])}
     trains = [p["batch"] for p in points.values() if p["kind"] in ("jax", "peer") and p.get("what") == "train"]
@@ -91,6 +92,8 @@ def verdicts(doc: dict[str, Any]) -> list[dict[str, Any]]:
     for label, r in (("baseline", baseline), ("leanest point", leanest)):
         rows.append(_row(f"training memory, GiB ({label})", peak(r), limit, "",
                          f"{r['options'].get('point') if r else '-'} / peer", at_most=True))
+    if doc.get("mode") == "dry":  # the tiny config on a CPU: figures, but no verdict on a GPU's goals
+        rows = [{**row, "met": None} for row in rows]
     return rows
 
 
@@ -101,11 +104,12 @@ def _value(row: dict[str, Any]) -> str:
 
 def format_verdicts(rows: Sequence[dict[str, Any]]) -> str:
     """A fixed-width table of :func:`verdicts`."""
-    status = {True: "met", False: "MISSED", None: "not measured"}
     lines = [f"{'target':<44} {'value':>9} {'goal':>13}  {'':<12} source"]
     for row in rows:
+        status = ("not measured" if row["value"] is None else
+                  {True: "met", False: "MISSED", None: "dry run"}[row["met"]])
         note = f" ({row['note']})" if row["note"] else ""
-        lines.append(f"{row['target']:<44} {_value(row):>9} {row['goal']:>13}  {status[row['met']]:<12} "
+        lines.append(f"{row['target']:<44} {_value(row):>9} {row['goal']:>13}  {status:<12} "
                      f"{row['source']}{note}")
     return "\n".join(lines)
 
