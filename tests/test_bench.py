@@ -14,7 +14,8 @@ import pytest
 
 from vertex_jax.bench.gpu_target import cuda_plugin_installed
 from vertex_jax.bench.measure import STEPS_PER_EPOCH
-from vertex_jax.compile_cache import AUTOTUNE_DIR, seed_autotune_results, shipped_autotune_results
+from vertex_jax.compile_cache import (AUTOTUNE_DIR, archive_autotune_results, seed_autotune_results,
+                                     shipped_autotune_results)
 from vertex_jax.bench.flops import Flops, count_flops
 from vertex_jax.bench.peer import peer_command
 from vertex_jax.bench.record import FIELDS
@@ -303,7 +304,7 @@ def test_the_seeded_point_starts_from_the_first_points_autotuning_and_the_check_
     cache with the same results (the path from a lent GPU to a user's first compile)."""
     import tarfile
 
-    from vertex_jax.bench.gpu_check import _seed, keep_autotune_results
+    from vertex_jax.bench.gpu_check import _seed
     from vertex_jax.bench.gpu_points import plan
 
     root = tmp_path / "caches"
@@ -320,14 +321,14 @@ def test_the_seeded_point_starts_from_the_first_points_autotuning_and_the_check_
     assert sorted(p.relative_to(root / seeded.cache).as_posix() for p in (root / seeded.cache).rglob("*")
                   if p.is_file()) == sorted(f"{AUTOTUNE_DIR}/{n}" for n in results)
     archive = tmp_path / "out" / "autotune_results.tar.gz"
-    assert keep_autotune_results(root / "main", archive) == 2
+    assert archive_autotune_results(root / "main", archive) == 2
     shipped = tmp_path / "autotune_results"
     with tarfile.open(archive) as tar:
         tar.extractall(shipped, filter="data")
     fresh = tmp_path / "fresh-cache"
     assert seed_autotune_results(shipped_autotune_results(shipped), fresh) == 2
     assert {n: (fresh / AUTOTUNE_DIR / n).read_text() for n in results} == results
-    assert keep_autotune_results(root / "empty", tmp_path / "none.tar.gz") == 0
+    assert archive_autotune_results(root / "empty", tmp_path / "none.tar.gz") == 0
     assert not (tmp_path / "none.tar.gz").exists()
 
 

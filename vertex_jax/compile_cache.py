@@ -23,12 +23,13 @@ the instructions they do not cover. None ship yet: the GPU check brings them bac
 from __future__ import annotations
 
 import os
+import tarfile
 from pathlib import Path
 
 from vertex_jax.files import write_bytes
 
 __all__ = ["ENV", "AUTOTUNE_DIR", "cache_dir", "shipped_autotune_results", "autotune_result_files",
-           "seed_autotune_results", "enable_compilation_cache"]
+           "seed_autotune_results", "archive_autotune_results", "enable_compilation_cache"]
 
 ENV = "VERTEX_COMPILE_CACHE"
 _OFF = ("off", "0", "false", "none", "no")
@@ -48,12 +49,17 @@ def cache_dir() -> Path | None:
     return Path(base) / "vertex_jax" / "jax"
 
 
+def _release() -> str:
+    """The installed jaxlib's folder name among the shipped results."""
+    import jaxlib
+
+    return f"jaxlib-{jaxlib.__version__}"
+
+
 def shipped_autotune_results(shipped: str | Path | None = None) -> Path:
     """The folder of autotuning results shipped (in ``shipped``, default the package's
     ``autotune_results``) for the installed jaxlib; it may not exist."""
-    import jaxlib
-
-    return Path(shipped or SHIPPED) / f"jaxlib-{jaxlib.__version__}"
+    return Path(shipped or SHIPPED) / _release()
 
 
 def autotune_result_files(folder: str | Path) -> list[Path]:
@@ -80,6 +86,20 @@ def seed_autotune_results(source: str | Path, cache: str | Path) -> int:
         write_bytes(dest, file.read_bytes())
         copied += 1
     return copied
+
+
+def archive_autotune_results(cache: str | Path, archive: str | Path) -> int:
+    """Archive the autotuning results of ``cache`` as ``archive`` (.tar.gz), laid out as
+    :func:`shipped_autotune_results` finds them once unpacked into ``autotune_results``
+    (``jaxlib-<version>/``); how many (no archive when there are none)."""
+    folder, archive = Path(cache) / AUTOTUNE_DIR, Path(archive)
+    files = autotune_result_files(folder)
+    if files:
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(archive, "w:gz") as tar:
+            for f in files:
+                tar.add(f, arcname=f"{_release()}/{f.relative_to(folder).as_posix()}")
+    return len(files)
 
 
 def enable_compilation_cache(directory: str | Path | None = None, min_compile_s: float = 1.0,

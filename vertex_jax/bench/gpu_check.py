@@ -40,7 +40,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 import time
@@ -50,10 +49,10 @@ from typing import Any, Sequence
 from vertex_jax.bench.gpu_points import BASELINE, Point, child_main, plan
 from vertex_jax.bench.gpu_verdicts import format_verdicts, verdicts
 from vertex_jax.bench.plain_config import MISSING_ON_DEVICE, block_imports, load_run_config
-from vertex_jax.compile_cache import AUTOTUNE_DIR, autotune_result_files, seed_autotune_results
+from vertex_jax.compile_cache import AUTOTUNE_DIR, archive_autotune_results, seed_autotune_results
 from vertex_jax.xla_flags import PRESETS, apply_preset, preset_flags
 
-__all__ = ["lever_verdicts", "keep_autotune_results", "run_check", "main"]
+__all__ = ["lever_verdicts", "run_check", "main"]
 
 
 def _run(cmd: Sequence[str], timeout: float, env: dict[str, str] | None = None
@@ -127,23 +126,6 @@ def _seed(point: Point, cache_root: Path) -> int | None:
     if not point.seed_from:
         return None
     return seed_autotune_results(cache_root / point.seed_from / AUTOTUNE_DIR, cache_root / point.cache)
-
-
-def keep_autotune_results(cache: Path, archive: Path) -> int:
-    """Archive the autotuning results of ``cache`` as ``archive`` (.tar.gz), under
-    ``jaxlib-<version>/`` as :func:`vertex_jax.compile_cache.shipped_autotune_results`
-    finds them once unpacked into ``vertex_jax/autotune_results``; how many (no archive
-    when none)."""
-    import jaxlib
-
-    folder = cache / AUTOTUNE_DIR
-    files = autotune_result_files(folder)
-    if files:
-        archive.parent.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(archive, "w:gz") as tar:
-            for f in files:
-                tar.add(f, arcname=f"jaxlib-{jaxlib.__version__}/{f.relative_to(folder)}")
-    return len(files)
 
 
 class PeerRun:
@@ -543,7 +525,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         try:
             doc = run_check(args)
             if args.keep_autotune:
-                kept = keep_autotune_results(Path(args.cache_root) / "main", args.keep_autotune)
+                kept = archive_autotune_results(Path(args.cache_root) / "main", args.keep_autotune)
                 doc["autotune_results"] = {"files": kept, "archive": str(args.keep_autotune) if kept else None}
                 print(f"autotuning results kept: {kept} -> {args.keep_autotune if kept else '(none)'}")
         finally:
