@@ -525,6 +525,17 @@ def test_kernels_of_a_gpu_program_text():
     assert summary["library_problems"] == 2 and summary["kernels"] == 5
 
 
+def test_xla_compile_phases_are_its_own_trace_events_largest_first():
+    from vertex_jax.bench.compile_phases import traced_compile
+
+    x = jnp.linspace(0.0, 1.0, 64 * 64).reshape(64, 64)
+    compiled, phases = traced_compile(lambda: jax.jit(lambda a: jnp.sin(a) @ a.T + 1).lower(x).compile())
+    np.testing.assert_allclose(np.asarray(compiled(x)), np.sin(np.asarray(x)) @ np.asarray(x).T + 1, rtol=1e-5)
+    assert "backend_compile_and_load" in [p["name"] for p in phases]  # JAX's call of XLA's compiler
+    assert [p["s"] for p in phases] == sorted((p["s"] for p in phases), reverse=True)
+    assert all(p["s"] > 0 and p["count"] >= 1 for p in phases)
+
+
 @pytest.mark.skipif(not cuda_plugin_installed(),
                     reason="compiling for a described GPU needs JAX's CUDA plugin (pip install 'vertex_jax[gpu]')")
 def test_cli_compiles_for_a_described_gpu_without_one(tmp_path):
@@ -541,6 +552,10 @@ def test_cli_compiles_for_a_described_gpu_without_one(tmp_path):
                for r in records)
     assert kernels[("true", "true")] < kernels[("false", "false")]
     assert "h200 (described" in stdout
+    for r in records:  # where XLA's compile went, by its own trace
+        assert any(p["name"] == "priority-fusion" for p in r["xla_phases"])
+        assert [p["s"] for p in r["xla_phases"]] == sorted((p["s"] for p in r["xla_phases"]), reverse=True)
+    assert "XLA's largest phases" in stdout
 
 
 def test_cli_compile_point_is_cold_and_split_into_python_and_xla(tmp_path):

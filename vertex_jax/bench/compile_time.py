@@ -11,6 +11,8 @@ construction every run's initialisation makes once). Beside them: the program's 
 they move and the library calls autotuning times, :mod:`vertex_jax.bench.hlo_kernels`)
 and XLA's memory plan (arguments + outputs + temporaries - aliased).
 Sizes are counted from the program text, so they compare settings on one backend; XLA:CPU and XLA:GPU fuse differently.
+For a described GPU the record also has ``xla_phases``: XLA's largest phases of the compile
+(:mod:`vertex_jax.bench.compile_phases`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 import jax
 
 from vertex_jax.auto_setting import assume_accelerator
+from vertex_jax.bench.compile_phases import traced_compile
 from vertex_jax.bench.gpu_target import target_mesh
 from vertex_jax.bench.hlo_kernels import kernel_summary
 from vertex_jax.bench.measure import xla_memory_bytes, environment, prepare_step
@@ -51,7 +54,9 @@ def measure_compile(config: Any, *, options: dict[str, Any] | None = None, targe
         assume_accelerator(True)
     try:
         point = prepare_step(config, step, mesh)
-        lowered, compiled, lower_s, compile_s = point.compile()
+        # A described GPU runs nothing, so XLA's trace of the compile costs no device tracing.
+        (lowered, compiled, lower_s, compile_s), phases = (traced_compile(point.compile) if target
+                                                            else (point.compile(), None))
     finally:
         if target:
             assume_accelerator(None)  # the GPU forms only for this program
@@ -68,7 +73,7 @@ def measure_compile(config: Any, *, options: dict[str, Any] | None = None, targe
         "params": point.params, "build_s": point.build_s,
         "compile_s": compile_s, "lower_s": lower_s, "xla_s": xla_s,
         **program_sizes(lowered.as_text(), compiled.as_text()),
-        "xla_memory_bytes_per_device": xla_memory_bytes(compiled),
+        "xla_memory_bytes_per_device": xla_memory_bytes(compiled), "xla_phases": phases,
     }
     return env, record
 
@@ -84,5 +89,13 @@ _COLUMNS = (
 
 
 def format_compile_table(records: Sequence[dict[str, Any]]) -> str:
-    """One line per compile record: seconds in Python and in XLA, program sizes, options."""
-    return format_table(records, extra=sorted({k for r in records for k in r["options"]}), columns=_COLUMNS)
+    """One line per compile record: seconds in Python and in XLA, program sizes, options;
+    then, for a described GPU, XLA's largest phases (:mod:`vertex_jax.bench.compile_phases`)."""
+    lines = [format_table(records, extra=sorted({k for r in records for k in r["options"]}), columns=_COLUMNS)]
+    for r in records:
+        if r.get("xla_phases"):
+            label = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "as configured"
+            phases = "; ".join(f"{p['name']} {p['s']:.1f} s" + (f" x{p['count']}" if p["count"] > 1 else "")
+                               for p in r["xla_phases"][:10])
+            lines.append(f"XLA's largest phases ({label}; summed over threads, nested included): {phases}")
+    return "\n".join(lines)
