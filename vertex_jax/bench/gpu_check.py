@@ -336,14 +336,14 @@ def _document(args: argparse.Namespace, config: Any, loader: str, points: Sequen
     skipped = [p["name"] for p in points_out if p["status"] in ("skipped", "timeout", "pending")]
     baseline = BASELINE.format(batch=points[0].batch) if points else ""
     doc = document(environment, records, mode="dry" if args.dry else "gpu",
-                    config={"spec": args.config, "variant": config.model.variant,
-                            "depthwise": args.depthwise or config.model.depthwise,
-                            "canvas": list(config.data.canvas), "dtype": args.dtype,
-                            "tasks": config.tasks, "steps": args.steps, "repeats": args.repeats},
-                    complete=len(results) == len(points), budget_s=args.budget_s, wall_s=wall_s,
-                    points=points_out, levers=lever_verdicts(points, results, baseline),
-                    peer_environment=peer_env, profile=profile, loop=loop,
-                    rerun=(f"--points={','.join(skipped)}" if skipped else None))
+                   config={"spec": args.config, "variant": config.model.variant,
+                           "depthwise": args.depthwise or config.model.depthwise,
+                           "canvas": list(config.data.canvas), "dtype": args.dtype,
+                           "tasks": config.tasks, "steps": args.steps, "repeats": args.repeats},
+                   complete=len(results) == len(points), budget_s=args.budget_s, wall_s=wall_s,
+                   points=points_out, levers=lever_verdicts(points, results, baseline),
+                   peer_environment=peer_env, profile=profile, loop=loop,
+                   rerun=(f"--points={','.join(skipped)}" if skipped else None))
     try:
         doc["targets"] = verdicts(doc)
     except Exception as e:  # noqa: BLE001 - reading the targets must never cost the run its JSON
