@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 from scipy.signal import correlate2d
 
-from vertex_jax.bench.gpu_check import _combine, lever_verdicts
+from vertex_jax.bench.gpu_verdicts import combine_levers, lever_verdicts
 from vertex_jax.bench.gpu_points import Point
 from vertex_jax.models.batchnorm import BatchNorm, fused_batch_norm, set_bn_impl
 from vertex_jax.models.efficientnet import (DepthwiseConv, MBConv, PointwiseConv, block_specs, conv_padding,
@@ -416,10 +416,10 @@ def test_the_combination_takes_the_levers_that_beat_the_baseline_by_more_than_th
     memory = ("peak_bytes", "plan_bytes", "baseline_peak_bytes", "baseline_plan_bytes")
     assert [lever_verdicts(points, results, "base")["c"][k] for k in memory] == [7, 5, 9, 8]
     assert {k: v["wins"] for k, v in verdicts.items()} == {"a": False, "b": True, "c": True, "d": False}
-    combo = _combine(points[-1], verdicts)
+    combo = combine_levers(points[-1], verdicts)
     assert combo.kind == "jax" and combo.xla == "no-autotune" and combo.overrides == {"pack_state": True}
     results["d"] = _record(108, 0.01)  # two winning presets: both, joined
-    assert _combine(points[-1], lever_verdicts(points, results, "base")).xla == "no-autotune+fast-compile-graphs"
+    assert combine_levers(points[-1], lever_verdicts(points, results, "base")).xla == "no-autotune+fast-compile-graphs"
     assert lever_verdicts(points, {}, "base") == {}
 
 

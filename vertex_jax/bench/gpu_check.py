@@ -47,12 +47,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from vertex_jax.bench.gpu_points import BASELINE, Point, child_main, plan
-from vertex_jax.bench.gpu_verdicts import format_verdicts, verdicts
+from vertex_jax.bench.gpu_peer import PeerRun
+from vertex_jax.bench.gpu_verdicts import combine_levers, format_verdicts, lever_verdicts, verdicts
 from vertex_jax.bench.plain_config import MISSING_ON_DEVICE, block_imports, load_run_config
 from vertex_jax.compile_cache import AUTOTUNE_DIR, archive_autotune_results, seed_autotune_results
 from vertex_jax.xla_flags import PRESETS, apply_preset, preset_flags
 
-__all__ = ["lever_verdicts", "run_check", "main"]
+__all__ = ["run_check", "main"]
 
 
 def _run(cmd: Sequence[str], timeout: float, env: dict[str, str] | None = None
@@ -128,69 +129,6 @@ def _seed(point: Point, cache_root: Path) -> int | None:
     return seed_autotune_results(cache_root / point.seed_from / AUTOTUNE_DIR, cache_root / point.cache)
 
 
-class PeerRun:
-    """The PyTorch peer, compiled in the background from its start (after the check's
-    isolated points: cold compiles are measured alone). Its compile and its warm-up steps
-    run beside JAX points; it waits for its turn (:meth:`finish`) before it times anything,
-    so its timed steps never share the GPU."""
-
-    def __init__(self, point: Point, args: argparse.Namespace, config: Any) -> None:
-        from vertex_jax.bench.peer import PEER_SCRIPT, peer_command
-        from vertex_jax.models.build import tasks_of
-
-        self.point, self.proc, self.reason = point, None, None
-        if importlib.util.find_spec("torch") is None or importlib.util.find_spec("timm") is None:
-            self.reason = "torch or timm not importable"
-            return
-        if not PEER_SCRIPT.is_file():
-            self.reason = f"{PEER_SCRIPT} missing (not a source checkout)"
-            return
-        self.tmp = Path(tempfile.mkdtemp(prefix="gpu_check_peer_"))
-        shape = {"variant": config.model.variant, "height": config.data.canvas[0],
-                 "width": config.data.canvas[1], "batch": point.batch, "dtype": args.dtype,
-                 "remat": point.remat}
-        self.cmd = peer_command(shape, point.peer_flags, tasks=len(tasks_of(config)),
-                                augment=config.augment, steps=args.steps, repeats=args.repeats,
-                                json_path=self.tmp / "peer.json")
-        self.cmd += ["--ready-file", str(self.tmp / "ready"), "--go-file", str(self.tmp / "go")]
-        env = dict(os.environ, TORCHINDUCTOR_COMPILE_THREADS=str(max(1, (os.cpu_count() or 4) // 4)))
-        self.log = open(self.tmp / "peer.log", "w")
-        self.started = time.perf_counter()
-        self.proc = subprocess.Popen(self.cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
-
-    def finish(self, timeout: float) -> dict[str, Any]:
-        """Let it time its steps now (waiting for its compile if need be); its result."""
-        if self.proc is None:
-            return {"status": "unavailable", "reason": self.reason}
-        deadline = time.perf_counter() + timeout
-        while not (self.tmp / "ready").exists() and self.proc.poll() is None \
-                and time.perf_counter() < deadline:
-            time.sleep(0.1)
-        ready_after = time.perf_counter() - self.started
-        (self.tmp / "go").write_text("go")
-        try:
-            rc = self.proc.wait(timeout=max(1.0, deadline - time.perf_counter()))
-        except subprocess.TimeoutExpired:
-            self.close()
-            return {"status": "timeout", "error": f"over {timeout:.0f} s", "command": self.cmd}
-        self.log.close()
-        tail = (self.tmp / "peer.log").read_text()[-2000:]
-        print(tail, flush=True)
-        out = self.tmp / "peer.json"
-        if rc != 0 or not out.is_file():
-            return {"status": "error", "error": f"peer exited {rc}: {tail}", "command": self.cmd}
-        result = json.loads(out.read_text())
-        return {"status": "ok", "environment": result["environment"], "record": result["records"][0],
-                "command": self.cmd, "ready_after_s": ready_after}
-
-    def close(self) -> None:
-        """Stop it if it still runs (the check ended first)."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-
 def _config_flags(overrides: dict[str, Any]) -> list[str]:
     return [f"--config.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in overrides.items()]
 
@@ -225,52 +163,6 @@ def _run_loop_point(point: Point, args: argparse.Namespace, timeout: float) -> d
         if rc != 0 or not out.is_file():
             return {"status": "error", "error": f"loop bench exited {rc}: {tail}", "command": cmd}
         return {"status": "ok", "result": json.loads(out.read_text()), "command": cmd}
-
-
-def _memory(result: dict[str, Any], prefix: str = "") -> dict[str, int | None]:
-    record = result["record"]
-    return {f"{prefix}peak_bytes": record.get("peak_bytes"), f"{prefix}plan_bytes": record.get("xla_memory_bytes")}
-
-
-def lever_verdicts(points: Sequence[Point], results: dict[str, dict[str, Any]], baseline: str
-                   ) -> dict[str, dict[str, Any]]:
-    """Each measured lever's images/s against the baseline's and whether it won: faster by
-    more than the larger of the two points' run-to-run spreads (and at least 1%). The
-    baseline is its warm rerun when measured (the cold run shares the host with the peer's
-    compile), else ``baseline`` itself. A memory lever is read by its program's XLA memory
-    plan and its process's peak bytes (None where the backend reports none, as on CPUs)
-    beside the baseline's; the peak is the point's own only if it ran alone (``isolate``),
-    since points of one group share a process."""
-    candidates = [results.get(f"{baseline}-warm", {}), results.get(baseline, {})]
-    base = next((c for c in candidates if c.get("status") == "ok"), None)
-    if base is None:
-        return {}
-    b = base["record"]
-    verdicts = {}
-    for p in points:
-        r = results.get(p.name, {})
-        if not p.lever or r.get("status") != "ok":
-            continue
-        rec = r["record"]
-        ratio = rec["images_per_s"] / b["images_per_s"]
-        margin = max(0.01, rec["run_spread"], b["run_spread"])
-        verdicts[p.name] = {"ratio": ratio, "margin": margin, "wins": ratio > 1 + margin,
-                            "overrides": p.overrides, "xla": p.xla,
-                            **_memory(r), **_memory(base, "baseline_")}
-    return verdicts
-
-
-def _combine(point: Point, verdicts: dict[str, dict[str, Any]]) -> Point:
-    """``point`` with the overrides and XLA presets of every winning lever (a ``combo``
-    point becomes a training-step point; several winning presets are joined with ``+``)."""
-    overrides, xla = dict(point.overrides), point.xla
-    for v in verdicts.values():
-        if v["wins"]:
-            overrides.update(v["overrides"])
-            if v["xla"] != point.xla:
-                xla = v["xla"] if xla == point.xla else f"{xla}+{v['xla']}"
-    return dataclasses.replace(point, kind="jax" if point.kind == "combo" else point.kind,
-                               overrides=overrides, xla=xla)
 
 
 @functools.lru_cache(maxsize=1)
@@ -394,7 +286,7 @@ def run_check(args: argparse.Namespace) -> dict[str, Any]:
                         peers[p.name].close()
                 continue
             if group[0].kind in ("combo", "loop", "profile"):  # with every lever that won so far
-                group = [_combine(group[0], lever_verdicts(points, results, baseline))]
+                group = [combine_levers(group[0], lever_verdicts(points, results, baseline))]
                 points[[q.name for q in points].index(group[0].name)] = group[0]
             timeout = min(sum(p.cap_s for p in group), left)
             print(f"[gpu_check] {names} (time box {timeout:.0f} s, {left:.0f} s left)", flush=True)

@@ -1,4 +1,6 @@
-"""The GPU targets read off one GPU check's document: each figure, its goal, met or not.
+"""What a GPU check decides: each lever against the baseline (:func:`lever_verdicts`, and
+the combination of those that won, :func:`combine_levers`), and the targets read off its
+document (:func:`verdicts`): each figure, its goal, met or not.
 
     python -m vertex_jax.bench.gpu_verdicts benchmarks/results/gpu_check_h200_run1.json
 
@@ -13,14 +15,63 @@ point did not run) is reported as not measured, never as missed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-__all__ = ["verdicts", "format_verdicts", "main"]
+from vertex_jax.bench.gpu_points import Point
+
+__all__ = ["lever_verdicts", "combine_levers", "verdicts", "format_verdicts", "main"]
 
 GiB = 2**30
+
+
+def _memory(result: dict[str, Any], prefix: str = "") -> dict[str, int | None]:
+    record = result["record"]
+    return {f"{prefix}peak_bytes": record.get("peak_bytes"), f"{prefix}plan_bytes": record.get("xla_memory_bytes")}
+
+
+def lever_verdicts(points: Sequence[Point], results: dict[str, dict[str, Any]], baseline: str
+                   ) -> dict[str, dict[str, Any]]:
+    """Each measured lever's images/s against the baseline's and whether it won: faster by
+    more than the larger of the two points' run-to-run spreads (and at least 1%). The
+    baseline is its warm rerun when measured (the cold run shares the host with the peer's
+    compile), else ``baseline`` itself. A memory lever is read by its program's XLA memory
+    plan and its process's peak bytes (None where the backend reports none, as on CPUs)
+    beside the baseline's; the peak is the point's own only if it ran alone (``isolate``),
+    since points of one group share a process."""
+    candidates = [results.get(f"{baseline}-warm", {}), results.get(baseline, {})]
+    base = next((c for c in candidates if c.get("status") == "ok"), None)
+    if base is None:
+        return {}
+    b = base["record"]
+    verdicts = {}
+    for p in points:
+        r = results.get(p.name, {})
+        if not p.lever or r.get("status") != "ok":
+            continue
+        rec = r["record"]
+        ratio = rec["images_per_s"] / b["images_per_s"]
+        margin = max(0.01, rec["run_spread"], b["run_spread"])
+        verdicts[p.name] = {"ratio": ratio, "margin": margin, "wins": ratio > 1 + margin,
+                            "overrides": p.overrides, "xla": p.xla,
+                            **_memory(r), **_memory(base, "baseline_")}
+    return verdicts
+
+
+def combine_levers(point: Point, verdicts: dict[str, dict[str, Any]]) -> Point:
+    """``point`` with the overrides and XLA presets of every winning lever (a ``combo``
+    point becomes a training-step point; several winning presets are joined with ``+``)."""
+    overrides, xla = dict(point.overrides), point.xla
+    for v in verdicts.values():
+        if v["wins"]:
+            overrides.update(v["overrides"])
+            if v["xla"] != point.xla:
+                xla = v["xla"] if xla == point.xla else f"{xla}+{v['xla']}"
+    return dataclasses.replace(point, kind="jax" if point.kind == "combo" else point.kind,
+                               overrides=overrides, xla=xla)
 
 
 def _row(target: str, value: float | None, goal: float | None, unit: str, source: str,
