@@ -95,10 +95,11 @@ def archive_autotune_results(cache: str | Path, archive: str | Path) -> int:
     folder, archive = Path(cache) / AUTOTUNE_DIR, Path(archive)
     files = autotune_result_files(folder)
     if files:
+        release = _release()
         archive.parent.mkdir(parents=True, exist_ok=True)
         with tarfile.open(archive, "w:gz") as tar:
             for f in files:
-                tar.add(f, arcname=f"{_release()}/{f.relative_to(folder).as_posix()}")
+                tar.add(f, arcname=f"{release}/{f.relative_to(folder).as_posix()}")
     return len(files)
 
 

@@ -33,8 +33,8 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "fast-compile-no-fusion-autotune": ("--xla_gpu_enable_triton_gemm=false",
                                         "--xla_gpu_experimental_enable_fusion_autotuner=false"),
     # fast-compile-autotune1 without fusion autotuning, LLVM's module split into parts
-    # compiled to PTX in parallel (the lent machine has 16 cores; XLA compiles one module on
-    # one thread by default), and each cuBLAS product timed with the library's first 4
+    # compiled to PTX in parallel (XLA already compiles each kernel's module on a thread
+    # pool, so this splits little more, §19), and each cuBLAS product timed with the library's first 4
     # candidate algorithms only (XLA times all it returns by default; it has no such bound
     # for cuDNN's convolutions, so model.pointwise=dot moves B4's 1x1 convolutions under
     # this one, §16).

@@ -19,9 +19,9 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-from vertex_jax.bench.gpu_points import Point
+from vertex_jax.bench.gpu_points import BASELINE, Point
 
 __all__ = ["lever_verdicts", "combine_levers", "verdicts", "format_verdicts", "main"]
 
@@ -82,10 +82,6 @@ def _row(target: str, value: float | None, goal: float | None, unit: str, source
             "met": met, "source": source, "note": note}
 
 
-def _best(records: Sequence[dict[str, Any]], key: Callable[[dict[str, Any]], float]) -> dict[str, Any] | None:
-    return max(records, key=key) if records else None
-
-
 def verdicts(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per target of the module docstring: ``target``, ``value``, ``goal``, ``met``
     (None: not measured, or a dry run's figure), ``source`` (the point or points read) and
@@ -94,7 +90,7 @@ def verdicts(doc: dict[str, Any]) -> list[dict[str, Any]]:
     points = {p["name"]: p for p in doc.get("points", [])}
     trains = [p["batch"] for p in points.values() if p["kind"] in ("jax", "peer") and p.get("what") == "train"]
     batch = min(trains) if trains else None
-    base = f"jax-train-b{batch}"
+    base = BASELINE.format(batch=batch)
     by_point = {r["options"].get("point"): r for r in records}
     jax_train = [r for r in records if r["framework"] == "jax" and r["what"] == "train" and r["batch"] == batch]
     peer = next((r for r in records if r["framework"] == "torch" and r["batch"] == batch), None)
@@ -103,7 +99,7 @@ def verdicts(doc: dict[str, Any]) -> list[dict[str, Any]]:
     def ratio(r: dict[str, Any] | None) -> float | None:
         return r["images_per_s"] / peer["images_per_s"] if r and peer else None
 
-    best = _best(jax_train, lambda r: r["images_per_s"])
+    best = max(jax_train, key=lambda r: r["images_per_s"], default=None)
     rows = [_row("training / torch.compile (baseline)", ratio(baseline), 1.1, "x", f"{base} / peer",
                  note="stretch 1.3x"),
             _row("training / torch.compile (fastest point)", ratio(best), 1.1, "x",
@@ -132,14 +128,14 @@ def verdicts(doc: dict[str, Any]) -> list[dict[str, Any]]:
                   f"loop-b{batch}")]
 
     evals = [r for r in records if r["framework"] == "jax" and r["what"] == "eval"]
-    fastest_eval = _best(evals, lambda r: r["images_per_s"])
+    fastest_eval = max(evals, key=lambda r: r["images_per_s"], default=None)
     rows.append(_row("evaluation, images/s", fastest_eval and fastest_eval["images_per_s"], 1500, "",
                      fastest_eval["options"].get("point") if fastest_eval else "-"))
 
     def peak(r: dict[str, Any] | None) -> float | None:
         return r["peak_bytes_per_device"] / GiB if r and r.get("peak_bytes_per_device") else None
     limit = peak(peer)
-    leanest = _best([r for r in jax_train if peak(r)], lambda r: -peak(r))
+    leanest = min((r for r in jax_train if peak(r)), key=peak, default=None)
     for label, r in (("baseline", baseline), ("leanest point", leanest)):
         rows.append(_row(f"training memory, GiB ({label})", peak(r), limit, "",
                          f"{r['options'].get('point') if r else '-'} / peer", at_most=True))
