@@ -109,3 +109,20 @@ def test_read_ahead_fits_whole_batches(monkeypatch):
     assert (read_options(batch).num_threads, read_options(batch).prefetch_buffer_size) == (2, 4)
     with pytest.raises(ValueError, match="read threads"):
         read_options(batch, threads=-1)
+
+
+def test_a_stall_every_logging_period_shows_at_its_position():
+    from vertex_jax.bench.loop import periodic_stall
+
+    steady = [0.010, 0.011, 0.012] * 10  # 30 steps, no period of 10 in them
+    stalled = list(steady)
+    for i in range(7, 30, 10):  # every 10th step, from the 8th, takes 9 ms more
+        stalled[i] += 0.009
+    quiet, stall = periodic_stall(steady, 10), periodic_stall(stalled, 10)
+    assert quiet["period"] == stall["period"] == 10
+    # each position sees 10, 11 and 12 ms once: none stands out
+    assert quiet["slowest_position_s"] == pytest.approx(0.011) == quiet["median_s"]
+    # the 8th position: 20, 21 and 19 ms; the median step stays 11 ms
+    assert stall["slowest_position_s"] == pytest.approx(0.020)
+    assert stall["median_s"] == pytest.approx(0.011)
+    assert periodic_stall(steady[:19], 10) is None and periodic_stall(steady, 1) is None

@@ -103,13 +103,25 @@ def loop_data(config: Any, steps: int, data_dir: str) -> tuple[Any, dict[str, An
     return config, random_data(config, config.data.data_dir, steps)
 
 
+def periodic_stall(step_s_each: list[float], period: int) -> dict[str, Any] | None:
+    """A run's step intervals by their position in every ``period`` steps (the logging
+    period): the slowest position's median beside the median step. A stall every ``period``
+    steps (the host reading a step's metrics before the next one is queued, processes
+    agreeing whether to stop) shows as a slowest position above the median. None for runs
+    shorter than two periods."""
+    if period < 2 or len(step_s_each) < 2 * period:
+        return None
+    positions = [statistics.median(step_s_each[j::period]) for j in range(period)]
+    return {"period": period, "slowest_position_s": max(positions), "median_s": statistics.median(step_s_each)}
+
+
 def measure_loop(config: Any, *, steps: int, repeats: int, options: dict[str, Any] | None = None,
                  isolate: bool = True) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """(environment, record, detail): ``repeats`` capped training runs, each in a fresh
     process (in this one without ``isolate``: a dry run, e.g. in tests); the record is in
     :mod:`vertex_jax.bench.record`'s format (``what="loop"``, the median run's seconds per
     step); ``detail``: "runs" (each run's throughput, wall time and median host dispatch
-    and batch wait per step), "input" (the input
+    and batch wait per step, :func:`periodic_stall`), "input" (the input
     pipeline alone, :func:`measure_input`) and "data" (where the data came from; for
     random canvases how many were written and how fast)."""
     run = run_isolated if isolate else (lambda fn, *args: fn(*args))
@@ -131,7 +143,8 @@ def measure_loop(config: Any, *, steps: int, repeats: int, options: dict[str, An
         dispatch_s_each=[t for c in clocks for t in c["dispatch_s_each"]])
     detail = [{"steps_timed": c["steps_timed"], "images_per_s": c["images_per_s"],
                "dispatch_s": c["dispatch_s_median"], "wait_s": c["wait_s_median"],
-               "run_wall_s": r["wall_s"], "status": r["summary"]["status"]} for c, r in zip(clocks, runs)]
+               "run_wall_s": r["wall_s"], "status": r["summary"]["status"],
+               "stall": periodic_stall(c["step_s_each"], config.log_every_steps)} for c, r in zip(clocks, runs)]
     return runs[0]["environment"], record, {"runs": detail, "input": runs[0]["input"], "data": data}
 
 
@@ -148,6 +161,11 @@ def format_input_rates(loop_runs: list[dict[str, Any]]) -> str:
         dispatches = [r["dispatch_s"] for r in entry["runs"] if r["dispatch_s"] is not None]
         host = (f"; per step the loop waited {1e3 * statistics.median(waits):.2f} ms for its batch and "
                 f"dispatched in {1e3 * statistics.median(dispatches):.2f} ms" if waits and dispatches else "")
+        stalls = [r["stall"] for r in entry["runs"] if r.get("stall")]
+        if stalls:
+            host += (f"; every {stalls[0]['period']} steps (logging) the slowest step "
+                     f"{1e3 * statistics.median(s['slowest_position_s'] for s in stalls):.2f} ms against a median "
+                     f"{1e3 * statistics.median(s['median_s'] for s in stalls):.2f}")
         lines.append(f"input alone ({label}): cache -> device batch {rate:.3g} images/s, "
                      f"{rate / loop:.1f}x the loop's {loop:.3g}{host}")
     return "\n".join(lines)

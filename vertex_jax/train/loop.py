@@ -194,16 +194,31 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
         return evaluate(s, eval_step, data.evaluate(config.data.val_split, global_batch=config.eval_batch_size,
                                                     **proc), mesh, tasks)
 
+    def log(step: int, metrics: dict[str, Any]) -> None:
+        """Step ``step``'s scalars to the metric files and the progress bar."""
+        loss, rate = float(metrics["loss"]), clock.images_per_s
+        scalars = {"train/loss": loss, "train/grad_norm": float(metrics["grad_norm"])}
+        scalars.update({f"train/{k}": float(v) for k, v in metrics.items() if k.startswith(("image_", "vertebra_"))})
+        if rate is not None:  # none yet when the first steps of the run are all logged
+            scalars["train/images_per_s"] = rate
+        bar.set_postfix(loss=f"{loss:.4f}", img_s="-" if rate is None else f"{rate:.1f}")
+        writer.write(step, scalars)
+
     def finished(pending: tuple | None) -> None:
-        """The step ``pending`` is done: count its time on the clock, and stop on a non-finite
-        loss (unless ``nan_policy="skip"``, handled in the step itself), naming the step and
-        its batch; nothing has been saved since."""
+        """The step ``pending`` is done: count its time on the clock, log its metrics on a
+        logging step, and stop on a non-finite loss (unless ``nan_policy="skip"``, handled in
+        the step itself), naming the step and its batch; nothing has been saved since.
+
+        Called once the next step is queued, so reading this step's metrics never leaves the
+        devices idle (reading the step just dispatched would wait for it, then for the host)."""
         if pending is None:
             return
-        if config.nan_policy == "skip" or bool(pending[3]["finite"]):
-            clock.tick(config.batch_size)
-            return
         step, epoch, rows, metrics = pending
+        if config.nan_policy == "skip" or bool(metrics["finite"]):
+            clock.tick(config.batch_size)
+            if step % config.log_every_steps == 0:
+                log(step, metrics)
+            return
         raise NonFiniteLossError(
             f"non-finite loss {float(metrics['loss'])} at step {step} (epoch {epoch}); batch rows "
             f"{rows.tolist()} of split '{config.data.train_split}'. The last good checkpoint in "
@@ -249,15 +264,6 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
                 pending = (progress.step + 1, epoch + 1, host_batch["index"], metrics)
                 progress.step += 1
                 bar.update(1)
-                if progress.step % config.log_every_steps == 0:
-                    loss, rate = float(metrics["loss"]), clock.images_per_s
-                    scalars = {"train/loss": loss, "train/grad_norm": float(metrics["grad_norm"])}
-                    scalars.update({f"train/{k}": float(v) for k, v in metrics.items()
-                                    if k.startswith(("image_", "vertebra_"))})
-                    if rate is not None:  # none yet when the first steps of the run are all logged
-                        scalars["train/images_per_s"] = rate
-                    bar.set_postfix(loss=f"{loss:.4f}", img_s="-" if rate is None else f"{rate:.1f}")
-                    writer.write(progress.step, scalars)
                 if preempted := stop_requested():
                     break
             finished(pending)  # the epoch's last step

@@ -1,0 +1,62 @@
+"""The training loop keeps the devices busy: it reads a step's results (its finite flag, the
+metrics it logs) only once the next step is queued behind it. Reading the step just
+dispatched would wait for it, and the devices would then idle while the host fetches,
+transfers and dispatches the next batch (a stall every ``log_every_steps`` steps)."""
+
+import itertools
+import json
+from pathlib import Path
+
+from vertex_jax.bench.loop import loop_data
+from vertex_jax.config_files import load_config
+from vertex_jax.train import loop as train_loop
+
+
+class Watched:
+    """One of a step's outputs: each read by the host is recorded as ("read", step)."""
+
+    def __init__(self, value, step: int, events: list):
+        self.value, self.step, self.events = value, step, events
+
+    def _read(self):
+        self.events.append(("read", self.step))
+        return self.value
+
+    def __float__(self) -> float:
+        return float(self._read())
+
+    def __bool__(self) -> bool:
+        return bool(self._read())
+
+
+def test_a_steps_results_are_read_only_after_the_next_step_is_dispatched(tmp_path, monkeypatch):
+    config = load_config("configs/xray.py:tiny")
+    config.log_every_steps = 1  # every step's metrics are logged
+    steps = 4
+    config, _ = loop_data(config, steps, str(tmp_path / "data"))  # one epoch of random canvases
+    events: list = []
+    make_train_step = train_loop.make_train_step
+
+    def watched_step(*args, **kwargs):
+        step_fn, count = make_train_step(*args, **kwargs), itertools.count(1)
+
+        def call(state, batch):
+            n = next(count)
+            events.append(("dispatch", n))
+            state, metrics = step_fn(state, batch)
+            return state, {k: Watched(v, n, events) for k, v in metrics.items()}
+
+        return call
+
+    monkeypatch.setattr(train_loop, "make_train_step", watched_step)
+    summary = train_loop.train_and_evaluate(config, str(tmp_path / "run"))
+    assert summary["status"] == "completed" and summary["step"] == steps
+    assert [e for e in events if e[0] == "dispatch"] == [("dispatch", n) for n in range(1, steps + 1)]
+    for step in range(1, steps + 1):
+        reads = [i for i, e in enumerate(events) if e == ("read", step)]
+        assert reads, f"step {step}'s results were never read"
+        if step < steps:  # the epoch's last step has no successor to wait behind
+            assert min(reads) > events.index(("dispatch", step + 1)), (step, events)
+    # and every step was logged, with its own loss
+    logged = [json.loads(line) for line in Path(tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "train/loss" in r] == list(range(1, steps + 1))
