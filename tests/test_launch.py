@@ -14,6 +14,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -212,25 +213,44 @@ def shift_one_array(state: Path) -> None:
 
 
 @pytest.mark.slow
-def test_restarted_pods_set_aside_damaged_checkpoints_and_resume(lost_pod):
+def test_restarted_pods_set_aside_damaged_checkpoints_resume_and_stop_together(lost_pod):
     """The Job's restart after the lost pod, with the newest step's arrays damaged (one
     decodes to wrong numbers) and the next one's metadata truncated: both set aside, the
-    third used."""
+    third used. Once the resumed run trains, only pod 1 gets SIGTERM: both pods stop after
+    the same step, which is saved, and exit cleanly."""
     workdir, data = lost_pod.workdir, lost_pod.data
     resume_at, truncated, damaged = steps(workdir)[-3:]
     ckpt = workdir / "checkpoints"
     shift_one_array(ckpt / str(damaged) / "state")
     metadata = ckpt / str(truncated) / "state" / "_METADATA"
     metadata.write_bytes(metadata.read_bytes()[:40])
-    procs = start_pods(workdir, data, *RUN, f"--config.max_steps={resume_at + 1}")
-    outs = [p.communicate(timeout=600)[0] for p in procs]
+    metrics = workdir / "metrics.jsonl"
+    logged = metrics.read_text().count("\n")
+    procs = start_pods(workdir, data, *RUN, "--config.log_every_steps=1")
+    deadline = time.time() + 600
+    try:
+        while metrics.read_text().count("\n") < logged + 2:  # the resumed run's own steps
+            if any(p.poll() is not None for p in procs):
+                pytest.fail("a pod stopped: " + " | ".join(_said(p.communicate()[0]) for p in procs))
+            assert time.time() < deadline, "the resumed run logged no step"
+            time.sleep(0.2)
+        procs[1].send_signal(signal.SIGTERM)
+        outs = [p.communicate(timeout=600)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
     assert all(p.returncode == 0 for p in procs), _said(outs[0]) + _said(outs[1])
     said = [line[:400] for line in outs[0].splitlines() if "cannot be restored" in line]
     assert any(f"checkpoints/{damaged} cannot be restored (array checksum mismatch" in s for s in said), said
     assert any(f"checkpoints/{truncated} cannot be restored" in s for s in said), said
-    assert f"at step {resume_at}" in outs[0] and steps(workdir)[-1] == resume_at + 1
+    assert f"at step {resume_at}" in outs[0]
     aside = sorted(int(p.name.split("-")[0]) for p in (workdir / "corrupt_checkpoints").iterdir())
     assert aside == [truncated, damaged]
+    # pod 0 was never signalled, yet stopped with pod 1 and saved their common step
+    assert "received SIGTERM" in outs[1] and "received SIGTERM" not in outs[0]
+    stopped = steps(workdir)[-1]
+    assert stopped > resume_at and f"saved step {stopped} to" in outs[0], _said(outs[0])
+    assert "resume with the same command" in outs[0]
 
 
 def test_sbatch_guards_and_srun_launch(tmp_path):

@@ -2,7 +2,8 @@
 
 Restore order: the workdir's own checkpoint → ``config.resume`` → ``config.init_from``
 (parameters only) → scratch. SIGTERM/SIGINT finish the current step (with several
-processes: the next step that is a multiple of ``log_every_steps``, agreed by all), save and return;
+processes, signalled all or some: the step after the next multiple of ``log_every_steps``,
+agreed by all without stalling the devices, :mod:`vertex_jax.train.stop`), save and return;
 a non-finite loss stops the run (or skips the step with ``nan_policy="skip"``) and
 leaves the last good checkpoint as it was. A finished run fits ``config.calibration`` on
 its best checkpoint's validation outputs and stores it in that step's card.
@@ -13,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,6 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
-from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 import vertex_jax
@@ -40,6 +39,7 @@ from vertex_jax.train.packing import StatePacking, pack_state_enabled
 from vertex_jax.train.prefetch import DevicePrefetch
 from vertex_jax.train.state import TrainState, flatten_enabled, initialise, model_and_optimizer
 from vertex_jax.train.step import make_eval_step, make_train_step
+from vertex_jax.train.stop import Preemption, StopAgreement
 from vertex_jax.train.vertebra_data import training_tables
 from vertex_jax.errors import UserError
 
@@ -57,23 +57,6 @@ class Progress:
     best_step: int = -1
     epochs_without_improvement: int = 0
     history: list = dataclasses.field(default_factory=list)
-
-
-class _Preemption:
-    """Turns SIGTERM/SIGINT into a flag checked between steps."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
-
-    def _handle(self, signum, frame) -> None:
-        logging.warning("received %s: finishing the current step, then saving",
-                        signal.Signals(signum).name)
-        self.requested = True
-
-    def restore(self) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
 
 
 def evaluate(state, eval_step, dataset, mesh, tasks: tuple[str, ...]) -> dict[str, Any]:
@@ -224,19 +207,10 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
             f"{rows.tolist()} of split '{config.data.train_split}'. The last good checkpoint in "
             f"{ckpt.directory} is untouched.")
 
-    def stop_requested() -> bool:
-        """Stop for a signal? One process: its own flag, at every step. Several: whether any of
-        them was signalled, agreed every ``log_every_steps`` steps, so that all stop at the
-        same step (a rank stopping alone would leave the others waiting in a collective)."""
-        if jax.process_count() == 1:
-            return preemption.requested
-        if progress.step % config.log_every_steps:
-            return False
-        return bool(np.max(multihost_utils.process_allgather(np.int32(preemption.requested))))
-
     feed = DevicePrefetch(train_iter, lambda b: meshlib.to_global(b, mesh), depth=2)
     pending = None  # (step, epoch, batch rows, metrics) of the step whose finite flag is unread
-    preemption = _Preemption()
+    preemption = Preemption()
+    stop = StopAgreement(preemption, mesh, every=config.log_every_steps)
     clock = Throughput()  # images/s of the steps alone (summary["throughput"])
     stopped = "completed"
     best_outputs = None  # the best checkpoint's validation outputs, for its calibration
@@ -264,10 +238,11 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
                 pending = (progress.step + 1, epoch + 1, host_batch["index"], metrics)
                 progress.step += 1
                 bar.update(1)
-                if preempted := stop_requested():
+                if preempted := stop.after_dispatch(progress.step):
                     break
             finished(pending)  # the epoch's last step
             pending = None
+            preempted = preempted or stop.settle()  # a gather queued behind the epoch's last steps
             state = unpack(stepped)
             bar.close()
             if preempted:

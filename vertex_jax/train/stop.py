@@ -1,0 +1,72 @@
+"""Stopping for a signal (SIGTERM, SIGINT) at a step every process agrees on.
+
+A signalled process finishes its current step, saves and exits. With several processes all
+must stop at the same step (one stopping alone would leave the others waiting in a
+collective), and a cluster may signal only some of them. So every ``every`` steps each
+process's flag is gathered by a small program queued right behind the step just
+dispatched, and its result is read one step later, once that next step is queued too:
+reading it waits for the earlier step only, so the devices never run dry, and every process
+reads the same value after the same step.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from vertex_jax import mesh as meshlib
+
+
+class Preemption:
+    """Turns SIGTERM/SIGINT into a flag checked between steps."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signum, frame) -> None:
+        logging.warning("received %s: finishing the current step, then saving", signal.Signals(signum).name)
+        self.requested = True
+
+    def restore(self) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+class StopAgreement:
+    """Whether the run stops after the step just dispatched (module docstring).
+
+    One process: its own flag, at every step. Several (``gathered``, the default with more
+    than one process): any process's flag as gathered after the last step that is a
+    multiple of ``every``, read one step later; :meth:`settle` reads a gather still
+    pending at an epoch's end.
+    """
+
+    def __init__(self, preemption: Preemption, mesh: Mesh, every: int, gathered: bool | None = None):
+        self.preemption, self.every = preemption, max(1, int(every))
+        self.gathered = jax.process_count() > 1 if gathered is None else gathered
+        self._sharding = meshlib.batch_sharded(mesh)
+        self._any = meshlib.compiled_together(
+            jax.jit(jnp.max, out_shardings=meshlib.replicated(mesh)), "stop agreement")
+        self._pending: jax.Array | None = None
+
+    def after_dispatch(self, step: int) -> bool:
+        """Step ``step`` (counted from 1) is dispatched: stop after it?"""
+        if not self.gathered:
+            return self.preemption.requested
+        if self.settle():
+            return True
+        if step % self.every == 0:
+            local = np.full(len(self._sharding.addressable_devices), self.preemption.requested, np.int32)
+            self._pending = self._any(jax.make_array_from_process_local_data(self._sharding, local))
+        return False
+
+    def settle(self) -> bool:
+        """Whether the gather still pending (if any) found a signalled process; it is then read."""
+        pending, self._pending = self._pending, None
+        return pending is not None and bool(pending)
