@@ -124,6 +124,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # The step takes its state as one buffer per dtype (vertex_jax.train.packing): less host
     # time per dispatch. auto: on accelerators, not on CPUs (slower there; docs/performance-notes.md §7).
     c.pack_state = "auto"
+    # The step called from a thread of its own, beside the host's other work per step
+    # (vertex_jax.train.dispatch): a lever for the GPU loop, off until measured there.
+    c.dispatch_thread = False
     # XLA:GPU flags (vertex_jax.xla_flags; ignored on CPU), set before the backend starts.
     c.xla_preset = "fast-compile"
 

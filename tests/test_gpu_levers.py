@@ -695,9 +695,12 @@ def test_the_loop_point_follows_the_steps_it_loads_from_the_cache(dry):
 
     points = plan(dry=dry)
     names = [p.name for p in points]
-    (loop,) = [p for p in points if p.kind == "loop"]
-    for name in (BASELINE.format(batch=loop.batch), f"jax-eval-b{4 * loop.batch}"):
-        before = points[names.index(name)]
-        assert names.index(name) < names.index(loop.name), name
-        assert (before.xla, before.cache, before.batch in (loop.batch, 4 * loop.batch)) == (loop.xla, loop.cache, True)
-        assert not before.overrides and not before.remat
+    loops = [p for p in points if p.kind == "loop"]
+    # the loop, then the loop with the step dispatched from its own thread (the same step)
+    assert [p.overrides for p in loops] == [{}, {"dispatch_thread": True}]
+    for loop in loops:
+        for name in (BASELINE.format(batch=loop.batch), f"jax-eval-b{4 * loop.batch}"):
+            before = points[names.index(name)]
+            assert names.index(name) < names.index(loop.name), name
+            assert (before.xla, before.cache, before.batch in (loop.batch, 4 * loop.batch)) == (loop.xla, loop.cache, True)
+            assert not before.overrides and not before.remat

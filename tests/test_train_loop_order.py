@@ -1,14 +1,18 @@
 """The training loop keeps the devices busy: it reads a step's results (its finite flag, the
 metrics it logs) only once the next step is queued behind it. Reading the step just
 dispatched would wait for it, and the devices would then idle while the host fetches,
-transfers and dispatches the next batch (a stall every ``log_every_steps`` steps)."""
+transfers and dispatches the next batch (a stall every ``log_every_steps`` steps). With
+the step called from a thread of its own (``dispatch_thread``) the run is the same."""
 
 import itertools
 import json
 from pathlib import Path
 
+import numpy as np
+
 from vertex_jax.bench.loop import loop_data
 from vertex_jax.config_files import load_config
+from vertex_jax.runs import model_arrays
 from vertex_jax.train import loop as train_loop
 
 
@@ -29,16 +33,17 @@ class Watched:
         return bool(self._read())
 
 
-def test_a_steps_results_are_read_only_after_the_next_step_is_dispatched(tmp_path, monkeypatch):
+def test_a_steps_results_are_read_only_after_the_next_step_is_dispatched_inline_or_threaded(tmp_path, monkeypatch):
     config = load_config("configs/xray.py:tiny")
     config.log_every_steps = 1  # every step's metrics are logged
     steps = 4
     config, _ = loop_data(config, steps, str(tmp_path / "data"))  # one epoch of random canvases
     events: list = []
-    make_train_step = train_loop.make_train_step
+    made: dict = {}  # the run's jitted steps, given again to the threaded run (no recompile)
+    make_train_step, make_eval_step = train_loop.make_train_step, train_loop.make_eval_step
 
     def watched_step(*args, **kwargs):
-        step_fn, count = make_train_step(*args, **kwargs), itertools.count(1)
+        step_fn, count = made.setdefault("train", make_train_step(*args, **kwargs)), itertools.count(1)
 
         def call(state, batch):
             n = next(count)
@@ -49,6 +54,8 @@ def test_a_steps_results_are_read_only_after_the_next_step_is_dispatched(tmp_pat
         return call
 
     monkeypatch.setattr(train_loop, "make_train_step", watched_step)
+    monkeypatch.setattr(train_loop, "make_eval_step",
+                        lambda *a, **k: made.setdefault("eval", make_eval_step(*a, **k)))
     summary = train_loop.train_and_evaluate(config, str(tmp_path / "run"))
     assert summary["status"] == "completed" and summary["step"] == steps
     assert [e for e in events if e[0] == "dispatch"] == [("dispatch", n) for n in range(1, steps + 1)]
@@ -60,3 +67,14 @@ def test_a_steps_results_are_read_only_after_the_next_step_is_dispatched(tmp_pat
     # and every step was logged, with its own loss
     logged = [json.loads(line) for line in Path(tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if "train/loss" in r] == list(range(1, steps + 1))
+
+    # The same run with the step called from a thread of its own: the same numbers.
+    monkeypatch.setattr(train_loop, "make_train_step", lambda *a, **k: made["train"])
+    config.dispatch_thread = True
+    threaded = train_loop.train_and_evaluate(config, str(tmp_path / "threaded"))
+    assert threaded["status"] == "completed" and threaded["step"] == steps
+    inline_arrays = model_arrays(summary["best_checkpoint"])
+    threaded_arrays = model_arrays(threaded["best_checkpoint"])
+    assert inline_arrays.keys() == threaded_arrays.keys()
+    for name, array in inline_arrays.items():
+        np.testing.assert_array_equal(threaded_arrays[name], array, err_msg=name)

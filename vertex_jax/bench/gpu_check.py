@@ -201,7 +201,7 @@ def _document(args: argparse.Namespace, config: Any, loader: str, points: Sequen
     """The result document of the points measured so far (``complete`` once all ran)."""
     from vertex_jax.bench.record import document, host, versions
 
-    records, jax_env, peer_env, profile, loop = [], None, None, None, None
+    records, jax_env, peer_env, profile, loops = [], None, None, None, {}
     for p in points:
         r = results.get(p.name, {"status": "pending"})
         if r["status"] != "ok":
@@ -217,7 +217,7 @@ def _document(args: argparse.Namespace, config: Any, loader: str, points: Sequen
             jax_env = jax_env or r["environment"]
             profile = r["profile"]
         elif p.kind == "loop":
-            loop = r["result"]
+            loops[p.name] = r["result"]
     environment = jax_env or {**host(), "versions": versions(["jax", "jaxlib"])}
     environment = {**environment, "nvidia_smi": _nvidia_smi(), "config_loader": loader,
                    "blocked_imports": list(MISSING_ON_DEVICE) if args.dry else []}
@@ -234,7 +234,8 @@ def _document(args: argparse.Namespace, config: Any, loader: str, points: Sequen
                            "tasks": config.tasks, "steps": args.steps, "repeats": args.repeats},
                    complete=len(results) == len(points), budget_s=args.budget_s, wall_s=wall_s,
                    points=points_out, levers=lever_verdicts(points, results, baseline),
-                   peer_environment=peer_env, profile=profile, loop=loop,
+                   peer_environment=peer_env, profile=profile,
+                   loop=next(iter(loops.values()), None), loops=loops,
                    rerun=(f"--points={','.join(skipped)}" if skipped else None))
     try:
         doc["targets"] = verdicts(doc)
@@ -285,7 +286,9 @@ def run_check(args: argparse.Namespace) -> dict[str, Any]:
                     if p.name in peers:
                         peers[p.name].close()
                 continue
-            if group[0].kind in ("combo", "loop", "profile"):  # with every lever that won so far
+            # with every lever that won so far (a loop point with a setting of its own: the
+            # baseline's step, so its loop is read against the first loop's)
+            if group[0].kind in ("combo", "profile") or (group[0].kind == "loop" and not group[0].overrides):
                 group = [combine_levers(group[0], lever_verdicts(points, results, baseline))]
                 points[[q.name for q in points].index(group[0].name)] = group[0]
             timeout = min(sum(p.cap_s for p in group), left)

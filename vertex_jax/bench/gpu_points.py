@@ -102,6 +102,10 @@ def plan(dry: bool, xla: str = "fast-compile") -> list[Point]:
               overrides={"model.recompute": "elementwise", "model.recompute_stages": 2}, **lever),
         # Memory and bytes (§12): no float32 copies where the program rounds to bfloat16.
         Point(f"{first}-no-excess-precision", "jax", xla="fast-compile-no-excess-precision", **lever),
+        # The loop with the step called from a thread of its own (§20): the host's work per
+        # step beside the launches. The baseline's step, as the first loop's (no levers).
+        Point(f"loop-b{b}-dispatch-thread", "loop", batch=b, overrides={"dispatch_thread": True},
+              cap_s=cap + 50, estimate_s=10 if dry else 70),
         # Launch overhead (§7; at most ~5 µs a kernel by §12): CUDA graphs over shorter runs.
         Point(f"{first}-graphs", "jax", xla="fast-compile-graphs", **lever),
         # The first compile with 54 fewer autotuning problems (§12): squeeze-excite as

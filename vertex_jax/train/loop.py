@@ -26,6 +26,7 @@ from tqdm import tqdm
 import vertex_jax
 from vertex_jax import mesh as meshlib
 from vertex_jax import runs
+from vertex_jax.auto_setting import auto_enabled
 from vertex_jax.model_card import write_run_card
 from vertex_jax.calibrate.run import calibrate_outputs
 from vertex_jax.calibrate.run import store as store_calibration
@@ -33,6 +34,7 @@ from vertex_jax.data.prepare import PreparedData, describe_training_data, prepar
 from vertex_jax.models.build import tasks_of
 from vertex_jax.models.weights import load_pretrained
 from vertex_jax.train.checkpoint import Checkpoints
+from vertex_jax.train.dispatch import StepDispatch
 from vertex_jax.train.metrics import MetricWriter, Throughput, auroc_per_task
 from vertex_jax.train.moments import MomentLayout
 from vertex_jax.train.packing import StatePacking, pack_state_enabled
@@ -196,7 +198,8 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
         devices idle (reading the step just dispatched would wait for it, then for the host)."""
         if pending is None:
             return
-        step, epoch, rows, metrics = pending
+        step, epoch, rows, future = pending
+        metrics = future.result()
         if config.nan_policy == "skip" or bool(metrics["finite"]):
             clock.tick(config.batch_size)
             if step % config.log_every_steps == 0:
@@ -208,9 +211,11 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
             f"{ckpt.directory} is untouched.")
 
     feed = DevicePrefetch(train_iter, lambda b: meshlib.to_global(b, mesh), depth=2)
-    pending = None  # (step, epoch, batch rows, metrics) of the step whose finite flag is unread
+    pending = None  # (step, epoch, batch rows, future of its metrics) of the step whose flag is unread
     preemption = Preemption()
-    stop = StopAgreement(preemption, mesh, every=config.log_every_steps)
+    # the step's calls inline or from a thread of their own (vertex_jax.train.dispatch)
+    dispatch = StepDispatch(train_step, threaded=auto_enabled(config.dispatch_thread, "dispatch_thread"))
+    stop = StopAgreement(preemption, mesh, every=config.log_every_steps, launch=dispatch.call)
     clock = Throughput()  # images/s of the steps alone (summary["throughput"])
     stopped = "completed"
     best_outputs = None  # the best checkpoint's validation outputs, for its calibration
@@ -223,12 +228,12 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
                        dynamic_ncols=True)
             preempted = False
             clock.pause()
-            stepped = pack(state)
+            dispatch.start(pack(state))
             while progress.step < epoch_end:
                 t0 = time.perf_counter()
                 host_batch, batch = feed.next(epoch_end - progress.step)
                 t1 = time.perf_counter()
-                stepped, metrics = train_step(stepped, batch)
+                metrics = dispatch.submit(batch)
                 clock.waited(t1 - t0)
                 clock.dispatched(time.perf_counter() - t1)
                 # The previous step's flag: reading it waits for that step only, while this one
@@ -243,7 +248,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
             finished(pending)  # the epoch's last step
             pending = None
             preempted = preempted or stop.settle()  # a gather queued behind the epoch's last steps
-            state = unpack(stepped)
+            state = unpack(dispatch.state())
             bar.close()
             if preempted:
                 feed.rewind()
@@ -274,6 +279,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
             save()  # a run capped by max_steps mid-epoch still ends on a checkpoint
     finally:
         preemption.restore()
+        dispatch.close()
         ckpt.wait()
         writer.close()
     calibration = None

@@ -11,8 +11,10 @@ reads the same value after the same step.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import signal
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +22,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from vertex_jax import mesh as meshlib
+from vertex_jax.train.dispatch import inline
 
 
 class Preemption:
@@ -44,16 +47,18 @@ class StopAgreement:
     One process: its own flag, at every step. Several (``gathered``, the default with more
     than one process): any process's flag as gathered after the last step that is a
     multiple of ``every``, read one step later; :meth:`settle` reads a gather still
-    pending at an epoch's end.
+    pending at an epoch's end. ``launch(fn, *args) -> future`` runs the gather in the
+    steps' order (:meth:`vertex_jax.train.dispatch.StepDispatch.call`; default: now).
     """
 
-    def __init__(self, preemption: Preemption, mesh: Mesh, every: int, gathered: bool | None = None):
-        self.preemption, self.every = preemption, max(1, int(every))
+    def __init__(self, preemption: Preemption, mesh: Mesh, every: int, gathered: bool | None = None,
+                 launch: Callable[..., concurrent.futures.Future] = inline):
+        self.preemption, self.every, self.launch = preemption, max(1, int(every)), launch
         self.gathered = jax.process_count() > 1 if gathered is None else gathered
         self._sharding = meshlib.batch_sharded(mesh)
         self._any = meshlib.compiled_together(
             jax.jit(jnp.max, out_shardings=meshlib.replicated(mesh)), "stop agreement")
-        self._pending: jax.Array | None = None
+        self._pending: concurrent.futures.Future | None = None
 
     def after_dispatch(self, step: int) -> bool:
         """Step ``step`` (counted from 1) is dispatched: stop after it?"""
@@ -63,10 +68,10 @@ class StopAgreement:
             return True
         if step % self.every == 0:
             local = np.full(len(self._sharding.addressable_devices), self.preemption.requested, np.int32)
-            self._pending = self._any(jax.make_array_from_process_local_data(self._sharding, local))
+            self._pending = self.launch(self._any, jax.make_array_from_process_local_data(self._sharding, local))
         return False
 
     def settle(self) -> bool:
         """Whether the gather still pending (if any) found a signalled process; it is then read."""
         pending, self._pending = self._pending, None
-        return pending is not None and bool(pending)
+        return pending is not None and bool(pending.result())
