@@ -698,6 +698,13 @@ def test_the_loop_point_follows_the_steps_it_loads_from_the_cache(dry):
     loops = [p for p in points if p.kind == "loop"]
     # the loop, then the loop with the step dispatched from its own thread (the same step)
     assert [p.overrides for p in loops] == [{}, {"dispatch_thread": True}]
+    # enough timed steps for a stall every logging period to show, within one epoch of the
+    # isolated step's schedule
+    from vertex_jax.bench.gpu_check import LOOP_STEPS
+    from vertex_jax.bench.loop import periodic_stall
+    from vertex_jax.bench.measure import STEPS_PER_EPOCH
+    period = load_config("configs/xray.py").log_every_steps
+    assert periodic_stall([0.1] * (LOOP_STEPS - 1), period) is not None and LOOP_STEPS + 2 <= STEPS_PER_EPOCH
     for loop in loops:
         for name in (BASELINE.format(batch=loop.batch), f"jax-eval-b{4 * loop.batch}"):
             before = points[names.index(name)]

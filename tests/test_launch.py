@@ -216,8 +216,9 @@ def shift_one_array(state: Path) -> None:
 def test_restarted_pods_set_aside_damaged_checkpoints_resume_and_stop_together(lost_pod):
     """The Job's restart after the lost pod, with the newest step's arrays damaged (one
     decodes to wrong numbers) and the next one's metadata truncated: both set aside, the
-    third used. Once the resumed run trains, only pod 1 gets SIGTERM: both pods stop after
-    the same step, which is saved, and exit cleanly."""
+    third used. Once the resumed run trains (its steps dispatched from a thread of their
+    own), only pod 1 gets SIGTERM: both pods stop after the same step, which is saved, and
+    exit cleanly."""
     workdir, data = lost_pod.workdir, lost_pod.data
     resume_at, truncated, damaged = steps(workdir)[-3:]
     ckpt = workdir / "checkpoints"
@@ -226,7 +227,8 @@ def test_restarted_pods_set_aside_damaged_checkpoints_resume_and_stop_together(l
     metadata.write_bytes(metadata.read_bytes()[:40])
     metrics = workdir / "metrics.jsonl"
     logged = metrics.read_text().count("\n")
-    procs = start_pods(workdir, data, *RUN, "--config.log_every_steps=1")
+    # the step dispatched from a thread of its own: the stop's gather goes through it too
+    procs = start_pods(workdir, data, *RUN, "--config.log_every_steps=1", "--config.dispatch_thread=true")
     deadline = time.time() + 600
     try:
         while metrics.read_text().count("\n") < logged + 2:  # the resumed run's own steps

@@ -6,13 +6,15 @@ the step called from a thread of its own (``dispatch_thread``) the run is the sa
 
 import itertools
 import json
+import threading
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from vertex_jax.bench.loop import loop_data
 from vertex_jax.config_files import load_config
-from vertex_jax.runs import model_arrays
+from vertex_jax.runs import STATE, restore_arrays
 from vertex_jax.train import loop as train_loop
 
 
@@ -69,12 +71,26 @@ def test_a_steps_results_are_read_only_after_the_next_step_is_dispatched_inline_
     assert [r["step"] for r in logged if "train/loss" in r] == list(range(1, steps + 1))
 
     # The same run with the step called from a thread of its own: the same numbers.
-    monkeypatch.setattr(train_loop, "make_train_step", lambda *a, **k: made["train"])
+    threads = set()
+
+    def threaded_step(state, batch):
+        threads.add(threading.get_ident())
+        return made["train"](state, batch)
+
+    monkeypatch.setattr(train_loop, "make_train_step", lambda *a, **k: threaded_step)
     config.dispatch_thread = True
     threaded = train_loop.train_and_evaluate(config, str(tmp_path / "threaded"))
     assert threaded["status"] == "completed" and threaded["step"] == steps
-    inline_arrays = model_arrays(summary["best_checkpoint"])
-    threaded_arrays = model_arrays(threaded["best_checkpoint"])
-    assert inline_arrays.keys() == threaded_arrays.keys()
-    for name, array in inline_arrays.items():
-        np.testing.assert_array_equal(threaded_arrays[name], array, err_msg=name)
+    assert len(threads) == 1 and threading.get_ident() not in threads  # one thread, not this one
+    # every saved array: model, optimizer moments and step, random keys
+    inline_state = saved_state(summary["best_checkpoint"])
+    threaded_state = saved_state(threaded["best_checkpoint"])
+    assert inline_state.keys() == threaded_state.keys() and len(inline_state) > 100
+    for name, array in inline_state.items():
+        np.testing.assert_array_equal(threaded_state[name], array, err_msg=name)
+
+
+def saved_state(step_dir: str) -> dict[str, np.ndarray]:
+    """Every array a checkpoint's state holds, by its path."""
+    tree = restore_arrays(Path(step_dir) / STATE)
+    return {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}

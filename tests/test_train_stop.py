@@ -31,10 +31,16 @@ def test_a_gathered_flag_is_read_one_step_after_the_step_it_was_gathered_behind(
         assert not agree.after_dispatch(3)  # reads step 2's gather: nobody had asked then
         assert not agree.after_dispatch(4)  # gathers the flag behind step 4 ...
         assert agree.after_dispatch(5)  # ... and every process reads it after step 5
-        assert not agree.settle()  # read once
-        # an epoch ending right after a gather: settled there
-        assert not agree.after_dispatch(6) and agree.settle()
+        # an epoch ending right after a gather: read there
+        assert not agree.after_dispatch(6) and agree.at_epoch_end()
+        # an epoch ending between gathers (every=100 here): a gather made and read there
+        preemption.requested = False
+        rare = StopAgreement(preemption, mesh, every=100, gathered=True)
+        assert not rare.after_dispatch(7) and not rare.at_epoch_end()
+        preemption.requested = True
+        assert not rare.after_dispatch(8) and rare.at_epoch_end()
         # one process, not gathered: its own flag, at once
-        assert StopAgreement(preemption, mesh, every=2, gathered=False).after_dispatch(1)
+        alone = StopAgreement(preemption, mesh, every=2, gathered=False)
+        assert alone.after_dispatch(1) and alone.at_epoch_end()
     finally:
         preemption.restore()

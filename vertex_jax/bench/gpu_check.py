@@ -133,6 +133,13 @@ def _config_flags(overrides: dict[str, Any]) -> list[str]:
     return [f"--config.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in overrides.items()]
 
 
+# The loop points' steps at least: 30 timed (the clock leaves the first out), three per
+# position of the logging period (10), so each run's ``stall`` is measured
+# (bench.loop.periodic_stall); and under STEPS_PER_EPOCH, so the loop's step is the
+# isolated step's program.
+LOOP_STEPS = 31
+
+
 def _run_loop_point(point: Point, args: argparse.Namespace, timeout: float) -> dict[str, Any]:
     """``python -m vertex_jax.bench --what loop`` (random canvases, no cohort to generate)
     with the levers that won before it in the plan (none: it runs before them, against the
@@ -151,7 +158,7 @@ def _run_loop_point(point: Point, args: argparse.Namespace, timeout: float) -> d
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "loop.json"
         cmd = [sys.executable, "-m", "vertex_jax.bench", f"--config={args.config}", "--what=loop",
-               f"--batch={point.batch}", f"--dtype={args.dtype}", f"--steps={max(args.steps, 20)}",
+               f"--batch={point.batch}", f"--dtype={args.dtype}", f"--steps={max(args.steps, LOOP_STEPS)}",
                "--repeats=1", f"--json={out}", f"--config.eval_batch_size={4 * point.batch}",
                *([f"--config.model.depthwise={args.depthwise}"] if args.depthwise else []),
                *_config_flags(point.overrides)]
@@ -235,7 +242,7 @@ def _document(args: argparse.Namespace, config: Any, loader: str, points: Sequen
                    complete=len(results) == len(points), budget_s=args.budget_s, wall_s=wall_s,
                    points=points_out, levers=lever_verdicts(points, results, baseline),
                    peer_environment=peer_env, profile=profile,
-                   loop=next(iter(loops.values()), None), loops=loops,
+                   loop=loops.get(f"loop-b{points[0].batch}") if points else None, loops=loops,
                    rerun=(f"--points={','.join(skipped)}" if skipped else None))
     try:
         doc["targets"] = verdicts(doc)

@@ -130,8 +130,11 @@ def verdicts(doc: dict[str, Any]) -> list[dict[str, Any]]:
     figures = {name: loop_figures(loop_doc) for name, loop_doc in loops.items()}
     best = max((n for n in figures if figures[n][0] is not None), key=lambda n: figures[n][0], default=None)
     first = next(iter(figures), f"loop-b{batch}")
+    others = [f"{n} {r:.3f}" for n, (r, _) in figures.items() if r is not None and n != best]
+    if best and best != f"loop-b{batch}":
+        others.insert(0, "a setting off by default")
     rows += [_row("loop / isolated step", figures[best][0] if best else None, 0.95, "", best or first,
-                  note=", ".join(f"{n} {r:.3f}" for n, (r, _) in figures.items() if r is not None and n != best)),
+                  note=", ".join(others)),
              _row("input alone, images/s", figures[first][1] if first in figures else None, 1000, "", first)]
 
     evals = [r for r in records if r["framework"] == "jax" and r["what"] == "eval"]

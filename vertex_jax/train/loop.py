@@ -212,9 +212,9 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
 
     feed = DevicePrefetch(train_iter, lambda b: meshlib.to_global(b, mesh), depth=2)
     pending = None  # (step, epoch, batch rows, future of its metrics) of the step whose flag is unread
-    preemption = Preemption()
     # the step's calls inline or from a thread of their own (vertex_jax.train.dispatch)
     dispatch = StepDispatch(train_step, threaded=auto_enabled(config.dispatch_thread, "dispatch_thread"))
+    preemption = Preemption()  # restored in the finally below: nothing may raise in between
     stop = StopAgreement(preemption, mesh, every=config.log_every_steps, launch=dispatch.call)
     clock = Throughput()  # images/s of the steps alone (summary["throughput"])
     stopped = "completed"
@@ -247,7 +247,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
                     break
             finished(pending)  # the epoch's last step
             pending = None
-            preempted = preempted or stop.settle()  # a gather queued behind the epoch's last steps
+            preempted = preempted or stop.at_epoch_end()
             state = unpack(dispatch.state())
             bar.close()
             if preempted:
@@ -278,8 +278,8 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
         if stopped == "completed" and ckpt.manager.latest_step() != progress.step:
             save()  # a run capped by max_steps mid-epoch still ends on a checkpoint
     finally:
-        preemption.restore()
         dispatch.close()
+        preemption.restore()
         ckpt.wait()
         writer.close()
     calibration = None

@@ -33,7 +33,8 @@ class Preemption:
         self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
 
     def _handle(self, signum, frame) -> None:
-        logging.warning("received %s: finishing the current step, then saving", signal.Signals(signum).name)
+        logging.warning("received %s: stopping after the current step (with several processes, the step "
+                        "they agree on), then saving", signal.Signals(signum).name)
         self.requested = True
 
     def restore(self) -> None:
@@ -46,8 +47,8 @@ class StopAgreement:
 
     One process: its own flag, at every step. Several (``gathered``, the default with more
     than one process): any process's flag as gathered after the last step that is a
-    multiple of ``every``, read one step later; :meth:`settle` reads a gather still
-    pending at an epoch's end. ``launch(fn, *args) -> future`` runs the gather in the
+    multiple of ``every``, read one step later; and at every epoch's end
+    (:meth:`at_epoch_end`). ``launch(fn, *args) -> future`` runs the gather in the
     steps' order (:meth:`vertex_jax.train.dispatch.StepDispatch.call`; default: now).
     """
 
@@ -64,14 +65,24 @@ class StopAgreement:
         """Step ``step`` (counted from 1) is dispatched: stop after it?"""
         if not self.gathered:
             return self.preemption.requested
-        if self.settle():
+        if self._read_pending():
             return True
         if step % self.every == 0:
-            local = np.full(len(self._sharding.addressable_devices), self.preemption.requested, np.int32)
-            self._pending = self.launch(self._any, jax.make_array_from_process_local_data(self._sharding, local))
+            self._pending = self._gather()
         return False
 
-    def settle(self) -> bool:
-        """Whether the gather still pending (if any) found a signalled process; it is then read."""
+    def at_epoch_end(self) -> bool:
+        """Stop at this epoch's end? The loop waits for the devices here anyway: a gather
+        still pending is read, then (unless it said stop) a new one at once, so a signal
+        is heard at every epoch's end, whatever ``every`` is."""
+        if not self.gathered:
+            return self.preemption.requested
+        return self._read_pending() or bool(self._gather().result())
+
+    def _read_pending(self) -> bool:
         pending, self._pending = self._pending, None
         return pending is not None and bool(pending.result())
+
+    def _gather(self) -> concurrent.futures.Future:
+        local = np.full(len(self._sharding.addressable_devices), self.preemption.requested, np.int32)
+        return self.launch(self._any, jax.make_array_from_process_local_data(self._sharding, local))
