@@ -371,6 +371,9 @@ def test_the_targets_are_read_off_a_gpu_check_document():
     loop_row = {r["target"]: r for r in verdicts(doc)}["loop / isolated step"]
     assert loop_row["value"] == 297 / 300 and loop_row["source"] == "loop-b32-dispatch-thread"
     assert loop_row["note"] == f"a setting off by default, loop-b32 {290 / 300:.3f}"
+    threaded["loop_runs"] = [{"runs": [{"stall": {"period": 10, "slowest_position_s": 0.1, "median_s": 0.0925}}]}]
+    loop_row = {r["target"]: r for r in verdicts(doc)}["loop / isolated step"]
+    assert loop_row["note"].startswith("every 10 steps the slowest 100.0 ms against a median 92.5, a setting off")
     rows = {r["target"]: r for r in verdicts(doc)}
     assert rows["input alone, images/s"]["met"] is True
     seeded = rows["first compile, shipped autotuning results"]

@@ -120,21 +120,27 @@ def verdicts(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
     loops = doc.get("loops") or ({f"loop-b{batch}": doc["loop"]} if doc.get("loop") else {})
 
-    def loop_figures(loop_doc: dict[str, Any]) -> tuple[float | None, float | None]:
-        """(loop / its isolated step, the input alone's images/s) of one loop point."""
+    def loop_figures(loop_doc: dict[str, Any]) -> tuple[float | None, float | None, dict[str, Any] | None]:
+        """(loop / its isolated step, the input alone's images/s, the first run's stall every
+        logging period, bench.loop.periodic_stall) of one loop point."""
         loop = next((r for r in loop_doc.get("records", []) if r["what"] == "loop"), None)
         step = next((r for r in loop_doc.get("records", []) if r["what"] == "train"), None)
-        runs = loop_doc.get("loop_runs") or [{}]
+        first_point = (loop_doc.get("loop_runs") or [{}])[0]
         return (loop["images_per_s"] / step["images_per_s"] if loop and step else None,
-                (runs[0].get("input") or {}).get("images_per_s"))
+                (first_point.get("input") or {}).get("images_per_s"),
+                ((first_point.get("runs") or [{}])[0]).get("stall"))
     figures = {name: loop_figures(loop_doc) for name, loop_doc in loops.items()}
     best = max((n for n in figures if figures[n][0] is not None), key=lambda n: figures[n][0], default=None)
     first = next(iter(figures), f"loop-b{batch}")
-    others = [f"{n} {r:.3f}" for n, (r, _) in figures.items() if r is not None and n != best]
+    notes = [f"{n} {r:.3f}" for n, (r, _, _) in figures.items() if r is not None and n != best]
     if best and best != f"loop-b{batch}":
-        others.insert(0, "a setting off by default")
+        notes.insert(0, "a setting off by default")
+    stall = figures[best][2] if best else None
+    if stall:  # the host's work showing every logging period
+        notes.insert(0, f"every {stall['period']} steps the slowest {1e3 * stall['slowest_position_s']:.1f} ms "
+                        f"against a median {1e3 * stall['median_s']:.1f}")
     rows += [_row("loop / isolated step", figures[best][0] if best else None, 0.95, "", best or first,
-                  note=", ".join(others)),
+                  note=", ".join(notes)),
              _row("input alone, images/s", figures[first][1] if first in figures else None, 1000, "", first)]
 
     evals = [r for r in records if r["framework"] == "jax" and r["what"] == "eval"]
