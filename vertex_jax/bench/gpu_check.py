@@ -9,7 +9,8 @@ clinical fusion at 1024×512 in bfloat16 (``configs/xray.py``): the training ste
 compile in a fresh compilation cache, again in a fresh cache given only that compile's
 autotuning results, and its warm compile in a second process, the
 PyTorch peer (``torch.compile`` + channels-last, compiled in the background once the
-isolated compile points are done, timed alone), evaluation, the training loop,
+isolated compile points are done, timed alone), evaluation, the training loop (and
+again with the step dispatched from its own thread; the JSON's ``loops``, ``loop`` the first),
 each lever against the baseline (recomputed activations, symmetric padding, depthwise as
 shifts, BatchNorm backward, a packed state), the combination of the levers that won
 (decided during the run), larger batches, a profile of the combination, and XLA's default
