@@ -126,3 +126,15 @@ def test_a_stall_every_logging_period_shows_at_its_position():
     assert stall["slowest_position_s"] == pytest.approx(0.020)
     assert stall["median_s"] == pytest.approx(0.011)
     assert periodic_stall(steady[:19], 10) is None and periodic_stall(steady, 1) is None
+
+
+def test_the_loop_printout_names_the_stall_of_each_logging_period():
+    from vertex_jax.bench.loop import format_input_rates
+
+    run = {"images_per_s": 300.0, "wait_s": 0.001, "dispatch_s": 0.09,
+           "stall": {"period": 10, "slowest_position_s": 0.1, "median_s": 0.092}}
+    entry = {"point": {}, "input": {"images_per_s": 3000.0}, "runs": [run, {**run, "stall": None}]}
+    line = format_input_rates([entry])
+    assert "10.0x the loop's 300" in line and "waited 1.00 ms for its batch and dispatched in 90.00 ms" in line
+    assert line.endswith("every 10 steps (logging) the slowest step 100.00 ms against a median 92.00")
+    assert "every" not in format_input_rates([{**entry, "runs": [{**run, "stall": None}]}])
