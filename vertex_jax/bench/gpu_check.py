@@ -10,7 +10,7 @@ compile in a fresh compilation cache, again in a fresh cache given only that com
 autotuning results, and its warm compile in a second process, the
 PyTorch peer (``torch.compile`` + channels-last, compiled in the background once the
 isolated compile points are done, timed alone), evaluation, the training loop (and
-again with the step dispatched from its own thread; the JSON's ``loops``, ``loop`` the first),
+again with the step dispatched from its own thread; the JSON's ``loops``),
 each lever against the baseline (recomputed activations, symmetric padding, depthwise as
 shifts, BatchNorm backward, a packed state), the combination of the levers that won
 (decided during the run), larger batches, a profile of the combination, and XLA's default
@@ -243,7 +243,7 @@ def _document(args: argparse.Namespace, config: Any, loader: str, points: Sequen
                    complete=len(results) == len(points), budget_s=args.budget_s, wall_s=wall_s,
                    points=points_out, levers=lever_verdicts(points, results, baseline),
                    peer_environment=peer_env, profile=profile,
-                   loop=loops.get(f"loop-b{points[0].batch}") if points else None, loops=loops,
+                   loops=loops,
                    rerun=(f"--points={','.join(skipped)}" if skipped else None))
     try:
         doc["targets"] = verdicts(doc)

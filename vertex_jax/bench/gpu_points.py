@@ -26,9 +26,10 @@ from vertex_jax.bench.hlo_kernels import entry_kernels
 from vertex_jax.bench.plain_config import point_config
 from vertex_jax.bench.trace import summarize_trace
 
-__all__ = ["Point", "plan", "BASELINE", "child_main"]
+__all__ = ["Point", "plan", "BASELINE", "LOOP", "child_main"]
 
 BASELINE = "jax-train-b{batch}"  # the training step at the check's batch, new defaults
+LOOP = "loop-b{batch}"  # the training loop at the check's batch, as configured
 # Seconds of timed steps per point at most: a pathologically slow point (no autotuning: a
 # step over 2 s) is measured with fewer steps instead of running out its time box.
 TIMING_BUDGET_S = 20.0
@@ -91,7 +92,7 @@ def plan(dry: bool, xla: str = "fast-compile") -> list[Point]:
               overrides={"model.se_pool": "shared"}, cap_s=cap, estimate_s=10 if dry else 25),
         Point(f"peer-compile-cl-b{b}", "peer", batch=b, cap_s=cap + 60, estimate_s=10 if dry else 50,
               peer_flags="" if dry else "--compile --channels-last"),
-        Point(f"loop-b{b}", "loop", batch=b, cap_s=cap + 50, estimate_s=10 if dry else 70),
+        Point(LOOP.format(batch=b), "loop", batch=b, cap_s=cap + 50, estimate_s=10 if dry else 70),
         # The fused BatchNorm's dz written out and read back, the default before §15 (now
         # computed again in the dx pass: ~13% fewer bytes by the described H200's program).
         Point(f"{first}-bn-grad-float32", "jax", overrides={"model.batchnorm_grad": "float32"}, **lever),
@@ -104,7 +105,7 @@ def plan(dry: bool, xla: str = "fast-compile") -> list[Point]:
         Point(f"{first}-no-excess-precision", "jax", xla="fast-compile-no-excess-precision", **lever),
         # The loop with the step called from a thread of its own (§20): the host's work per
         # step beside the launches. The baseline's step, as the first loop's (no levers).
-        Point(f"loop-b{b}-dispatch-thread", "loop", batch=b, overrides={"dispatch_thread": True},
+        Point(f"{LOOP.format(batch=b)}-dispatch-thread", "loop", batch=b, overrides={"dispatch_thread": True},
               cap_s=cap + 50, estimate_s=10 if dry else 70),
         # Launch overhead (§7; at most ~5 µs a kernel by §12): CUDA graphs over shorter runs.
         Point(f"{first}-graphs", "jax", xla="fast-compile-graphs", **lever),

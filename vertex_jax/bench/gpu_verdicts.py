@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from vertex_jax.bench.gpu_points import BASELINE, Point
+from vertex_jax.bench.gpu_points import BASELINE, LOOP, Point
 
 __all__ = ["lever_verdicts", "combine_levers", "verdicts", "format_verdicts", "main"]
 
@@ -82,6 +82,35 @@ def _row(target: str, value: float | None, goal: float | None, unit: str, source
             "met": met, "source": source, "note": note}
 
 
+def _loop_figures(loop_doc: dict[str, Any]) -> tuple[float | None, float | None, dict[str, Any] | None]:
+    """(loop / its isolated step, the input alone's images/s, the first run's stall every
+    logging period, bench.loop.periodic_stall) of one loop point's result."""
+    loop = next((r for r in loop_doc.get("records", []) if r["what"] == "loop"), None)
+    step = next((r for r in loop_doc.get("records", []) if r["what"] == "train"), None)
+    first_point = (loop_doc.get("loop_runs") or [{}])[0]
+    return (loop["images_per_s"] / step["images_per_s"] if loop and step else None,
+            (first_point.get("input") or {}).get("images_per_s"),
+            ((first_point.get("runs") or [{}])[0]).get("stall"))
+
+
+def _loop_rows(loops: dict[str, dict[str, Any]], default: str) -> list[dict[str, Any]]:
+    """The loop's targets from the loop points' results (``default``: the loop as
+    configured): the better loop / step ratio, naming the others, and the input alone."""
+    figures = {name: _loop_figures(result) for name, result in loops.items()}
+    best = max((n for n in figures if figures[n][0] is not None), key=lambda n: figures[n][0], default=None)
+    first = next(iter(figures), default)
+    notes = [f"{n} {r:.3f}" for n, (r, _, _) in figures.items() if r is not None and n != best]
+    if best and best != default:
+        notes.insert(0, "a setting off by default")
+    stall = figures[best][2] if best else None
+    if stall:  # the host's work showing every logging period
+        notes.insert(0, f"every {stall['period']} steps the slowest {1e3 * stall['slowest_position_s']:.1f} ms "
+                        f"against a median {1e3 * stall['median_s']:.1f}")
+    return [_row("loop / isolated step", figures[best][0] if best else None, 0.95, "", best or first,
+                 note=", ".join(notes)),
+            _row("input alone, images/s", figures[first][1] if first in figures else None, 1000, "", first)]
+
+
 def verdicts(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per target of the module docstring: ``target``, ``value``, ``goal``, ``met``
     (None: not measured, or a dry run's figure), ``source`` (the point or points read) and
@@ -118,30 +147,9 @@ def verdicts(doc: dict[str, Any]) -> list[dict[str, Any]]:
              compile_row("first compile, shipped autotuning results", f"{base}-autotune-seeded-cold", 60),
              compile_row("compile in a second process", f"{base}-warm", 10)]
 
-    loops = doc.get("loops") or ({f"loop-b{batch}": doc["loop"]} if doc.get("loop") else {})
-
-    def loop_figures(loop_doc: dict[str, Any]) -> tuple[float | None, float | None, dict[str, Any] | None]:
-        """(loop / its isolated step, the input alone's images/s, the first run's stall every
-        logging period, bench.loop.periodic_stall) of one loop point."""
-        loop = next((r for r in loop_doc.get("records", []) if r["what"] == "loop"), None)
-        step = next((r for r in loop_doc.get("records", []) if r["what"] == "train"), None)
-        first_point = (loop_doc.get("loop_runs") or [{}])[0]
-        return (loop["images_per_s"] / step["images_per_s"] if loop and step else None,
-                (first_point.get("input") or {}).get("images_per_s"),
-                ((first_point.get("runs") or [{}])[0]).get("stall"))
-    figures = {name: loop_figures(loop_doc) for name, loop_doc in loops.items()}
-    best = max((n for n in figures if figures[n][0] is not None), key=lambda n: figures[n][0], default=None)
-    first = next(iter(figures), f"loop-b{batch}")
-    notes = [f"{n} {r:.3f}" for n, (r, _, _) in figures.items() if r is not None and n != best]
-    if best and best != f"loop-b{batch}":
-        notes.insert(0, "a setting off by default")
-    stall = figures[best][2] if best else None
-    if stall:  # the host's work showing every logging period
-        notes.insert(0, f"every {stall['period']} steps the slowest {1e3 * stall['slowest_position_s']:.1f} ms "
-                        f"against a median {1e3 * stall['median_s']:.1f}")
-    rows += [_row("loop / isolated step", figures[best][0] if best else None, 0.95, "", best or first,
-                  note=", ".join(notes)),
-             _row("input alone, images/s", figures[first][1] if first in figures else None, 1000, "", first)]
+    # documents before the second loop point held one loop, as "loop"
+    loops = doc.get("loops") or ({LOOP.format(batch=batch): doc["loop"]} if doc.get("loop") else {})
+    rows += _loop_rows(loops, LOOP.format(batch=batch))
 
     evals = [r for r in records if r["framework"] == "jax" and r["what"] == "eval"]
     fastest_eval = max(evals, key=lambda r: r["images_per_s"], default=None)

@@ -17,16 +17,11 @@ import concurrent.futures
 from typing import Any, Callable
 
 
-def done(value: Any) -> concurrent.futures.Future:
-    """A future that already holds ``value``."""
-    future: concurrent.futures.Future = concurrent.futures.Future()
-    future.set_result(value)
-    return future
-
-
 def inline(fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
     """``fn(*args)`` called now; its result as a finished future."""
-    return done(fn(*args))
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    future.set_result(fn(*args))
+    return future
 
 
 class StepDispatch:
