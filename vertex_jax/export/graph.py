@@ -114,10 +114,11 @@ def rebuild(config: Any, model: VertexNet, **model_overrides: Any) -> VertexNet:
 def export_model(config: Any, model: VertexNet) -> VertexNet:
     """The model that is exported: float32 compute, grouped-convolution depthwise layers,
     no rematerialisation (a training-only setting; the export traces closed over weights),
-    and the squeeze-excite pool read from the activation (no optimization barrier for the
-    converters; a serving runtime schedules the graph itself)."""
+    the squeeze-excite pool read from the activation (no optimization barrier for the
+    converters; a serving runtime schedules the graph itself) and the projections'
+    BatchNorms as the network has them (a serving runtime folds them itself)."""
     return rebuild(config, model, dtype=EXPORT_DTYPE, depthwise="conv", remat=False, recompute="none",
-                   se_pool="shared")
+                   se_pool="shared", project_bn="separate")
 
 
 def reference_model(config: Any, model: VertexNet) -> VertexNet:

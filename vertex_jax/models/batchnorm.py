@@ -232,6 +232,16 @@ class BatchNorm(nnx.BatchNorm):
         self.var[...] = jax.lax.stop_gradient(m * self.var[...] + (1 - m) * var)
         return y
 
+    def folded_into(self, kernel: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(kernel', bias')`` of the linear layer before this BatchNorm (``kernel``: output
+        channels last) and the BatchNorm in evaluation, without its swish, as one layer:
+        ``x @ kernel' + bias'`` is ``normalise(x @ kernel)`` with the running statistics.
+        float32, as the arithmetic of :func:`_normalize_act_plain`."""
+        if self.act:
+            raise ValueError("a BatchNorm followed by its swish is not an affine map: nothing to fold")
+        k = self.scale[...] * jax.lax.rsqrt(self.var[...] + self.epsilon)
+        return kernel.astype(jnp.float32) * k, self.bias[...] - self.mean[...] * k
+
 
 def set_bn_impl(module: nnx.Module, impl: str, grad: str | None = None) -> None:
     """Use BatchNorm implementation ``impl`` (:data:`BATCHNORM_IMPLS`) everywhere in

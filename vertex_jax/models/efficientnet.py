@@ -31,7 +31,8 @@ __all__ = [
     "VARIANTS", "Variant", "BlockSpec", "block_specs", "round_filters", "round_repeats",
     "MBConv", "EfficientNet", "to_unit_float", "normalize_input", "IMAGENET_MEAN",
     "IMAGENET_STD", "HEAD", "PADDINGS", "conv_padding", "RECOMPUTE", "STAGES", "SE_POOLS", "se_dense",
-    "set_se_forms", "POINTWISE_IMPLS", "PointwiseConv", "set_pointwise_impl",
+    "set_se_forms", "POINTWISE_IMPLS", "PointwiseConv", "set_pointwise_impl", "PROJECT_BNS",
+    "set_project_bn",
 ]
 
 
@@ -285,9 +286,15 @@ class PointwiseConv(nnx.Conv):
         self.impl = "conv"
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        return self.with_kernel(x, self.kernel[...])
+
+    def with_kernel(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
+        """The layer on NHWC ``x`` with ``kernel`` ([1, 1, cin, cout]) in place of its own."""
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         if self.impl == "conv":
-            return super().__call__(x)
-        return jnp.einsum("...c,cd->...d", x.astype(self.dtype), self.kernel[...][0, 0].astype(self.dtype))
+            return jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID",
+                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jnp.einsum("...c,cd->...d", x, kernel[0, 0])
 
 
 def set_pointwise_impl(module: nnx.Module, impl: str) -> None:
@@ -345,6 +352,26 @@ def set_se_forms(module: nnx.Module, *, dense: str | None = None, pool: str | No
         block.se_pool = block.se_pool if pool is None else pool
 
 
+PROJECT_BNS = ("auto", "separate", "folded")
+
+
+def _check_project_bn(form: str) -> None:
+    if form not in PROJECT_BNS:
+        raise ConfigError(f"model.project_bn must be one of {PROJECT_BNS}, got {form!r}")
+
+
+def _projection_folds(form: str) -> bool:
+    return form == "folded" or (form == "auto" and on_accelerator())
+
+
+def set_project_bn(module: nnx.Module, form: str) -> None:
+    """Compute every block's projection BatchNorm in evaluation as ``form`` says
+    (:data:`PROJECT_BNS`, :meth:`MBConv.project`)."""
+    _check_project_bn(form)
+    for block in (m for _, m in nnx.iter_modules(module) if isinstance(m, MBConv)):
+        block.project_bn_form = form
+
+
 class MBConv(nnx.Module):
     """Mobile inverted bottleneck: [1x1 expand] -> depthwise -> squeeze-excite -> 1x1 project (+skip)."""
 
@@ -367,6 +394,7 @@ class MBConv(nnx.Module):
                                     dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
         self.se_form = "dot"  # :data:`SE_DENSE_FORMS`, set by set_se_forms
         self.se_pool = "auto"  # :data:`SE_POOLS`, set by set_se_forms
+        self.project_bn_form = "auto"  # :data:`PROJECT_BNS`, set by set_project_bn
         self.project_conv = PointwiseConv(hidden, spec.out_channels, dtype=dtype, rngs=rngs)
         self.project_bn = BatchNorm(spec.out_channels, act=False, dtype=dtype, rngs=rngs)
         if spec.has_skip and spec.drop_rate > 0:
@@ -394,8 +422,23 @@ class MBConv(nnx.Module):
         s = checkpoint_name(jnp.mean(pooled, axis=(1, 2), keepdims=True, dtype=jnp.float32), _KEPT_GATE)
         s = jax.nn.silu(se_dense(self.se_reduce, s, self.se_form))
         s = checkpoint_name(jax.nn.sigmoid(se_dense(self.se_expand, s, self.se_form)), _KEPT_GATE)
-        h = h * s.astype(self.dtype)
-        h = self.project_bn(checkpoint_name(self.project_conv(h), _KEPT_CONV))
+        return self.project(h * s.astype(self.dtype), x)
+
+    def project(self, h: jax.Array, x: jax.Array) -> jax.Array:
+        """The 1x1 projection of the gated activation ``h``, its BatchNorm, and the skip from
+        the block's input ``x``. In evaluation with ``project_bn_form`` ``folded`` (``auto``:
+        on accelerators) the BatchNorm's affine map is folded into the convolution's kernel
+        and a bias, and the skip added after: XLA:GPU then runs convolution, bias and skip as
+        one cuDNN call, where the convolution's output was written, read back and written
+        again by the kernel that normalised it and added the skip
+        (docs/performance-notes.md §21). The same function up to the rounding of the folded
+        kernel and bias to the compute dtype."""
+        bn = self.project_bn
+        if bn.use_running_average and _projection_folds(self.project_bn_form):
+            kernel, bias = bn.folded_into(self.project_conv.kernel[...])
+            h = self.project_conv.with_kernel(h, kernel) + bias.astype(self.dtype)
+        else:
+            h = bn(checkpoint_name(self.project_conv(h), _KEPT_CONV))
         if self.spec.has_skip:
             if self.drop_path is not None:
                 h = self.drop_path(h)
