@@ -256,7 +256,7 @@ def test_gpu_check_dry_mode_writes_one_complete_json(tmp_path):
     env = doc["environment"]
     assert env["platform"] == "cpu" and env["versions"]["jax"] and env["config_loader"] == "plain"
     assert "ml_collections" in env["blocked_imports"] and "grain" in env["blocked_imports"]
-    assert doc["config"]["variant"] == "tiny" and doc["config"]["dtype"] == "bfloat16"
+    assert doc["config"]["variant"] == "tiny" and doc["config"]["dtype"] == "bfloat16" and doc["config"]["batch"] == 2
     status = {p["name"]: p["status"] for p in doc["points"]}
     assert list(status) == DRY_POINTS.split(",")
     assert {status[k] for k in ("jax-train-b2", "jax-train-b2-recompute", "jax-eval-b2", "combo-b2",
@@ -379,6 +379,13 @@ def test_the_targets_are_read_off_a_gpu_check_document():
     seeded = rows["first compile, shipped autotuning results"]
     assert seeded["value"] == 41.0 and seeded["met"] and "158 autotuning results given" in seeded["note"]
     assert rows["evaluation, images/s"]["source"] == "jax-eval-b128" and rows["evaluation, images/s"]["met"]
+
+    # a rerun of evaluation points only: the targets still name the check's own points
+    rerun = {"config": {**doc["config"], "batch": 32}, "records": [doc["records"][-1]],
+             "points": [{"name": "jax-eval-b128", "kind": "jax", "what": "eval", "batch": 128, "status": "ok"}]}
+    rows = {r["target"]: r for r in verdicts(rerun)}
+    assert rows["first compile, cold cache"]["source"] == "jax-train-b32"
+    assert rows["loop / isolated step"]["source"] == "loop-b32" and rows["evaluation, images/s"]["met"]
 
 
 def test_gpu_check_config_matches_ml_collections():

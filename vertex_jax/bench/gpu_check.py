@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from vertex_jax.bench.gpu_points import BASELINE, Point, child_main, plan
+from vertex_jax.bench.gpu_points import BASELINE, Point, check_batch, child_main, plan
 from vertex_jax.bench.gpu_peer import PeerRun
 from vertex_jax.bench.gpu_verdicts import combine_levers, format_verdicts, lever_verdicts, verdicts
 from vertex_jax.bench.plain_config import MISSING_ON_DEVICE, block_imports, load_run_config
@@ -234,9 +234,10 @@ def _document(args: argparse.Namespace, config: Any, loader: str, points: Sequen
                       if k not in ("environment", "record", "profile", "result")}}
                   for p in points]
     skipped = [p["name"] for p in points_out if p["status"] in ("skipped", "timeout", "pending")]
-    baseline = BASELINE.format(batch=points[0].batch) if points else ""
+    batch = check_batch(args.dry)
+    baseline = BASELINE.format(batch=batch)
     doc = document(environment, records, mode="dry" if args.dry else "gpu",
-                   config={"spec": args.config, "variant": config.model.variant,
+                   config={"spec": args.config, "variant": config.model.variant, "batch": batch,
                            "depthwise": args.depthwise or config.model.depthwise,
                            "canvas": list(config.data.canvas), "dtype": args.dtype,
                            "tasks": config.tasks, "steps": args.steps, "repeats": args.repeats},

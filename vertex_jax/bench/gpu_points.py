@@ -26,7 +26,7 @@ from vertex_jax.bench.hlo_kernels import entry_kernels
 from vertex_jax.bench.plain_config import point_config
 from vertex_jax.bench.trace import summarize_trace
 
-__all__ = ["Point", "plan", "BASELINE", "LOOP", "child_main"]
+__all__ = ["Point", "plan", "check_batch", "BASELINE", "LOOP", "child_main"]
 
 BASELINE = "jax-train-b{batch}"  # the training step at the check's batch, new defaults
 LOOP = "loop-b{batch}"  # the training loop at the check's batch, as configured
@@ -60,10 +60,16 @@ class Point:
         return "peer" if self.kind == "peer" else f"{self.kind}-{self.what}-{self.cache}"
 
 
+def check_batch(dry: bool) -> int:
+    """The check's training batch (the targets' batch; evaluation runs at 4x): the peer's
+    32 on a GPU, 2 in a dry run."""
+    return 2 if dry else 32
+
+
 def plan(dry: bool, xla: str = "fast-compile") -> list[Point]:
     """Every point, most valuable first: what runs first survives a short budget. ``xla``
     is the XLA preset of every point that does not name its own."""
-    b = 2 if dry else 32
+    b = check_batch(dry)
     cap = 120.0 if dry else 150.0
     first = BASELINE.format(batch=b)
     lever = dict(lever=True, batch=b, cap_s=cap, estimate_s=10.0 if dry else 45.0)

@@ -118,7 +118,8 @@ def verdicts(doc: dict[str, Any]) -> list[dict[str, Any]]:
     records = doc.get("records", [])
     points = {p["name"]: p for p in doc.get("points", [])}
     trains = [p["batch"] for p in points.values() if p["kind"] in ("jax", "peer") and p.get("what") == "train"]
-    batch = min(trains) if trains else None
+    # the check's batch; documents before it was written: their smallest training batch
+    batch = doc.get("config", {}).get("batch") or (min(trains) if trains else None)
     base = BASELINE.format(batch=batch)
     by_point = {r["options"].get("point"): r for r in records}
     jax_train = [r for r in records if r["framework"] == "jax" and r["what"] == "train" and r["batch"] == batch]
