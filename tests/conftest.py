@@ -59,6 +59,16 @@ def pytest_sessionfinish(session):
         shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
+@pytest.fixture(params=[False, True], ids=["cpu-form", "accelerator-form"])
+def accelerator_form(request):
+    """Trace as on a CPU, or in the accelerator form of every ``auto`` setting (fused
+    BatchNorm, its sums as one complex reduction, the evaluation forms) -- both run here."""
+    from vertex_jax.auto_setting import assume_accelerator
+    assume_accelerator(request.param)
+    yield request.param
+    assume_accelerator(None)
+
+
 @pytest.fixture
 def png_cohort(tmp_path):
     write_png_cohort(tmp_path, 23)

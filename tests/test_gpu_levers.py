@@ -33,16 +33,6 @@ def naive_bn(x, scale, bias, act):
     return jax.nn.silu(z) if act else z
 
 
-@pytest.fixture(params=[False, True], ids=["cpu-form", "accelerator-form"])
-def accelerator_form(request):
-    """Trace as on a CPU, or as on an accelerator (the per-channel sums become one
-    complex reduction) -- both run here on the CPU."""
-    from vertex_jax.auto_setting import assume_accelerator
-    assume_accelerator(request.param)
-    yield request.param
-    assume_accelerator(None)
-
-
 @pytest.mark.parametrize("grad", ["recompute", "float32"])
 @pytest.mark.parametrize("act", [True, False])
 def test_fused_batchnorm_matches_autodiff_of_the_plain_formula(act, grad, accelerator_form):

@@ -15,15 +15,6 @@ from vertex_jax.models.efficientnet import BlockSpec, EfficientNet, MBConv, set_
 UNIT_ROUNDOFF = {jnp.float32: 2.0 ** -24, jnp.bfloat16: 2.0 ** -8}  # round to nearest, p = 24 / 8
 
 
-@pytest.fixture(params=[False, True], ids=["cpu-form", "accelerator-form"])
-def accelerator_form(request):
-    """Trace as on a CPU or as on an accelerator (where ``auto`` folds); both run here."""
-    from vertex_jax.auto_setting import assume_accelerator
-    assume_accelerator(request.param)
-    yield request.param
-    assume_accelerator(None)
-
-
 def _random_statistics(module: nnx.Module, rng: np.random.Generator) -> None:
     """Running statistics and affine parameters away from (0, 1, 1, 0), so that a fold that
     dropped the mean, the bias or the scale would show."""
