@@ -164,7 +164,7 @@ def test_batchnorm_grad_compute_rounds_only_the_swish_cotangent(accelerator_form
     """``model.batchnorm_grad=compute`` under bfloat16: the fused backward pass rounds
     ``dz`` (the cotangent before the swish) to bfloat16. Against the float32 form the
     output is identical and each gradient moves by at most what rounding ``dz`` can
-    move it: |d dz_i| <= 2^-8 |dz_i| (with slack over bf16's 2^-9), so the bias gradient
+    move it: |d dz_i| <= 2^-8 |dz_i| (bfloat16's unit roundoff: 8 significant bits), so the bias gradient
     sum(dz) by 2^-8 sum|dz|, the scale gradient sum(dz x_hat) by 2^-8 sum|dz x_hat|, and dx
     by its own arithmetic plus one bfloat16 rounding of each side. ``dz`` and ``x_hat`` come
     from a float64 evaluation of the formula, independent of the code under test."""
