@@ -271,7 +271,7 @@ def run_check(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     config, loader = load_run_config(args.config)
     points = _select(plan(args.dry, args.xla), args.points)
-    baseline = BASELINE.format(batch=points[0].batch) if points else ""
+    baseline = BASELINE.format(batch=check_batch(args.dry))
     estimate: dict[str, float] = {}
     results: dict[str, dict[str, Any]] = {}
     peers: dict[str, PeerRun] = {}

@@ -116,7 +116,8 @@ def export_model(config: Any, model: VertexNet) -> VertexNet:
     no rematerialisation (a training-only setting; the export traces closed over weights),
     the squeeze-excite pool read from the activation (no optimization barrier for the
     converters; a serving runtime schedules the graph itself) and the projections'
-    BatchNorms as the network has them (a serving runtime folds them itself)."""
+    BatchNorms applied apart (the network as trained, whatever host exports it; the fold
+    of ``model.project_bn`` is a GPU evaluation form, docs/performance-notes.md §21)."""
     return rebuild(config, model, dtype=EXPORT_DTYPE, depthwise="conv", remat=False, recompute="none",
                    se_pool="shared", project_bn="separate")
 

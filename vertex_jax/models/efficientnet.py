@@ -436,7 +436,7 @@ class MBConv(nnx.Module):
         bn = self.project_bn
         if bn.use_running_average and _projection_folds(self.project_bn_form):
             kernel, bias = bn.folded_into(self.project_conv.kernel[...])
-            h = self.project_conv.with_kernel(h, kernel) + bias.astype(self.dtype)
+            h = checkpoint_name(self.project_conv.with_kernel(h, kernel), _KEPT_CONV) + bias.astype(self.dtype)
         else:
             h = bn(checkpoint_name(self.project_conv(h), _KEPT_CONV))
         if self.spec.has_skip:
