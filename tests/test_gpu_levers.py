@@ -15,8 +15,9 @@ from scipy.signal import correlate2d
 from vertex_jax.bench.gpu_verdicts import combine_levers, lever_verdicts
 from vertex_jax.bench.gpu_points import Point
 from vertex_jax.models.batchnorm import BatchNorm, fused_batch_norm, set_bn_impl
-from vertex_jax.models.efficientnet import (DepthwiseConv, MBConv, PointwiseConv, block_specs, conv_padding,
-                                            se_dense, set_pointwise_impl, set_se_forms, _conv)
+from vertex_jax.models.convolutions import (DepthwiseConv, PointwiseConv, conv_padding, set_pointwise_impl,
+                                            standard_conv)
+from vertex_jax.models.efficientnet import MBConv, block_specs, se_dense, set_se_forms
 from vertex_jax.train.packing import StatePacking
 from vertex_jax.config_files import load_config
 from vertex_jax.xla_flags import PRESETS, apply_preset
@@ -279,7 +280,7 @@ def test_symmetric_padding_is_k_minus_1_over_2_on_every_side(kernel):
                               padding="symmetric")
         outs[impl] = np.asarray(layer(jnp.asarray(x)))[0, :, :, 0]
         kernel_2d = np.asarray(layer.kernel[...])[:, :, 0, 0]
-    plain = _conv(1, 1, kernel, stride=2, dtype=jnp.float32, rngs=nnx.Rngs(0), padding="symmetric")
+    plain = standard_conv(1, 1, kernel, stride=2, dtype=jnp.float32, rngs=nnx.Rngs(0), padding="symmetric")
     plain.kernel[...] = jnp.asarray(kernel_2d[:, :, None, None])
     ref = correlate2d(np.pad(x[0, :, :, 0], p), kernel_2d, mode="valid")[::2, ::2]
     for out in (*outs.values(), np.asarray(plain(jnp.asarray(x)))[0, :, :, 0]):

@@ -316,7 +316,7 @@ def test_bad_arguments_are_named(net, batch):
 @pytest.mark.parametrize("size,stride,kernel", [((9, 7), 1, 3), ((9, 7), 2, 3), ((10, 8), 2, 5),
                                                 ((11, 6), 2, 5)])
 def test_depthwise_shifts_equal_the_grouped_convolution(size, stride, kernel):
-    from vertex_jax.models.efficientnet import depthwise_shifts
+    from vertex_jax.models.convolutions import depthwise_shifts
 
     x = jax.random.normal(jax.random.key(0), (2, *size, 6))
     w = jax.random.normal(jax.random.key(1), (kernel, kernel, 1, 6))

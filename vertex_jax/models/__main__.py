@@ -16,7 +16,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vertex_jax.cli import add_verbosity, user_errors
-from vertex_jax.models.efficientnet import DEPTHWISE_IMPLS, RECOMPUTE, STAGES, VARIANTS, EfficientNet
+from vertex_jax.models.convolutions import DEPTHWISE_IMPLS
+from vertex_jax.models.efficientnet import RECOMPUTE, STAGES, VARIANTS, EfficientNet
 from vertex_jax.models.summary import format_summary
 
 

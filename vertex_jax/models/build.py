@@ -13,7 +13,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vertex_jax.models.batchnorm import set_bn_impl, set_bn_momentum
-from vertex_jax.models.efficientnet import set_pointwise_impl, set_project_bn, set_se_forms
+from vertex_jax.models.convolutions import set_pointwise_impl
+from vertex_jax.models.efficientnet import set_project_bn, set_se_forms
 from vertex_jax.models.vertex import VertexNet
 from vertex_jax.errors import ConfigError
 
