@@ -74,11 +74,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                    # bytes in B4's evaluation step on GPUs, §14); "auto": recompute on
                    # accelerators, shared on CPUs (where XLA makes it slower).
                    se_pool="auto",
-                   # Evaluation: each block's projection BatchNorm applied to the convolution's
-                   # output ("separate") or folded into its kernel and a bias ("folded": on GPUs
-                   # convolution, bias and skip become one cuDNN call, §21); "auto": folded on
-                   # accelerators, separate on CPUs. Training always normalises separately.
-                   project_bn="auto",
+                   # Evaluation: each BatchNorm applied to its convolution's output ("separate")
+                   # or folded into the convolution's kernel and a bias ("folded": on GPUs the
+                   # projection's convolution, bias and skip become one cuDNN call, §21);
+                   # "auto": folded on accelerators, separate on CPUs. Training never folds.
+                   fold_bn="auto",
                    # Strided convolutions: "tf" (TF SAME, as the Keras/timm weights were
                    # trained) or "symmetric" ((k-1)/2 each side; no explicit pad on GPUs).
                    padding="tf",

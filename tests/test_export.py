@@ -210,7 +210,7 @@ def test_bfloat16_model_is_exported_and_checked_in_float32():
                                atol=1e-5)
     assert np.abs(as_bf16["logits"] - as_f32["logits"]).max() > 1e-5  # bfloat16 really differs
     assert exported.backbone.recompute == "none"
-    assert {b.project_bn_form for b in exported.backbone.blocks()} == {"separate"}
+    assert {b.fold_bn for b in (exported.backbone, *exported.backbone.blocks())} == {"folded"}
     from vertex_jax.auto_setting import assume_accelerator
     assume_accelerator(True)  # as on a GPU host, where se_pool=auto recomputes the pool
     try:

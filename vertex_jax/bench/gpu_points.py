@@ -99,11 +99,11 @@ def plan(dry: bool, xla: str = "fast-compile") -> list[Point]:
         Point(f"peer-compile-cl-b{b}", "peer", batch=b, cap_s=cap + 60, estimate_s=10 if dry else 50,
               peer_flags="" if dry else "--compile --channels-last"),
         Point(LOOP.format(batch=b), "loop", batch=b, cap_s=cap + 50, estimate_s=10 if dry else 70),
-        # Evaluation's projection BatchNorms applied apart (model.project_bn=auto folds them on
-        # GPUs, §21): 32 fewer kernels and 4% fewer bytes by the described H200's program. After
-        # the targets: it measures the form before, against jax-eval-b128.
-        Point(f"jax-eval-b{4 * b}-project-separate", "jax", what="eval", batch=4 * b,
-              overrides={"model.project_bn": "separate"}, cap_s=cap, estimate_s=10 if dry else 25),
+        # Evaluation's BatchNorms applied apart (model.fold_bn=auto folds them on GPUs, §21):
+        # 32 fewer kernels and 4% fewer bytes by the described H200's program. After the
+        # targets: it measures the form before, against jax-eval-b128.
+        Point(f"jax-eval-b{4 * b}-bn-separate", "jax", what="eval", batch=4 * b,
+              overrides={"model.fold_bn": "separate"}, cap_s=cap, estimate_s=10 if dry else 25),
         # The fused BatchNorm's dz written out and read back, the default before §15 (now
         # computed again in the dx pass: ~13% fewer bytes by the described H200's program).
         Point(f"{first}-bn-grad-float32", "jax", overrides={"model.batchnorm_grad": "float32"}, **lever),

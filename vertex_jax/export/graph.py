@@ -115,11 +115,13 @@ def export_model(config: Any, model: VertexNet) -> VertexNet:
     """The model that is exported: float32 compute, grouped-convolution depthwise layers,
     no rematerialisation (a training-only setting; the export traces closed over weights),
     the squeeze-excite pool read from the activation (no optimization barrier for the
-    converters; a serving runtime schedules the graph itself) and the projections'
-    BatchNorms applied apart (the network as trained, whatever host exports it; the fold
-    of ``model.project_bn`` is a GPU evaluation form, docs/performance-notes.md §21)."""
+    converters; a serving runtime schedules the graph itself) and every BatchNorm folded into
+    its convolution's kernel and a bias (``model.fold_bn``): onnxruntime does not fold the
+    exported normalisation itself, and runs B4 at 1024x512 1.8-2.2x faster folded
+    (docs/performance-notes.md §21). The exports are checked against the trained model
+    in its own form (:func:`reference_model`)."""
     return rebuild(config, model, dtype=EXPORT_DTYPE, depthwise="conv", remat=False, recompute="none",
-                   se_pool="shared", project_bn="separate")
+                   se_pool="shared", fold_bn="folded")
 
 
 def reference_model(config: Any, model: VertexNet) -> VertexNet:

@@ -234,13 +234,22 @@ class BatchNorm(nnx.BatchNorm):
 
     def folded_into(self, kernel: jax.Array) -> tuple[jax.Array, jax.Array]:
         """``(kernel', bias')`` of the linear layer before this BatchNorm (``kernel``: output
-        channels last) and the BatchNorm in evaluation, without its swish, as one layer:
-        ``x @ kernel' + bias'`` is ``normalise(x @ kernel)`` with the running statistics.
-        float32, as the arithmetic of :func:`_normalize_act_plain`."""
-        if self.act:
-            raise ValueError("a BatchNorm followed by its swish is not an affine map: nothing to fold")
+        channels last) with the BatchNorm's affine map in evaluation folded in:
+        ``x @ kernel' + bias'`` is the normalised ``x @ kernel`` (running statistics), before
+        the swish (:meth:`folded_activation` adds the bias and applies it). float32, as
+        :func:`_normalize_act_plain`."""
         k = self.scale[...] * jax.lax.rsqrt(self.var[...] + self.epsilon)
         return kernel.astype(jnp.float32) * k, self.bias[...] - self.mean[...] * k
+
+    def folded_activation(self, z: jax.Array, bias: jax.Array) -> jax.Array:
+        """What is left of this BatchNorm once folded (:meth:`folded_into`) on ``z``, the
+        output of the folded layer: the folded ``bias`` and the swish, in float32 as
+        :func:`_normalize_act_plain`, output in the compute dtype; without a swish, the bias
+        added in ``z``'s dtype (so that XLA:GPU can give it, and a skip added next, to the
+        convolution as its bias and side input)."""
+        if self.act:
+            return jax.nn.silu(z.astype(jnp.float32) + bias).astype(self.compute_dtype)
+        return z + bias.astype(z.dtype)
 
 
 def set_bn_impl(module: nnx.Module, impl: str, grad: str | None = None) -> None:

@@ -14,7 +14,7 @@ from flax import nnx
 
 from vertex_jax.models.batchnorm import set_bn_impl, set_bn_momentum
 from vertex_jax.models.convolutions import set_pointwise_impl
-from vertex_jax.models.efficientnet import set_project_bn, set_se_forms
+from vertex_jax.models.efficientnet import set_fold_bn, set_se_forms
 from vertex_jax.models.vertex import VertexNet
 from vertex_jax.errors import ConfigError
 
@@ -68,6 +68,6 @@ def build_model(config: Any, seed: int) -> VertexNet:
     set_bn_momentum(model, m.bn_momentum)  # backbone and evidence head
     set_bn_impl(model, m.batchnorm, m.batchnorm_grad)
     set_se_forms(model, dense=m.se_dense, pool=m.se_pool)
-    set_project_bn(model, m.project_bn)
+    set_fold_bn(model, m.fold_bn)
     set_pointwise_impl(model, m.pointwise)
     return model

@@ -19,7 +19,7 @@ from vertex_jax.auto_setting import on_accelerator
 from vertex_jax.errors import ConfigError
 
 __all__ = ["CONV_INIT", "DEPTHWISE_IMPLS", "PADDINGS", "POINTWISE_IMPLS", "conv_padding", "depthwise_shifts",
-           "DepthwiseConv", "PointwiseConv", "standard_conv", "set_pointwise_impl"]
+           "KernelConv", "DepthwiseConv", "PointwiseConv", "standard_conv", "set_pointwise_impl"]
 
 CONV_INIT = jax.nn.initializers.variance_scaling(2.0, "fan_out", "truncated_normal")
 # Depthwise kernels are [k, k, 1, C]; the TF reference takes fan-out as k*k (one output per channel).
@@ -75,7 +75,22 @@ def depthwise_shifts(x: jax.Array, kernel: jax.Array, stride: int, padding: str 
     return out
 
 
-class DepthwiseConv(nnx.Conv):
+class KernelConv(nnx.Conv):
+    """``nnx.Conv`` (NHWC, same variables) that can also run with another kernel in place of
+    its own (:meth:`with_kernel`): a BatchNorm folded into it in evaluation, say."""
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.with_kernel(x, self.kernel[...])
+
+    def with_kernel(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
+        """The layer on NHWC ``x`` with ``kernel`` (HWIO, its own shape) in place of its own."""
+        strides = self.strides if isinstance(self.strides, tuple) else (self.strides,) * 2
+        return jax.lax.conv_general_dilated(x.astype(self.dtype), kernel.astype(self.dtype), strides, self.padding,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                            feature_group_count=self.feature_group_count)
+
+
+class DepthwiseConv(KernelConv):
     """Depthwise ``nnx.Conv`` (same kernel variable, so weights and checkpoints are shared)
     computed by ``impl``: ``conv`` (XLA grouped convolution), ``shifts``
     (:func:`depthwise_shifts`) or ``auto`` (shifts on CPU, conv on accelerators)."""
@@ -91,22 +106,22 @@ class DepthwiseConv(nnx.Conv):
         self.impl = impl
         self.padding_mode = padding
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def with_kernel(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
         impl = self.impl
         if impl == "auto":
             impl = "conv" if on_accelerator() else "shifts"
         if impl == "conv":
-            return super().__call__(x)
-        return depthwise_shifts(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
+            return super().with_kernel(x, kernel)
+        return depthwise_shifts(x.astype(self.dtype), kernel.astype(self.dtype),
                                 self.strides[0] if isinstance(self.strides, tuple) else self.strides,
                                 self.padding_mode)
 
 
 def standard_conv(cin: int, cout: int, kernel: int, *, stride: int = 1, dtype: Any, rngs: nnx.Rngs,
-                  padding: str = "tf") -> nnx.Conv:
+                  padding: str = "tf") -> KernelConv:
     """A ``kernel``-sized convolution without bias, the TF reference's initialisation,
     float32 parameters and :func:`conv_padding`'s ``padding``."""
-    return nnx.Conv(cin, cout, (kernel, kernel), strides=stride, padding=conv_padding(kernel, padding),
+    return KernelConv(cin, cout, (kernel, kernel), strides=stride, padding=conv_padding(kernel, padding),
                     use_bias=False,
                     kernel_init=CONV_INIT, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
 
@@ -114,7 +129,7 @@ def standard_conv(cin: int, cout: int, kernel: int, *, stride: int = 1, dtype: A
 POINTWISE_IMPLS = ("conv", "dot")
 
 
-class PointwiseConv(nnx.Conv):
+class PointwiseConv(KernelConv):
     """1x1 ``nnx.Conv`` (same kernel variable, so weights and checkpoints are shared)
     computed as ``impl`` says (:data:`POINTWISE_IMPLS`, set for a whole network by
     :func:`set_pointwise_impl`): ``conv``, an XLA convolution (cuDNN on GPUs), or ``dot``, a
@@ -127,16 +142,10 @@ class PointwiseConv(nnx.Conv):
                          param_dtype=jnp.float32, rngs=rngs)
         self.impl = "conv"
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.with_kernel(x, self.kernel[...])
-
     def with_kernel(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
-        """The layer on NHWC ``x`` with ``kernel`` ([1, 1, cin, cout]) in place of its own."""
-        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         if self.impl == "conv":
-            return jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID",
-                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return jnp.einsum("...c,cd->...d", x, kernel[0, 0])
+            return super().with_kernel(x, kernel)
+        return jnp.einsum("...c,cd->...d", x.astype(self.dtype), kernel[0, 0].astype(self.dtype))
 
 
 def set_pointwise_impl(module: nnx.Module, impl: str) -> None:

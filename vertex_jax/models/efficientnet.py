@@ -14,6 +14,7 @@ features and logits are float32.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -26,13 +27,13 @@ from jax.ad_checkpoint import checkpoint_name
 from vertex_jax.auto_setting import on_accelerator
 from vertex_jax.errors import ConfigError
 from vertex_jax.models.batchnorm import KEPT_STATS, BatchNorm
-from vertex_jax.models.convolutions import CONV_INIT, DepthwiseConv, PointwiseConv, standard_conv
+from vertex_jax.models.convolutions import CONV_INIT, DepthwiseConv, KernelConv, PointwiseConv, standard_conv
 
 __all__ = [
     "VARIANTS", "Variant", "BlockSpec", "block_specs", "round_filters", "round_repeats",
     "MBConv", "EfficientNet", "to_unit_float", "normalize_input", "IMAGENET_MEAN",
     "IMAGENET_STD", "HEAD", "RECOMPUTE", "STAGES", "SE_POOLS", "se_dense",
-    "set_se_forms", "PROJECT_BNS", "set_project_bn",
+    "set_se_forms", "FOLD_BN_FORMS", "set_fold_bn",
 ]
 
 
@@ -229,24 +230,50 @@ def set_se_forms(module: nnx.Module, *, dense: str | None = None, pool: str | No
         block.se_pool = block.se_pool if pool is None else pool
 
 
-PROJECT_BNS = ("auto", "separate", "folded")
+FOLD_BN_FORMS = ("auto", "separate", "folded")
 
 
-def _check_project_bn(form: str) -> None:
-    if form not in PROJECT_BNS:
-        raise ConfigError(f"model.project_bn must be one of {PROJECT_BNS}, got {form!r}")
+def _check_fold_bn(form: str) -> None:
+    if form not in FOLD_BN_FORMS:
+        raise ConfigError(f"model.fold_bn must be one of {FOLD_BN_FORMS}, got {form!r}")
 
 
-def _projection_folds(form: str) -> bool:
-    return form == "folded" or (form == "auto" and on_accelerator())
+def _folds(bn: BatchNorm, form: str) -> bool:
+    """Whether ``bn`` is folded into its convolution: in evaluation, as ``form`` says."""
+    return bn.use_running_average and (form == "folded" or (form == "auto" and on_accelerator()))
 
 
-def set_project_bn(module: nnx.Module, form: str) -> None:
-    """Compute every block's projection BatchNorm in evaluation as ``form`` says
-    (:data:`PROJECT_BNS`, :meth:`MBConv.project`)."""
-    _check_project_bn(form)
-    for block in (m for _, m in nnx.iter_modules(module) if isinstance(m, MBConv)):
-        block.project_bn_form = form
+def set_fold_bn(module: nnx.Module, form: str) -> None:
+    """Apply every backbone BatchNorm of ``module`` in evaluation as ``form`` says
+    (:data:`FOLD_BN_FORMS`): apart from its convolution, or folded into it
+    (:func:`_conv_then_bn`)."""
+    _check_fold_bn(form)
+    for m in (m for _, m in nnx.iter_modules(module) if isinstance(m, (MBConv, EfficientNet))):
+        m.fold_bn = form
+
+
+def _conv_then_bn(conv: KernelConv, bn: BatchNorm, x: jax.Array,
+                  fold: bool) -> tuple[jax.Array, Callable[[jax.Array], jax.Array]]:
+    """``(z, finish)``: ``finish(z)`` is ``bn(conv(x))``. Separate, ``z`` is ``conv(x)`` and
+    ``finish`` the BatchNorm; with ``fold`` (evaluation), ``z`` is the convolution with the
+    BatchNorm's affine map folded into its kernel and ``finish`` adds the folded bias and
+    applies the swish (:meth:`BatchNorm.folded_activation`). The same function up to the
+    rounding of the folded kernel to the compute dtype. On GPUs XLA then runs the
+    projection's convolution, bias and skip as one cuDNN call, where the convolution's
+    output was written, read back and written again by the kernel that normalised it and
+    added the skip (docs/performance-notes.md §21). ``z`` is what a recomputing policy keeps
+    and what the squeeze-excite pool recomputes from."""
+    if not fold:
+        return checkpoint_name(conv(x), _KEPT_CONV), bn
+    kernel, bias = bn.folded_into(conv.kernel[...])
+    return (checkpoint_name(conv.with_kernel(x, kernel), _KEPT_CONV),
+            functools.partial(bn.folded_activation, bias=bias))
+
+
+def _conv_bn(conv: KernelConv, bn: BatchNorm, x: jax.Array, fold: bool) -> jax.Array:
+    """``bn(conv(x))``, folded or not (:func:`_conv_then_bn`)."""
+    z, finish = _conv_then_bn(conv, bn, x, fold)
+    return finish(z)
 
 
 class MBConv(nnx.Module):
@@ -271,7 +298,7 @@ class MBConv(nnx.Module):
                                     dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
         self.se_form = "dot"  # :data:`SE_DENSE_FORMS`, set by set_se_forms
         self.se_pool = "auto"  # :data:`SE_POOLS`, set by set_se_forms
-        self.project_bn_form = "auto"  # :data:`PROJECT_BNS`, set by set_project_bn
+        self.fold_bn = "auto"  # :data:`FOLD_BN_FORMS`, set by set_fold_bn
         self.project_conv = PointwiseConv(hidden, spec.out_channels, dtype=dtype, rngs=rngs)
         self.project_bn = BatchNorm(spec.out_channels, act=False, dtype=dtype, rngs=rngs)
         if spec.has_skip and spec.drop_rate > 0:
@@ -289,33 +316,23 @@ class MBConv(nnx.Module):
         on the described H200, with the same kernels (docs/performance-notes.md §14). CPUs
         keep the shared form (XLA:CPU ran the recomputing step 5-22% slower, with a larger
         memory plan); training always does (the backward pass keeps the activation anyway)."""
+        fold = _folds(self.dw_bn, self.fold_bn)
         h = x
         if self.expand_conv is not None:
-            h = self.expand_bn(checkpoint_name(self.expand_conv(h), _KEPT_CONV))
-        depthwise = checkpoint_name(self.dw_conv(h), _KEPT_CONV)
-        pooled = h = self.dw_bn(depthwise)
+            h = _conv_bn(self.expand_conv, self.expand_bn, h, fold)
+        depthwise, activation = _conv_then_bn(self.dw_conv, self.dw_bn, h, fold)
+        pooled = h = activation(depthwise)
         if self.dw_bn.use_running_average and _pool_recomputes(self.se_pool):
-            pooled = self.dw_bn(jax.lax.optimization_barrier(depthwise))
+            pooled = activation(jax.lax.optimization_barrier(depthwise))
         s = checkpoint_name(jnp.mean(pooled, axis=(1, 2), keepdims=True, dtype=jnp.float32), _KEPT_GATE)
         s = jax.nn.silu(se_dense(self.se_reduce, s, self.se_form))
         s = checkpoint_name(jax.nn.sigmoid(se_dense(self.se_expand, s, self.se_form)), _KEPT_GATE)
         return self.project(h * s.astype(self.dtype), x)
 
     def project(self, h: jax.Array, x: jax.Array) -> jax.Array:
-        """The 1x1 projection of the gated activation ``h``, its BatchNorm, and the skip from
-        the block's input ``x``. In evaluation with ``project_bn_form`` ``folded`` (``auto``:
-        on accelerators) the BatchNorm's affine map is folded into the convolution's kernel
-        and a bias, and the skip added after: XLA:GPU then runs convolution, bias and skip as
-        one cuDNN call, where the convolution's output was written, read back and written
-        again by the kernel that normalised it and added the skip
-        (docs/performance-notes.md §21). The same function up to the rounding of the folded
-        kernel and bias to the compute dtype."""
-        bn = self.project_bn
-        if bn.use_running_average and _projection_folds(self.project_bn_form):
-            kernel, bias = bn.folded_into(self.project_conv.kernel[...])
-            h = checkpoint_name(self.project_conv.with_kernel(h, kernel), _KEPT_CONV) + bias.astype(self.dtype)
-        else:
-            h = bn(checkpoint_name(self.project_conv(h), _KEPT_CONV))
+        """The 1x1 projection of the gated activation ``h``, its BatchNorm (folded into it as
+        ``fold_bn`` says, :func:`_conv_then_bn`), and the skip from the block's input ``x``."""
+        h = _conv_bn(self.project_conv, self.project_bn, h, _folds(self.project_bn, self.fold_bn))
         if self.spec.has_skip:
             if self.drop_path is not None:
                 h = self.drop_path(h)
@@ -378,6 +395,7 @@ class EfficientNet(nnx.Module):
         self.remat = remat
         self.recompute = recompute
         self.recompute_stages = recompute_stages
+        self.fold_bn = "auto"  # :data:`FOLD_BN_FORMS` of the stem's and head's BatchNorms, set by set_fold_bn
         specs = block_specs(variant)
         stem = round_filters(_STEM_CHANNELS, v.width)
         self.num_features = round_filters(_HEAD_CHANNELS, v.width)
@@ -427,13 +445,14 @@ class EfficientNet(nnx.Module):
                 out[name] = h
             return h
 
-        x = self.stem_bn(self.stem_conv(x.astype(self.dtype)))
+        fold = _folds(self.stem_bn, self.fold_bn)
+        x = _conv_bn(self.stem_conv, self.stem_bn, x.astype(self.dtype), fold)
         for i, stage in enumerate(self.stages):
             apply = _block_apply(self.remat, self.recompute if i < self.recompute_stages else "none")
             for block in stage:
                 x = apply(block, x)
             x = keep(f"stage{i}", x)
-        keep(HEAD, self.head_bn(self.head_conv(x)))
+        keep(HEAD, _conv_bn(self.head_conv, self.head_bn, x, fold))
         return out
 
     def head(self, features: jax.Array) -> jax.Array:

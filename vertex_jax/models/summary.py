@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vertex_jax.models.efficientnet import EfficientNet, set_project_bn, set_se_forms
+from vertex_jax.models.efficientnet import EfficientNet, set_fold_bn, set_se_forms
 
 __all__ = [
     "StageRow", "stage_rows", "analytic_macs", "xla_macs", "activation_bytes_per_image", "format_summary",
@@ -88,8 +88,8 @@ def xla_macs(model: EfficientNet, height: int, width: int) -> float:
     """XLA cost analysis of the jitted eval-mode forward for one image: flops / 2.
 
     Only lowered, not compiled, so it works on an abstract (`nnx.eval_shape`) model. The
-    squeeze-excite pool is read from the activation and the projections normalise apart, so a
-    GPU host (where ``se_pool=auto`` recomputes the pool and ``project_bn=auto`` folds in
+    squeeze-excite pool is read from the activation and the BatchNorms normalise apart, so a
+    GPU host (where ``se_pool=auto`` recomputes the pool and ``fold_bn=auto`` folds in
     evaluation) counts the network's own work, as a CPU does.
     """
     graphdef, state = nnx.split(nnx.view(model, deterministic=True, use_running_average=True))
@@ -97,7 +97,7 @@ def xla_macs(model: EfficientNet, height: int, width: int) -> float:
     def forward(state, x):
         net = nnx.merge(graphdef, state)
         set_se_forms(net, pool="shared")
-        set_project_bn(net, "separate")
+        set_fold_bn(net, "separate")
         return net(x)
     cost = jax.jit(forward).lower(state, _abstract_image(model, 1, height, width)).cost_analysis()
     if isinstance(cost, (list, tuple)):  # older jax: one dict per computation

@@ -1,6 +1,6 @@
-"""``model.project_bn``: in evaluation each block's projection BatchNorm folded into the
-projection's kernel and a bias computes the separate form's function, up to the roundings
-the fold adds, bounded here from the arithmetic of both forms."""
+"""``model.fold_bn``: in evaluation each BatchNorm folded into its convolution's kernel and a
+bias computes the separate form's function, up to the roundings the fold adds, bounded here
+from the arithmetic of both forms."""
 
 import numpy as np
 import pytest
@@ -10,7 +10,8 @@ from flax import nnx
 
 from vertex_jax.errors import ConfigError
 from vertex_jax.models.batchnorm import BatchNorm
-from vertex_jax.models.efficientnet import BlockSpec, EfficientNet, MBConv, set_project_bn
+from vertex_jax.models.convolutions import PointwiseConv
+from vertex_jax.models.efficientnet import BlockSpec, EfficientNet, MBConv, set_fold_bn
 
 UNIT_ROUNDOFF = {jnp.float32: 2.0 ** -24, jnp.bfloat16: 2.0 ** -8}  # round to nearest, p = 24 / 8
 
@@ -80,7 +81,7 @@ def test_a_folded_projection_is_the_separate_one_within_its_roundings(dtype, ski
     x = jnp.asarray(rng.normal(0, 1.0, (2, 8, 6, cin)), dtype)
 
     def project(form: str) -> np.ndarray:
-        set_project_bn(block, form)
+        set_fold_bn(block, form)
         return np.asarray(jax.jit(block.project)(h, x).astype(jnp.float32), np.float64)
 
     separate, folded = project("separate"), project("folded")
@@ -97,12 +98,40 @@ def test_a_folded_projection_is_the_separate_one_within_its_roundings(dtype, ski
     assert bound[..., channel].max() < 0.01 * mean_term[channel]
 
 
-def test_a_network_folds_every_projection_in_evaluation_only(accelerator_form, monkeypatch):
-    """The tiny EfficientNet in evaluation: ``folded`` folds each block's projection once,
-    ``auto`` folds on accelerators only, training never folds, and the outputs and the input
-    gradient (saliency) agree with ``separate``. Each fold moves a projection by float32
-    roundings (the test above); through 7 blocks that stays far below 1e-3 of the output,
-    which a wrong fold in any block (its mean, bias or scale lost) exceeds many times over."""
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
+def test_a_folded_batchnorm_with_its_swish_is_the_separate_one_within_its_roundings(dtype):
+    """A 1x1 convolution and a BatchNorm with its swish (an expansion, the stem, the head):
+    folded, the swish applies to the folded convolution plus bias. Its input differs from
+    the separate form's by at most :func:`_rounding_bound` (no skip); the swish's slope is at
+    most 1.1 in magnitude, and each form rounds its output once more."""
+    rng = np.random.default_rng(4)
+    conv = PointwiseConv(40, 96, dtype=dtype, rngs=nnx.Rngs(1))
+    bn = BatchNorm(96, act=True, dtype=dtype, rngs=nnx.Rngs(2))
+    _random_statistics(bn, rng)
+    bn.eval()
+    x = jnp.asarray(rng.normal(0, 1.0, (2, 8, 6, 40)), dtype)
+
+    def folded(x):
+        kernel, bias = bn.folded_into(conv.kernel[...])
+        return bn.folded_activation(conv.with_kernel(x, kernel), bias)
+
+    f64 = lambda a: np.asarray(a.astype(jnp.float32), np.float64)  # noqa: E731
+    separate, folded = f64(jax.jit(lambda x: bn(conv(x)))(x)), f64(jax.jit(folded)(x))
+    u = UNIT_ROUNDOFF[dtype]
+    before = 1.1 * _rounding_bound(x, None, conv.kernel[...], bn, u)
+    bound = 1.05 * (before + 2 * u * (np.abs(separate) + before))
+    excess = np.abs(folded - separate) - bound
+    assert excess.max() <= 0, f"folded differs by up to {excess.max():.3g} beyond the rounding bound"
+    assert not np.array_equal(separate, folded) and np.abs(separate).max() > 0
+
+
+def test_a_network_folds_every_batchnorm_in_evaluation_only(accelerator_form, monkeypatch):
+    """The tiny EfficientNet in evaluation: ``folded`` folds each BatchNorm once (stem, the
+    blocks', head), ``auto`` folds on accelerators only, training never folds, and the
+    outputs and the input gradient (saliency) agree with ``separate``. Each fold moves a
+    layer by float32 roundings (the tests above); through 7 blocks that stays far below 1e-3
+    of the output, which a wrong fold in any layer (its mean, bias or scale lost) exceeds
+    many times over."""
     rng = np.random.default_rng(5)
     net = EfficientNet("tiny", num_classes=3, depthwise="conv", rngs=nnx.Rngs(0))
     _random_statistics(net, rng)
@@ -112,7 +141,7 @@ def test_a_network_folds_every_projection_in_evaluation_only(accelerator_form, m
     monkeypatch.setattr(BatchNorm, "folded_into", lambda bn, kernel: folds.append(bn) or original(bn, kernel))
 
     def run(form: str, train: bool = False):
-        set_project_bn(net, form)
+        set_fold_bn(net, form)
         net.train() if train else net.eval()
         graphdef, state = nnx.split(net)
         folds.clear()
@@ -124,16 +153,14 @@ def test_a_network_folds_every_projection_in_evaluation_only(accelerator_form, m
         grad = jax.jit(jax.grad(lambda i: jnp.sum(forward(i)[:, 0])))(images)
         return counted, jax.jit(forward)(images), grad
 
-    blocks = sum(1 for _ in net.blocks())
+    norms = sum(1 for _, m in nnx.iter_modules(net) if isinstance(m, BatchNorm))
     (none, separate, separate_grad), (every, folded, folded_grad) = run("separate"), run("folded")
-    assert none == 0 and every == blocks
-    assert run("auto")[0] == (blocks if accelerator_form else 0)
+    assert none == 0 and every == norms
+    assert run("auto")[0] == (norms if accelerator_form else 0)
     assert run("folded", train=True)[0] == 0
     np.testing.assert_allclose(folded, separate, rtol=0, atol=1e-3 * float(jnp.max(jnp.abs(separate))))
     np.testing.assert_allclose(folded_grad, separate_grad, rtol=0,
                                atol=1e-3 * float(jnp.max(jnp.abs(separate_grad))))
     assert float(jnp.max(jnp.abs(separate))) > 0 and float(jnp.max(jnp.abs(separate_grad))) > 0
-    with pytest.raises(ConfigError, match="model.project_bn"):
-        set_project_bn(net, "sometimes")
-    with pytest.raises(ValueError, match="swish"):
-        net.head_bn.folded_into(net.head_conv.kernel[...])
+    with pytest.raises(ConfigError, match="model.fold_bn"):
+        set_fold_bn(net, "sometimes")
