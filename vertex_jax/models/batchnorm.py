@@ -84,9 +84,14 @@ def _batch_stats_bwd(residuals, cotangents):
 _batch_stats.defvjp(_batch_stats_fwd, _batch_stats_bwd)
 
 
+def _gain(scale: jax.Array, var: jax.Array, epsilon: float) -> jax.Array:
+    """scale / sqrt(var + eps): what normalising multiplies by, per channel."""
+    return scale * jax.lax.rsqrt(var + epsilon)
+
+
 def _normalize_act_plain(x, scale, bias, mean, var, epsilon: float, act: bool, dtype) -> jax.Array:
     """(x - mean) * scale / sqrt(var + eps) + bias, optional swish, computed in float32."""
-    y = (x.astype(jnp.float32) - mean) * (scale * jax.lax.rsqrt(var + epsilon)) + bias
+    y = (x.astype(jnp.float32) - mean) * _gain(scale, var, epsilon) + bias
     return (jax.nn.silu(y) if act else y).astype(dtype)
 
 
@@ -238,7 +243,7 @@ class BatchNorm(nnx.BatchNorm):
         ``x @ kernel' + bias'`` is the normalised ``x @ kernel`` (running statistics), before
         the swish (:meth:`folded_activation` adds the bias and applies it). float32, as
         :func:`_normalize_act_plain`."""
-        k = self.scale[...] * jax.lax.rsqrt(self.var[...] + self.epsilon)
+        k = _gain(self.scale[...], self.var[...], self.epsilon)
         return kernel.astype(jnp.float32) * k, self.bias[...] - self.mean[...] * k
 
     def folded_activation(self, z: jax.Array, bias: jax.Array) -> jax.Array:

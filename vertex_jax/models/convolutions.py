@@ -82,10 +82,15 @@ class KernelConv(nnx.Conv):
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.with_kernel(x, self.kernel[...])
 
+    @property
+    def stride_pair(self) -> tuple[int, int]:
+        """The strides as (height, width), however they were given."""
+        return tuple(self.strides) if isinstance(self.strides, tuple) else (self.strides,) * 2
+
     def with_kernel(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
         """The layer on NHWC ``x`` with ``kernel`` (HWIO, its own shape) in place of its own."""
-        strides = self.strides if isinstance(self.strides, tuple) else (self.strides,) * 2
-        return jax.lax.conv_general_dilated(x.astype(self.dtype), kernel.astype(self.dtype), strides, self.padding,
+        return jax.lax.conv_general_dilated(x.astype(self.dtype), kernel.astype(self.dtype), self.stride_pair,
+                                            self.padding,
                                             dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                             feature_group_count=self.feature_group_count)
 
@@ -112,8 +117,7 @@ class DepthwiseConv(KernelConv):
             impl = "conv" if on_accelerator() else "shifts"
         if impl == "conv":
             return super().with_kernel(x, kernel)
-        return depthwise_shifts(x.astype(self.dtype), kernel.astype(self.dtype),
-                                self.strides[0] if isinstance(self.strides, tuple) else self.strides,
+        return depthwise_shifts(x.astype(self.dtype), kernel.astype(self.dtype), self.stride_pair[0],
                                 self.padding_mode)
 
 
@@ -122,8 +126,7 @@ def standard_conv(cin: int, cout: int, kernel: int, *, stride: int = 1, dtype: A
     """A ``kernel``-sized convolution without bias, the TF reference's initialisation,
     float32 parameters and :func:`conv_padding`'s ``padding``."""
     return KernelConv(cin, cout, (kernel, kernel), strides=stride, padding=conv_padding(kernel, padding),
-                    use_bias=False,
-                    kernel_init=CONV_INIT, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+                      use_bias=False, kernel_init=CONV_INIT, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
 
 
 POINTWISE_IMPLS = ("conv", "dot")
